@@ -1,0 +1,266 @@
+"""Two real nodes on a real local tailnet: streams, listeners, dialling, WhoIs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+import tsproc
+from tests.conftest import child_pids, fd_targets, open_fds
+
+MiB = 1 << 20
+
+
+async def echo_once(stream: tsproc.TailnetStream) -> None:
+    async with stream:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+        await stream.send_eof()
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    chunks = []
+    while chunk := await stream.receive_some(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_echo_round_trip_by_short_name_and_by_ip(tailnet_node):
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(7)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, echo_once, [listener])
+            for target in ("server", str(server.tailscale_ips[0])):
+                stream = await client.dial(target, 7)
+                assert stream.remote_addr == (str(server.tailscale_ips[0]), 7)
+                assert stream.local_addr[0] == str(client.tailscale_ips[0])
+                await stream.send_all(b"hello tailnet")
+                await stream.send_eof()
+                assert await read_all(stream) == b"hello tailnet"
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_64MiB_each_way_with_matching_sha256(tailnet_node):
+    size = 64 * MiB
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(9000)
+        payload_up = os.urandom(MiB) * (size // MiB)
+        payload_down = os.urandom(MiB) * (size // MiB)
+        results: dict[str, str] = {}
+
+        async def send(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
+            view = memoryview(data)
+            for i in range(0, len(view), MiB):
+                await stream.send_all(view[i : i + MiB])
+            await stream.send_eof()
+
+        async def receive(stream: trio.abc.ReceiveStream, key: str) -> None:
+            h = hashlib.sha256()
+            n = 0
+            while chunk := await stream.receive_some(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+            results[key] = h.hexdigest()
+            results[key + "_n"] = str(n)
+
+        async def serve_one() -> None:
+            stream = await listener.accept()
+            async with stream, trio.open_nursery() as n:
+                n.start_soon(receive, stream, "server_got")
+                n.start_soon(send, stream, payload_down)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve_one)
+                stream = await client.dial("server", 9000)
+                async with stream, trio.open_nursery() as n:
+                    n.start_soon(send, stream, payload_up)
+                    n.start_soon(receive, stream, "client_got")
+        assert results["server_got_n"] == str(size)
+        assert results["client_got_n"] == str(size)
+        assert results["server_got"] == hashlib.sha256(payload_up).hexdigest()
+        assert results["client_got"] == hashlib.sha256(payload_down).hexdigest()
+
+
+@pytest.mark.parametrize("first_to_close", ["client", "server"])
+async def test_half_close_in_both_directions(tailnet_node, first_to_close):
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(8001)
+        async with trio.open_nursery() as nursery:
+            accepted = trio.Event()
+            server_side: list[tsproc.TailnetStream] = []
+
+            async def accept() -> None:
+                server_side.append(await listener.accept())
+                accepted.set()
+
+            nursery.start_soon(accept)
+            c = await client.dial("server", 8001)
+            await accepted.wait()
+            s = server_side[0]
+            closer, other = (c, s) if first_to_close == "client" else (s, c)
+            await closer.send_all(b"last words")
+            await closer.send_eof()
+            assert await read_all(other) == b"last words"
+            # The half-closed side still receives: the other direction stays open.
+            for i in range(3):
+                await other.send_all(b"more %d;" % i)
+            await other.send_eof()
+            assert await read_all(closer) == b"more 0;more 1;more 2;"
+            await c.aclose()
+            await s.aclose()
+
+
+async def test_200_concurrent_connections_each_carrying_data(tailnet_node):
+    n = 200
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(8002, backlog=256)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, echo_once, [listener])
+            ok = []
+
+            async def one(i: int) -> None:
+                payload = (b"%05d" % i) * 4000  # 20 kB each
+                stream = await client.dial("server", 8002)
+                async with stream, trio.open_nursery() as inner:
+                    inner.start_soon(partial(stream.send_all, payload))
+                    got = b""
+                    while len(got) < len(payload):
+                        chunk = await stream.receive_some(65536)
+                        assert chunk, "connection ended early"
+                        got += chunk
+                    assert got == payload
+                    ok.append(i)
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as clients:
+                    for i in range(n):
+                        clients.start_soon(one, i)
+            assert sorted(ok) == list(range(n))
+            nursery.cancel_scope.cancel()
+
+
+async def test_whois_on_an_accepted_stream_names_the_dialling_node(tailnet_node):
+    async with tailnet_node("server") as server, tailnet_node("dialler") as client:
+        listener = await server.listen(8003)
+        async with trio.open_nursery() as nursery:
+            got: list[tsproc.TailnetStream] = []
+
+            async def accept() -> None:
+                got.append(await listener.accept())
+
+            nursery.start_soon(accept)
+            stream = await client.dial("server", 8003)
+        accepted = got[0]
+        assert accepted.remote_addr[0] == str(client.tailscale_ips[0])
+        who = await server.whois(accepted.remote_addr)
+        assert who.node.host_name == "dialler"
+        assert who.node.name.startswith("dialler.")
+        assert str(client.tailscale_ips[0]) in {a.split("/")[0] for a in who.node.addresses}
+        assert who.user.login_name
+        # And the other way round, by plain IP.
+        who_server = await client.whois(str(server.tailscale_ips[0]))
+        assert who_server.node.host_name == "server"
+        with pytest.raises(tsproc.NotFoundError):
+            await server.whois("100.100.100.100")
+        await stream.aclose()
+        await accepted.aclose()
+
+
+async def test_TailnetStream_pairs_pass_trio_half_closeable_stream_checks(tailnet_node):
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(8004, backlog=16)
+
+        async def stream_maker() -> tuple[tsproc.TailnetStream, tsproc.TailnetStream]:
+            async with trio.open_nursery() as nursery:
+                got: list[tsproc.TailnetStream] = []
+
+                async def accept() -> None:
+                    got.append(await listener.accept())
+
+                nursery.start_soon(accept)
+                dialled = await client.dial("server", 8004)
+            return dialled, got[0]
+
+        with trio.fail_after(120):
+            await trio.testing.check_half_closeable_stream(stream_maker, None)
+
+
+async def test_serve_listeners_serves_a_handler(tailnet_node):
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(80)
+
+        async def handler(stream: tsproc.TailnetStream) -> None:
+            who = await server.whois(stream.remote_addr)
+            await stream.send_all(f"hi {who.node.host_name}".encode())
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_listeners, handler, [listener])
+            assert listeners == [listener]
+            for _ in range(3):
+                stream = await client.dial("server", 80)
+                assert await read_all(stream) == b"hi client"
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_closing_a_listener_wakes_a_blocked_accept(tailnet_node):
+    async with tailnet_node("server") as server:
+        listener = await server.listen(8005)
+        errors = []
+
+        async def accept() -> None:
+            try:
+                await listener.accept()
+            except trio.ClosedResourceError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept)
+            await trio.testing.wait_all_tasks_blocked()
+            await listener.aclose()
+        assert len(errors) == 1
+        with pytest.raises(trio.ClosedResourceError):
+            await listener.accept()
+        # The port is free again on the helper's side.
+        again = await server.listen(8005)
+        await again.aclose()
+
+
+async def test_listening_twice_on_a_port_is_a_typed_error(tailnet_node):
+    async with tailnet_node("server") as server:
+        listener = await server.listen(8006)
+        with pytest.raises(tsproc.AddressInUseError):
+            await server.listen(8006)
+        await listener.aclose()
+
+
+async def test_closing_a_node_leaves_no_helper_process_and_no_fd(tailnet, tailnet_node):
+    before_fds = open_fds()
+    before_children = child_pids()
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(8007)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, echo_once, [listener])
+            streams = [await client.dial("server", 8007) for _ in range(5)]
+            await streams[0].send_all(b"x")
+            pids = {server.helper_pid, client.helper_pid}
+            assert None not in pids
+            assert pids <= child_pids()
+            # Leave the streams open on purpose: closing the node must close them.
+            nursery.cancel_scope.cancel()
+    assert server.state is tsproc.NodeState.CLOSED
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"helper {pid} still exists (zombie?)"
+    assert child_pids() <= before_children
+    for stream in streams:
+        await stream.aclose()
+    leaked = open_fds() - before_fds
+    assert not leaked, f"leaked fds: {fd_targets(leaked)}"

@@ -1,0 +1,85 @@
+"""tsproc: a Tailscale node inside a trio application, in a supervised helper process.
+
+    async with tsproc.Node("web", auth_key=key) as node:
+        listener = await node.listen(80)
+        await trio.serve_listeners(handler, [listener])
+
+See docs/design.md for how it works and docs/protocol.md for the helper protocol.
+"""
+
+from ._node import EventStream, Node
+from ._streams import TailnetListener, TailnetStream
+from ._supervisor import RestartPolicy
+from ._types import (
+    AuthUrlEvent,
+    CrashLoopEvent,
+    Event,
+    HelperRestartedEvent,
+    NodeInfo,
+    NodeState,
+    PeerStatus,
+    StateEvent,
+    Status,
+    UserInfo,
+    WhoIs,
+)
+from .errors import (
+    AddressInUseError,
+    AuthError,
+    DialError,
+    HelperCrashLoop,
+    HelperDiedError,
+    HelperError,
+    HelperNotFoundError,
+    HelperVersionError,
+    InvalidArgumentError,
+    LimitError,
+    NeedsLoginError,
+    NodeClosedError,
+    NodeTimeoutError,
+    NotFoundError,
+    ProtocolError,
+    RemoteError,
+    StateDirLocked,
+    TsprocError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressInUseError",
+    "AuthError",
+    "AuthUrlEvent",
+    "CrashLoopEvent",
+    "DialError",
+    "Event",
+    "EventStream",
+    "HelperCrashLoop",
+    "HelperDiedError",
+    "HelperError",
+    "HelperNotFoundError",
+    "HelperRestartedEvent",
+    "HelperVersionError",
+    "InvalidArgumentError",
+    "LimitError",
+    "NeedsLoginError",
+    "Node",
+    "NodeClosedError",
+    "NodeInfo",
+    "NodeState",
+    "NodeTimeoutError",
+    "NotFoundError",
+    "PeerStatus",
+    "ProtocolError",
+    "RemoteError",
+    "RestartPolicy",
+    "StateDirLocked",
+    "StateEvent",
+    "Status",
+    "TailnetListener",
+    "TailnetStream",
+    "TsprocError",
+    "UserInfo",
+    "WhoIs",
+    "__version__",
+]

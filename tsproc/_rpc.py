@@ -1,0 +1,246 @@
+"""The trio side of the protocol: one control channel to one helper process.
+
+It moves bytes and fds between a trio socket and the sans-IO :class:`~tsproc._protocol.Decoder`,
+matches responses to requests, and hands notifications to a callback. It knows nothing of tsnet,
+processes or restarts.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import itertools
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from . import _protocol as proto
+from .errors import HelperDiedError, ProtocolError, RemoteError, error_from_remote
+
+__all__ = ["Reply", "RpcChannel"]
+
+_RECV_SIZE: Final = 256 * 1024
+_ANC_SIZE: Final = socket.CMSG_SPACE(proto.MAX_PENDING_FDS * array.array("i").itemsize)
+# Linux sets close-on-exec on received fds atomically; elsewhere it is set right after recvmsg.
+_MSG_CMSG_CLOEXEC: Final[int] = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+@dataclass(slots=True)
+class Reply:
+    """A successful response: its result map and the fd it carried (owned by the caller)."""
+
+    result: dict[str, Any]
+    fd: int | None
+
+
+class _Pending:
+    __slots__ = ("abandoned", "done", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: proto.Response | None = None
+        self.abandoned = False
+
+
+class RpcChannel:
+    """Requests, responses and notifications over one connected AF_UNIX stream socket.
+
+    Run :meth:`serve` in a task: it reads until the helper closes the channel (returns) or
+    breaks the protocol (raises :class:`ProtocolError`). Notifications go to *on_notification*,
+    called from the reader task: it must not block, and it owns any fd in the message.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        on_notification: Callable[[proto.Notification], None],
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._sock = sock
+        self._on_notification = on_notification
+        self._on_reply = on_reply
+        self._decoder = proto.Decoder()
+        # Every frame goes through one writer task: callers that cannot await (a stream's
+        # close, a listener's accept) can still send, and queued frames leave in one write.
+        self._outbox_send, self._outbox = trio.open_memory_channel[bytes](math.inf)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._broken: BaseException | None = None
+        self.closed = trio.Event()
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the channel ended (None while it works)."""
+        return self._broken
+
+    async def serve(self) -> None:
+        """Read, dispatch and write messages until end of stream; then the channel is closed.
+
+        Raises:
+            ProtocolError: the helper broke the protocol.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._fail(HelperDiedError("control channel closed"))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data, fds = await self._recv()
+                if not data and not fds:
+                    self._decoder.receive_eof()
+                    self._dispatch_ready()
+                    self._fail(HelperDiedError("the helper closed its control channel"))
+                    return
+                self._decoder.receive_data(data, fds)
+                self._dispatch_ready()
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+        except OSError as exc:
+            self._fail(HelperDiedError(f"control channel failed: {exc}"))
+        except trio.ClosedResourceError:
+            pass  # we closed it (close() or a failed write): _fail has recorded why
+
+    async def _write_loop(self) -> None:
+        async for frame in self._outbox:
+            frames = [frame]
+            while True:
+                try:
+                    frames.append(self._outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            data = memoryview(b"".join(frames) if len(frames) > 1 else frame)
+            try:
+                while data:
+                    sent = await self._sock.send(data)
+                    data = data[sent:]
+            except OSError as exc:
+                self._fail(HelperDiedError(f"cannot write to the helper: {exc}"))
+                return
+            except trio.ClosedResourceError:
+                return
+
+    async def request(self, method: str, params: dict[str, Any]) -> Reply:
+        """Send a request and wait for its response.
+
+        Raises:
+            RemoteError (a typed subclass): the helper answered with an error.
+            HelperDiedError / ProtocolError: the channel ended before the answer.
+        """
+        if self._broken is not None:
+            raise self._broken_error()
+        request_id = next(self._ids) % (1 << 32)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        try:
+            self._outbox_send.send_nowait(proto.encode_request(request_id, method, params))
+            await pending.done.wait()
+        except BaseException:
+            # Cancelled (or failed to send): a late response's fd must still be closed.
+            pending.abandoned = True
+            raise
+        response = pending.response
+        if response is None:
+            raise self._broken_error()
+        if response.error is not None:
+            raise _remote_error(response.error)
+        assert response.result is not None
+        return Reply(response.result, response.fd)
+
+    def notify_nowait(self, method: str, params: dict[str, Any]) -> None:
+        """Queue a notification; silently dropped if the channel is gone (nobody to tell)."""
+        if self._broken is None:
+            self._outbox_send.send_nowait(proto.encode_notification(method, params))
+
+    def request_nowait(self, method: str, params: dict[str, Any]) -> None:
+        """Queue a request whose answer nobody waits for (any fd in it is closed)."""
+        if self._broken is None:
+            request_id = next(self._ids) % (1 << 32)
+            pending = _Pending()
+            pending.abandoned = True
+            self._pending[request_id] = pending
+            self._outbox_send.send_nowait(proto.encode_request(request_id, method, params))
+
+    def close(self) -> None:
+        """Close the socket and fail every waiting request. Idempotent."""
+        self._fail(HelperDiedError("control channel closed"))
+
+    async def _recv(self) -> tuple[bytes, list[int]]:
+        data, ancdata, flags, _ = await self._sock.recvmsg(_RECV_SIZE, _ANC_SIZE, _MSG_CMSG_CLOEXEC)
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                fds.extend(received)
+        if not _MSG_CMSG_CLOEXEC:  # pragma: no cover - macOS
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError("file descriptors were truncated (MSG_CTRUNC): too many at once")
+        return data, fds
+
+    def _dispatch_ready(self) -> None:
+        while (msg := self._decoder.next_message()) is not None:
+            if isinstance(msg, proto.Response):
+                pending = self._pending.pop(msg.id, None)
+                if pending is None:
+                    _close_fd(msg.fd)
+                    raise ProtocolError(f"response to unknown request id {msg.id}")
+                if pending.abandoned:
+                    _close_fd(msg.fd)
+                    continue
+                if self._on_reply is not None and msg.error is None and msg.result is not None:
+                    self._on_reply(msg.result)
+                pending.response = msg
+                pending.done.set()
+            elif isinstance(msg, proto.Notification):
+                self._on_notification(msg)
+            else:
+                # Version 1 has no helper-to-host requests: refuse politely and carry on.
+                _close_fd(msg.fd)
+                raise ProtocolError(f"unexpected request {msg.method!r} from the helper")
+
+    def _fail(self, error: BaseException) -> None:
+        if self._broken is None:
+            self._broken = error
+        self._sock.close()
+        self._outbox_send.close()
+        self._decoder.close()
+        for pending in self._pending.values():
+            if pending.response is not None:
+                _close_fd(pending.response.fd)
+            pending.done.set()
+        self._pending.clear()
+        self.closed.set()
+
+    def _broken_error(self) -> BaseException:
+        error = self._broken
+        if isinstance(error, HelperDiedError | ProtocolError):
+            # A fresh instance per raise keeps tracebacks of concurrent callers apart.
+            if isinstance(error, HelperDiedError):
+                return HelperDiedError(str(error).split("\n", 1)[0])
+            return ProtocolError(str(error))
+        return HelperDiedError("control channel closed")
+
+
+def _remote_error(error: dict[str, str]) -> RemoteError:
+    return error_from_remote(error["code"], error["message"])
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)

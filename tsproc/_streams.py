@@ -1,0 +1,238 @@
+"""Trio streams and listeners over the file descriptors the helper passes.
+
+A :class:`TailnetStream` is a :class:`trio.SocketStream` over one end of a per-connection
+socketpair. The only thing it adds to the socket is honesty about endings: a socketpair reads EOF
+both when the tailnet peer closed cleanly and when the helper died, so on EOF the stream waits for
+the helper's ``conn_end`` word on the control channel (sent *before* the EOF, so it is never
+late) and raises :class:`trio.BrokenResourceError` unless that word says the end was clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Final, final
+
+import trio
+
+__all__ = ["ConnState", "TailnetListener", "TailnetStream"]
+
+# Bigger socketpair buffers than the kernel default (about 200 KiB) let bulk transfers move in
+# larger steps; the kernel caps them at net.core.{r,w}mem_max.
+_SOCKET_BUFFER: Final = 1 << 20
+
+
+class ConnState:
+    """How one connection ended, as far as the helper that bridged it knows.
+
+    ``clean`` is None until the helper's ``conn_end`` arrives, then True (the tailnet peer
+    closed in order) or False (reset, or the helper died).
+    """
+
+    __slots__ = ("clean", "conn_id", "ended", "generation", "reason")
+
+    def __init__(self, conn_id: int, generation: int) -> None:
+        self.conn_id = conn_id
+        self.generation = generation
+        self.clean: bool | None = None
+        self.reason = ""
+        self.ended = trio.Event()
+
+    def finish(self, clean: bool, reason: str = "") -> None:
+        if not self.ended.is_set():
+            self.clean = clean
+            self.reason = reason
+            self.ended.set()
+
+
+Addr = tuple[str, int]
+
+
+def _split_addr(text: object) -> Addr:
+    """'100.64.0.1:80' or '[fd7a::1]:80' → (host, port); anything else → (str, 0)."""
+    if not isinstance(text, str):
+        return ("", 0)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return (text, 0)
+    return (host.strip("[]"), int(port))
+
+
+@final
+class TailnetStream(trio.abc.HalfCloseableStream):
+    """A TCP connection on the tailnet, as a trio half-closeable stream.
+
+    Attributes:
+        local_addr: this node's tailnet (ip, port).
+        remote_addr: the peer's tailnet (ip, port); pass it to :meth:`Node.whois`.
+        socket_stream: the underlying :class:`trio.SocketStream` (an AF_UNIX socket).
+
+    Raises :class:`trio.BrokenResourceError` from ``receive_some``/``send_all`` when the
+    connection was reset or the helper died, and never reports such an ending as a clean EOF.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        state: ConnState,
+        local_addr: object,
+        remote_addr: object,
+        on_close: Callable[[ConnState], None] | None = None,
+    ) -> None:
+        sock = socket.socket(fileno=fd)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        self.socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self.local_addr = _split_addr(local_addr)
+        self.remote_addr = _split_addr(remote_addr)
+        self._state = state
+        self._on_close = on_close
+        self._receiving = False
+        self._eof_verified = False
+
+    @property
+    def conn_id(self) -> int:
+        """The helper's id for this connection (unique per helper process)."""
+        return self._state.conn_id
+
+    def __repr__(self) -> str:
+        local = f"{self.local_addr[0]}:{self.local_addr[1]}"
+        remote = f"{self.remote_addr[0]}:{self.remote_addr[1]}"
+        return f"<TailnetStream conn={self.conn_id} {local} <-> {remote}>"
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.socket_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.socket_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.socket_stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            data = await self.socket_stream.receive_some(max_bytes)
+            if data or self._eof_verified:
+                return data
+            await self._verify_eof()
+            return data
+        finally:
+            self._receiving = False
+
+    async def _verify_eof(self) -> None:
+        # The helper writes conn_end before it shuts its end down, so by the time we read EOF
+        # the word is at most a control-channel read away; a dead helper sets it (unclean) too.
+        await self._state.ended.wait()
+        if not self._state.clean:
+            reason = self._state.reason or "the connection was reset"
+            raise trio.BrokenResourceError(f"tailnet connection broken: {reason}")
+        self._eof_verified = True
+
+    async def aclose(self) -> None:
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close(self._state)
+        await self.socket_stream.aclose()
+
+    def close_now(self) -> None:
+        """Close without a checkpoint (for cleanup paths that cannot await)."""
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close(self._state)
+        self.socket_stream.socket.close()
+
+
+@final
+class TailnetListener(trio.abc.Listener[TailnetStream]):
+    """Accepts tailnet connections to one port of a :class:`~tsproc.Node`.
+
+    Use it with :func:`trio.serve_listeners`, or call :meth:`accept` yourself. At most
+    ``backlog`` connections wait here for ``accept()``; the helper holds back the rest, and tsnet
+    refuses what it cannot queue. It survives helper restarts: a task waiting in ``accept()``
+    keeps waiting and then gets connections from the new helper.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        backlog: int,
+        on_accept: Callable[[TailnetListener, TailnetStream], None],
+        on_close: Callable[[TailnetListener], None],
+    ) -> None:
+        self.port = port
+        self.backlog = backlog
+        self._queue: deque[TailnetStream] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._on_accept = on_accept
+        self._on_close = on_close
+        self._closed = False
+        self._closed_reason = ""
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._queue)} waiting"
+        return f"<TailnetListener port={self.port} backlog={self.backlog} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def accept(self) -> TailnetStream:
+        """Wait for the next connection.
+
+        Raises:
+            trio.ClosedResourceError: the listener was closed (also while waiting).
+        """
+        while not self._queue:
+            if self._closed:
+                raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
+            await self._lot.park()
+        if self._closed:
+            raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
+        await trio.lowlevel.checkpoint()
+        if not self._queue:  # pragma: no cover - a concurrent close drained it
+            raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
+        stream = self._queue.popleft()
+        self._on_accept(self, stream)
+        return stream
+
+    async def aclose(self) -> None:
+        """Stop listening; a blocked ``accept()`` raises ClosedResourceError. Idempotent."""
+        self.close_now("listener was closed")
+        await trio.lowlevel.checkpoint()
+
+    # -- used by the node --
+
+    def push(self, stream: TailnetStream) -> None:
+        if self._closed:
+            stream.close_now()
+            return
+        self._queue.append(stream)
+        self._lot.unpark()
+
+    def drop_generation(self, generation: int) -> None:
+        """Close queued connections that came through a helper that has died."""
+        keep = deque(s for s in self._queue if s._state.generation != generation)
+        for stream in self._queue:
+            if stream._state.generation == generation:
+                stream.close_now()
+        self._queue = keep
+
+    def close_now(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closed_reason = reason
+        while self._queue:
+            self._queue.popleft().close_now()
+        self._lot.unpark_all()
+        self._on_close(self)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)

@@ -1,0 +1,220 @@
+"""Plain data the node hands out: status, identities and events. No behaviour here."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AuthUrlEvent",
+    "CrashLoopEvent",
+    "Event",
+    "HelperRestartedEvent",
+    "NodeInfo",
+    "NodeState",
+    "PeerStatus",
+    "StateEvent",
+    "Status",
+    "UserInfo",
+    "WhoIs",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class NodeState(enum.Enum):
+    """Where a :class:`~tsproc.Node` is in its life (see docs/design.md, supervision)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+def _ips(values: object) -> tuple[IPAddress, ...]:
+    if not isinstance(values, list):
+        return ()
+    out: list[IPAddress] = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_address(str(value)))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _str(m: Mapping[str, Any], key: str) -> str:
+    value = m.get(key)
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One node of the tailnet as this node sees it."""
+
+    id: str
+    hostname: str
+    dns_name: str
+    tailscale_ips: tuple[IPAddress, ...]
+    online: bool
+    relay: str
+    """The DERP region code the node uses (home relay)."""
+    cur_addr: str
+    """The direct ip:port the path uses now, or '' when traffic goes through DERP."""
+
+    @property
+    def direct(self) -> bool:
+        return bool(self.cur_addr)
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> PeerStatus:
+        return cls(
+            id=_str(m, "id"),
+            hostname=_str(m, "hostname"),
+            dns_name=_str(m, "dns_name"),
+            tailscale_ips=_ips(m.get("tailscale_ips")),
+            online=bool(m.get("online")),
+            relay=_str(m, "relay"),
+            cur_addr=_str(m, "cur_addr"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of the node (``await node.status()``)."""
+
+    backend_state: str
+    tailscale_ips: tuple[IPAddress, ...]
+    hostname: str
+    dns_name: str
+    magic_dns_suffix: str
+    auth_url: str
+    health: tuple[str, ...]
+    self: PeerStatus
+    peers: tuple[PeerStatus, ...]
+    helper_goroutines: int
+    helper_listeners: int
+    helper_conns: int
+    helper_pid: int
+    helper_restarts: int
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any], *, pid: int, restarts: int) -> Status:
+        peers = m.get("peers")
+        health = m.get("health")
+        self_peer = m.get("self")
+        return cls(
+            backend_state=_str(m, "backend_state"),
+            tailscale_ips=_ips(m.get("tailscale_ips")),
+            hostname=_str(m, "hostname"),
+            dns_name=_str(m, "dns_name"),
+            magic_dns_suffix=_str(m, "magic_dns_suffix"),
+            auth_url=_str(m, "auth_url"),
+            health=tuple(str(h) for h in health) if isinstance(health, list) else (),
+            self=PeerStatus.from_wire(self_peer if isinstance(self_peer, dict) else {}),
+            peers=tuple(PeerStatus.from_wire(p) for p in peers if isinstance(p, dict))
+            if isinstance(peers, list)
+            else (),
+            helper_goroutines=int(m.get("goroutines") or 0),
+            helper_listeners=int(m.get("listeners") or 0),
+            helper_conns=int(m.get("conns") or 0),
+            helper_pid=pid,
+            helper_restarts=restarts,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The tailnet node behind an address (from WhoIs)."""
+
+    id: str
+    name: str
+    """The node's full MagicDNS name, e.g. ``web.tailnet.test.``."""
+    host_name: str
+    """The hostname the node asked for, e.g. ``web``."""
+    addresses: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """The user who owns a node (from WhoIs). Tagged nodes belong to a tagged-devices user."""
+
+    id: str
+    login_name: str
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WhoIs:
+    """Who is on the other end of a tailnet address: the node, and its user."""
+
+    node: NodeInfo
+    user: UserInfo
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> WhoIs:
+        node = m.get("node") if isinstance(m.get("node"), dict) else {}
+        user = m.get("user") if isinstance(m.get("user"), dict) else {}
+        assert isinstance(node, dict) and isinstance(user, dict)
+        addresses = node.get("addresses")
+        tags = node.get("tags")
+        return cls(
+            node=NodeInfo(
+                id=str(node.get("id", "")),
+                name=_str(node, "name"),
+                host_name=_str(node, "host_name"),
+                addresses=tuple(str(a) for a in addresses) if isinstance(addresses, list) else (),
+                tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+            ),
+            user=UserInfo(
+                id=str(user.get("id", "")),
+                login_name=_str(user, "login_name"),
+                display_name=_str(user, "display_name"),
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """The node's state changed (``state`` is a :class:`NodeState`), or the tailnet backend's
+    (``backend_state``: NeedsLogin, Starting, Running …)."""
+
+    state: NodeState
+    backend_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUrlEvent:
+    """The node needs an interactive login: a person must open ``url``."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelperRestartedEvent:
+    """The helper died or hung and was replaced.
+
+    Attributes:
+        generation: the new helper's number (the first helper is 1).
+        returncode: the old helper's exit status; negative for a signal (-9: SIGKILL).
+        reason: why it was replaced, e.g. "killed by SIGKILL", "heartbeat missed".
+    """
+
+    generation: int
+    returncode: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoopEvent:
+    """The supervisor gave up: the node is failed. ``error`` says why."""
+
+    error: str
+
+
+Event = StateEvent | AuthUrlEvent | HelperRestartedEvent | CrashLoopEvent

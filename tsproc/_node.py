@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -546,13 +547,16 @@ class Node:
 
     async def _start_generation(self, number: int, path: Path) -> Generation:
         assert self._nursery is not None and self._state_dir is not None
-        env: dict[str, str] = {}
+        env: dict[str, str] = {"TSPROC_HELPER_GENERATION": str(number)}
         if self.control_url and _is_loopback_url(self.control_url):
             # A local tailnet: no port mapping (it probes the LAN gateway), no LAN endpoints.
             env.update(TS_DISABLE_PORTMAPPER="1", TS_DEBUG_OMIT_LOCAL_ADDRS="1")
         if self._memory_limit is not None:
             env["GOMEMLIMIT"] = str(self._memory_limit)
-        process = HelperProcess.spawn(path, ["node"], helper_environment(env))
+        # tsnet's backend log is very chatty: only ask for it when someone will read it.
+        verbose = logging.getLogger("tsproc.helper").isEnabledFor(logging.DEBUG)
+        args = ["node", f"-tsnet-logs={'true' if verbose else 'false'}"]
+        process = HelperProcess.spawn(path, args, helper_environment(env))
         gen = _Generation(number, process, self)
         self._spawned.add(gen)
         self._nursery.start_soon(self._run_generation, gen)

@@ -41,6 +41,9 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME: Final = 1 << 20
 MAX_PENDING_FDS: Final = 64
+# Messages held back behind one that waits for its fd: a peer that promises an fd and never
+# sends it must not make us buffer without end.
+MAX_HELD_MESSAGES: Final = 4096
 _HEADER: Final = 4
 _MAX_ID: Final = 1 << 32
 
@@ -271,6 +274,10 @@ class Decoder:
         if len(self._fds) - waiting > self._max_pending_fds:
             raise self._fail(
                 f"{len(self._fds)} file descriptors arrived with no message to claim them"
+            )
+        if waiting > len(self._fds) and len(self._parsed) > MAX_HELD_MESSAGES:
+            raise self._fail(
+                f"{len(self._parsed)} messages are held behind one that waits for its fd"
             )
 
     def _fail(self, message: str) -> ProtocolError:

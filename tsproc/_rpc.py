@@ -91,6 +91,9 @@ class RpcChannel:
                 nursery.cancel_scope.cancel()
         finally:
             self._fail(HelperDiedError("control channel closed"))
+        # Raised here, not in the nursery, so that callers see it bare (not in an ExceptionGroup).
+        if isinstance(self._broken, ProtocolError):
+            raise self._broken
 
     async def _read_loop(self) -> None:
         try:
@@ -105,7 +108,6 @@ class RpcChannel:
                 self._dispatch_ready()
         except ProtocolError as exc:
             self._fail(exc)
-            raise
         except OSError as exc:
             self._fail(HelperDiedError(f"control channel failed: {exc}"))
         except trio.ClosedResourceError:

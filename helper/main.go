@@ -1,0 +1,45 @@
+// Command tsproc-helper embeds a Tailscale node (tsnet) for the tsproc Python library.
+//
+// It has two modes:
+//
+//	tsproc-helper [node]   speak the tsproc protocol (docs/protocol.md) on stdin/stdout,
+//	                       which the host makes one end of an AF_UNIX socketpair
+//	tsproc-helper control  run a local tailnet (control server, DERP relay, STUN) on
+//	                       127.0.0.1 and print its control URL as one JSON line
+//
+// Logs go to stderr as JSON lines in both modes.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// helperVersion is reported in the hello handshake.
+const helperVersion = "0.1.0"
+
+// protocolVersion is the version of docs/protocol.md this helper speaks.
+const protocolVersion = 1
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	mode := "node"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		mode, args = args[0], args[1:]
+	}
+	switch mode {
+	case "node":
+		return runNode(args)
+	case "control":
+		return runControl(args)
+	case "version":
+		fmt.Printf("tsproc-helper %s (tailscale %s, protocol %d)\n", helperVersion, tailscaleVersion(), protocolVersion)
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "tsproc-helper: unknown mode %q (want node, control or version)\n", mode)
+		return 2
+	}
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/netip"
+	"time"
+
+	"tailscale.com/client/local"
+)
+
+// The method table of docs/protocol.md §4, the host's notifications, and status, whois and
+// logout. start and up are in start.go, the connection methods in connect.go.
+
+const (
+	maxListeners   = 256
+	defaultBacklog = 128
+	maxBacklog     = 4096
+	// maxTimeoutMS caps timeout_ms so that it cannot overflow a time.Duration; nothing
+	// sensible waits 24 days.
+	maxTimeoutMS = math.MaxInt32
+	// localCallTimeout bounds calls to tsnet's in-process LocalAPI for methods that take no
+	// timeout_ms (status, whois, and the status taken to explain a timeout).
+	localCallTimeout = 5 * time.Second
+	// logoutTimeout bounds logout, which talks to the control server.
+	logoutTimeout = 15 * time.Second
+)
+
+func (n *node) call(ctx context.Context, method string, params map[string]any) (*reply, error) {
+	p := newParamReader(params)
+	switch method {
+	case "start":
+		return n.start(p)
+	case "up":
+		return n.up(ctx, p)
+	case "listen":
+		return n.listen(p)
+	case "close_listener":
+		return n.closeListener(p)
+	case "dial":
+		return n.dial(ctx, p)
+	case "status":
+		return n.status(ctx)
+	case "whois":
+		return n.whois(ctx, p)
+	case "logout":
+		return n.logout(ctx)
+	case "ping":
+		return okReply(map[string]any{}), nil
+	case "shutdown":
+		// Answered first; the process then closes everything and exits (runNode).
+		return &reply{result: map[string]any{}, fd: -1, after: func(bool) { n.requestShutdown() }}, nil
+	}
+	return nil, newError(codeUnknownMethod, "no method %q", method)
+}
+
+func (n *node) notification(method string, params map[string]any) {
+	switch method {
+	case "grant":
+		p := newParamReader(params)
+		id := p.uint("listener", 0, math.MaxUint64)
+		count := p.uint("n", 0, math.MaxUint64)
+		if p.err != nil {
+			helperLogf("ignoring grant: %s", p.err.Message)
+			return
+		}
+		n.mu.Lock()
+		l := n.listeners[id]
+		n.mu.Unlock()
+		if l != nil { // a grant may cross a listener's closing; that is not an error
+			l.grant(count)
+		}
+	case "close_conn":
+		// The application closed its stream before the tailnet side ended: drop the tailnet
+		// connection now rather than when the peer next speaks.
+		p := newParamReader(params)
+		id := p.uint("conn", 0, math.MaxUint64)
+		if p.err != nil {
+			helperLogf("ignoring close_conn: %s", p.err.Message)
+			return
+		}
+		n.mu.Lock()
+		b := n.conns[id]
+		n.mu.Unlock()
+		if b != nil {
+			b.abort()
+		}
+	}
+	// Unknown notifications are ignored (docs/protocol.md §1).
+}
+
+// health returns the node's health warnings as a message suffix.
+func (n *node) health() string {
+	_, lc := n.server()
+	if lc == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), localCallTimeout)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return "; health: unavailable (" + err.Error() + ")"
+	}
+	return healthSuffix(st.Health)
+}
+
+func (n *node) status(ctx context.Context) (*reply, error) {
+	_, lc := n.server()
+	if lc == nil {
+		return nil, newError(codeNotStarted, "call start first")
+	}
+	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	defer cancel()
+	st, err := lc.Status(ctx)
+	if err != nil {
+		return nil, newError(codeInternal, "status: %v", err)
+	}
+	return okReply(n.statusResult(st)), nil
+}
+
+func (n *node) whois(ctx context.Context, p *paramReader) (*reply, error) {
+	addr := p.string("addr")
+	if p.err != nil {
+		return nil, p.err
+	}
+	if _, err := netip.ParseAddr(addr); err != nil {
+		if _, err := netip.ParseAddrPort(addr); err != nil {
+			return nil, newError(codeBadRequest, `"addr" must be "ip" or "ip:port"`)
+		}
+	}
+	_, lc := n.server()
+	if lc == nil {
+		return nil, newError(codeNotStarted, "call start first")
+	}
+	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	defer cancel()
+	who, err := lc.WhoIs(ctx, addr)
+	if errors.Is(err, local.ErrPeerNotFound) {
+		return nil, newError(codeNotFound, "no tailnet node has address %s", addr)
+	}
+	if err != nil {
+		return nil, newError(codeInternal, "whois: %v", err)
+	}
+	return okReply(whoisResult(who)), nil
+}
+
+func (n *node) logout(ctx context.Context) (*reply, error) {
+	_, lc := n.server()
+	if lc == nil {
+		return nil, newError(codeNotStarted, "call start first")
+	}
+	ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
+	defer cancel()
+	if err := lc.Logout(ctx); err != nil {
+		return nil, newError(codeInternal, "logout: %v", err)
+	}
+	return okReply(map[string]any{}), nil
+}

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"tailscale.com/client/local"
+	"tailscale.com/envknob"
+	"tailscale.com/ipn"
+	"tailscale.com/ipn/store/mem"
+	"tailscale.com/logtail"
+	"tailscale.com/net/netns"
+	"tailscale.com/tailcfg"
+	"tailscale.com/tsnet"
+)
+
+// Bringing the node up: start (validation and the tsnet server), the IPN bus watch that
+// feeds state notifications, and up.
+
+// hostnameRE is a DNS label: letters, digits and hyphens, not starting or ending with one.
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
+
+// startConfig is a validated start request.
+type startConfig struct {
+	hostname, stateDir, authKey, controlURL string
+	ephemeral, memoryState                  bool
+	tags                                    []string
+}
+
+func parseStart(p *paramReader) (startConfig, error) {
+	c := startConfig{
+		hostname:    p.string("hostname"),
+		stateDir:    p.string("state_dir"),
+		authKey:     p.optString("auth_key"),
+		controlURL:  p.optString("control_url"),
+		ephemeral:   p.bool("ephemeral"),
+		tags:        p.strings("tags"),
+		memoryState: p.optBool("memory_state"),
+	}
+	if p.err != nil {
+		return c, p.err
+	}
+	switch {
+	case len(c.hostname) > 63 || !hostnameRE.MatchString(c.hostname):
+		return c, newError(codeBadRequest, `"hostname" must be 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen`)
+	case !filepath.IsAbs(c.stateDir):
+		return c, newError(codeBadRequest, `"state_dir" must be an absolute path`)
+	case c.memoryState && !c.ephemeral:
+		return c, newError(codeBadRequest, `"memory_state" is only allowed with "ephemeral"`)
+	}
+	for _, t := range c.tags {
+		if err := tailcfg.CheckTag(t); err != nil {
+			return c, newError(codeBadRequest, `"tags": %q: %v`, t, err)
+		}
+	}
+	if c.controlURL != "" {
+		u, err := url.Parse(c.controlURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, newError(codeBadRequest, `"control_url" must be an http:// or https:// URL`)
+		}
+	}
+	c.stateDir = filepath.Clean(c.stateDir)
+	return c, nil
+}
+
+func (n *node) start(p *paramReader) (*reply, error) {
+	cfg, err := parseStart(p)
+	if err != nil {
+		return nil, err
+	}
+	n.startMu.Lock()
+	defer n.startMu.Unlock()
+	n.mu.Lock()
+	closed, started := n.closed, n.srv != nil
+	n.mu.Unlock()
+	switch {
+	case closed:
+		return nil, newError(codeInternal, "helper is shutting down")
+	case started:
+		return nil, newError(codeAlreadyStarted, "start was already called")
+	}
+
+	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
+		return nil, newError(codeBadRequest, `"state_dir": %v`, err)
+	}
+	fi, err := os.Stat(cfg.stateDir)
+	if err != nil || !fi.IsDir() {
+		return nil, newError(codeBadRequest, `"state_dir" %q is not a directory`, cfg.stateDir)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		// The node key lives there. An existing directory is the host's to fix, not ours.
+		stderrLog.log("warn", "helper", fmt.Sprintf("state_dir %s has mode %v: others can read the node's key", cfg.stateDir, fi.Mode().Perm()))
+	}
+
+	// Never upload logs: the host's logging is the only log sink.
+	envknob.SetNoLogsNoSupport()
+	logtail.Disable()
+	if isLoopbackURL(cfg.controlURL) {
+		// A control server on loopback (the local tailnet of `tsproc-helper control`) is
+		// unreachable through netns's interface binding; tsnet's own tests turn it off too.
+		netns.SetEnabled(false)
+	}
+
+	srv := &tsnet.Server{
+		Hostname:      cfg.hostname,
+		Dir:           cfg.stateDir,
+		AuthKey:       cfg.authKey,
+		ControlURL:    cfg.controlURL,
+		Ephemeral:     cfg.ephemeral,
+		AdvertiseTags: cfg.tags,
+		UserLogf:      stderrLog.logf("info", "user"),
+	}
+	if n.tsnetLogs {
+		srv.Logf = stderrLog.logf("debug", "tsnet")
+	}
+	if cfg.memoryState {
+		srv.Store = new(mem.Store)
+	}
+	if err := srv.Start(); err != nil {
+		// tsnet cleans up after a failed Start; a new start may try again.
+		return nil, newError(codeInternal, "starting tsnet: %v", err)
+	}
+	lc, err := srv.LocalClient()
+	if err != nil {
+		srv.Close()
+		return nil, newError(codeInternal, "tsnet local client: %v", err)
+	}
+	watchCtx, cancel := context.WithCancel(context.Background())
+	n.mu.Lock()
+	n.srv, n.lc, n.watchCancel = srv, lc, cancel
+	n.mu.Unlock()
+	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
+		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)
+	return &reply{result: map[string]any{}, fd: -1, after: func(bool) {
+		// Watch the bus only after start is answered, so no state notification comes
+		// before the answer that makes it meaningful.
+		n.goOwned(func() { n.watchBus(watchCtx, lc) })
+	}}, nil
+}
+
+func isLoopbackURL(s string) bool {
+	u, err := url.Parse(s)
+	if err != nil || s == "" {
+		return false
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// watchBus follows the IPN bus, keeps the state, auth URL and last error that up and status
+// need, and sends a state notification whenever the state or the auth URL changes.
+func (n *node) watchBus(ctx context.Context, lc *local.Client) {
+	w, err := lc.WatchIPNBus(ctx, ipn.NotifyInitialState)
+	if err != nil {
+		if ctx.Err() == nil {
+			helperLogf("watching the IPN bus: %v", err)
+		}
+		return
+	}
+	defer w.Close()
+	for {
+		nt, err := w.Next()
+		if err != nil {
+			return
+		}
+		n.mu.Lock()
+		changed := false
+		if nt.ErrMessage != nil {
+			n.lastErr = *nt.ErrMessage
+		}
+		if nt.BrowseToURL != nil && *nt.BrowseToURL != n.authURL {
+			n.authURL = *nt.BrowseToURL
+			changed = true
+		}
+		if nt.State != nil && nt.State.String() != n.state {
+			n.state = nt.State.String()
+			if *nt.State == ipn.Running {
+				n.authURL, n.lastErr = "", ""
+			}
+			changed = true
+		}
+		params := map[string]any{"state": n.state}
+		if n.authURL != "" {
+			params["auth_url"] = n.authURL
+		}
+		n.mu.Unlock()
+		if changed {
+			if err := n.out.notify("state", params, -1); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (n *node) up(ctx context.Context, p *paramReader) (*reply, error) {
+	timeoutMS := p.uint("timeout_ms", 0, maxTimeoutMS)
+	if p.err != nil {
+		return nil, p.err
+	}
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, newError(codeNotStarted, "call start first")
+	}
+	upCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
+	defer cancel()
+	st, err := srv.Up(upCtx)
+	if err == nil {
+		return okReply(n.statusResult(st)), nil
+	}
+	switch {
+	case ctx.Err() != nil:
+		return nil, newError(codeInternal, "up cancelled: the helper is shutting down")
+	case upCtx.Err() != nil:
+		return nil, n.upTimeout(lc, timeoutMS)
+	case isAuthError(err):
+		return nil, newError(codeAuthFailed, "control server refused the login: %v", err)
+	}
+	return nil, newError(codeInternal, "up: %v", err)
+}
+
+// isAuthError reports whether an error from tsnet's Up is the control server refusing the
+// login. Up reports the backend's ErrMessage (for example "invalid authkey") as "backend:".
+func isAuthError(err error) bool {
+	msg := strings.ToLower(err.Error())
+	for _, s := range []string{"backend:", "authkey", "auth key", "invalid key", "unauthorized"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// upTimeout explains why up did not reach Running in time.
+func (n *node) upTimeout(lc *local.Client, timeoutMS uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), localCallTimeout)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(ctx)
+	n.mu.Lock()
+	lastErr, authURL := n.lastErr, n.authURL
+	n.mu.Unlock()
+	if err != nil {
+		return newError(codeTimeout, "node not running after %d ms (status unavailable: %v)", timeoutMS, err)
+	}
+	if authURL == "" {
+		authURL = st.AuthURL
+	}
+	health := healthSuffix(st.Health)
+	switch {
+	case lastErr != "":
+		// The control server refused the login before up was called, or between tsnet's
+		// retries: the bus carried the reason and Up never saw it.
+		return newError(codeAuthFailed, "control server refused the login: %s%s", lastErr, health)
+	case st.BackendState == ipn.NeedsLogin.String() && authURL != "":
+		return newError(codeNeedsLogin, "node needs an interactive login: visit %s", authURL)
+	case st.BackendState == ipn.NeedsLogin.String():
+		// Logging in, but no URL to visit: control has not answered (yet), or the key is
+		// still being checked. Only time tells; the health usually says more.
+		return newError(codeTimeout, "node not running after %d ms: still logging in, no answer from the control server%s", timeoutMS, health)
+	case st.BackendState == ipn.NeedsMachineAuth.String():
+		return newError(codeTimeout, "node not running after %d ms: waiting for an admin to approve the machine%s", timeoutMS, health)
+	}
+	return newError(codeTimeout, "node not running after %d ms (state %s)%s", timeoutMS, st.BackendState, health)
+}
+
+func healthSuffix(health []string) string {
+	if len(health) == 0 {
+		return "; health: no warnings"
+	}
+	return "; health: " + strings.Join(health, "; ")
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"cmp"
+	"net/netip"
+	"runtime"
+	"slices"
+
+	"tailscale.com/client/tailscale/apitype"
+	"tailscale.com/ipn/ipnstate"
+)
+
+// Mapping of tsnet's status and WhoIs answers to the result maps of docs/protocol.md §4.
+// Lists are never nil, so the host always sees a list, never nil.
+
+// statusResult is the status map, with the helper's own counts.
+func (n *node) statusResult(st *ipnstate.Status) map[string]any {
+	peers := make([]map[string]any, 0, len(st.Peer))
+	for _, ps := range st.Peer {
+		peers = append(peers, peerResult(ps))
+	}
+	slices.SortFunc(peers, func(a, b map[string]any) int {
+		return cmp.Compare(a["dns_name"].(string), b["dns_name"].(string))
+	})
+	hostname := ""
+	dnsName := ""
+	if st.Self != nil {
+		hostname, dnsName = st.Self.HostName, st.Self.DNSName
+	}
+	n.mu.Lock()
+	listeners, conns := len(n.listeners), len(n.conns)
+	n.mu.Unlock()
+	return map[string]any{
+		"backend_state":    st.BackendState,
+		"tailscale_ips":    addrStrings(st.TailscaleIPs),
+		"hostname":         hostname,
+		"dns_name":         dnsName,
+		"magic_dns_suffix": st.MagicDNSSuffix,
+		"auth_url":         st.AuthURL,
+		"health":           nonNilStrings(st.Health),
+		"self":             peerResult(st.Self),
+		"peers":            peers,
+		"goroutines":       uint64(runtime.NumGoroutine()),
+		"listeners":        uint64(listeners),
+		"conns":            uint64(conns),
+	}
+}
+
+// peerResult is one peer map; a nil status (no self yet) gives empty fields.
+func peerResult(ps *ipnstate.PeerStatus) map[string]any {
+	if ps == nil {
+		ps = new(ipnstate.PeerStatus)
+	}
+	return map[string]any{
+		"id":            string(ps.ID),
+		"hostname":      ps.HostName,
+		"dns_name":      ps.DNSName,
+		"tailscale_ips": addrStrings(ps.TailscaleIPs),
+		"online":        ps.Online,
+		"relay":         ps.Relay,
+		"cur_addr":      ps.CurAddr,
+	}
+}
+
+// whoisResult is the whois map.
+func whoisResult(who *apitype.WhoIsResponse) map[string]any {
+	node := map[string]any{
+		"id": "", "name": "", "host_name": "", "addresses": []string{}, "tags": []string{},
+	}
+	if n := who.Node; n != nil {
+		addrs := make([]string, 0, len(n.Addresses))
+		for _, p := range n.Addresses {
+			addrs = append(addrs, p.Addr().String())
+		}
+		hostName := n.ComputedName
+		if n.Hostinfo.Valid() && n.Hostinfo.Hostname() != "" {
+			hostName = n.Hostinfo.Hostname()
+		}
+		node = map[string]any{
+			"id":        string(n.StableID),
+			"name":      n.Name,
+			"host_name": hostName,
+			"addresses": addrs,
+			"tags":      nonNilStrings(n.Tags),
+		}
+	}
+	user := map[string]any{"id": int64(0), "login_name": "", "display_name": ""}
+	if u := who.UserProfile; u != nil {
+		user = map[string]any{
+			"id":           int64(u.ID),
+			"login_name":   u.LoginName,
+			"display_name": u.DisplayName,
+		}
+	}
+	return map[string]any{"node": node, "user": user}
+}
+
+func addrStrings(addrs []netip.Addr) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+func nonNilStrings(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,12 @@ type bridge struct {
 	passFD int           // the host's end, until handed to the writer (which closes it)
 	onEnd  connEndFunc
 	abortO sync.Once
+
+	// hostGone is set by close_conn: the host closed its end for good. forwarded is set once
+	// everything the host wrote has reached the tailnet connection. When both hold, the
+	// tailnet connection is closed fully, as closing a TCP socket would (see hostClosed).
+	hostGone  atomic.Bool
+	forwarded atomic.Bool
 }
 
 // newBridge makes the socketpair for tn. Until start is called nothing is pumped; the caller
@@ -91,10 +98,26 @@ func (b *bridge) pumpToTailnet() {
 	_, err := io.CopyBuffer(writerOnly{b.tn}, readerOnly{b.local}, make([]byte, pumpBufSize))
 	if err == nil {
 		if cw, ok := b.tn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			b.forwarded.Store(true)
+			if b.hostGone.Load() {
+				b.abort()
+			}
 			return
 		}
 	}
 	b.abort()
+}
+
+// hostClosed handles close_conn: the application closed its stream before the tailnet side
+// ended. Bytes it wrote before closing are still forwarded (the host → tailnet pump reads them
+// up to EOF); then the tailnet connection is closed for good instead of waiting, half-closed,
+// for a peer that may never speak again. The two atomics make sure that whichever of this and
+// the pump's end comes last does the closing.
+func (b *bridge) hostClosed() {
+	b.hostGone.Store(true)
+	if b.forwarded.Load() {
+		b.abort()
+	}
 }
 
 // abort closes both sides, which ends both pumps. It is safe to call more than once and

@@ -28,11 +28,8 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 	if srv == nil {
 		return nil, newError(codeNotRunning, "call start first")
 	}
-	n.mu.Lock()
-	full := len(n.listeners) >= maxListeners
-	n.mu.Unlock()
-	if full {
-		return nil, newError(codeLimit, "a node has at most %d listeners", maxListeners)
+	if err := n.checkListenerRoom(); err != nil {
+		return nil, err
 	}
 	ln, err := srv.Listen("tcp", ":"+strconv.FormatUint(port, 10))
 	if err != nil {
@@ -41,7 +38,13 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 		}
 		return nil, newError(codeInternal, "listen: %v", err)
 	}
+	return n.openListener(ln, int(backlog))
+}
 
+// openListener registers ln and, once the host has the listener id, runs its grant-based
+// accept pump. Every kind of listener (plain, TLS, Funnel, any-port) goes through here. It
+// owns ln: on error ln is closed.
+func (n *node) openListener(ln net.Listener, backlog int) (*reply, error) {
 	n.mu.Lock()
 	switch {
 	case n.closed:
@@ -54,7 +57,7 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 		return nil, newError(codeLimit, "a node has at most %d listeners", maxListeners)
 	}
 	n.nextListener++
-	l := newTSListener(n.nextListener, ln, int(backlog))
+	l := newTSListener(n.nextListener, ln, backlog)
 	n.listeners[l.id] = l
 	n.mu.Unlock()
 
@@ -71,6 +74,16 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 			}
 		},
 	}, nil
+}
+
+// checkListenerRoom reports a limit error when the node has all the listeners it may have.
+func (n *node) checkListenerRoom() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.listeners) >= maxListeners {
+		return newError(codeLimit, "a node has at most %d listeners", maxListeners)
+	}
+	return nil
 }
 
 // handOver passes an accepted connection to the host (the accepted notification).

@@ -298,6 +298,13 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(contro
 		RequireAuthKey:  cfg.authKey,
 		RequireAuth:     cfg.interactiveLogin,
 		ExplicitBaseURL: controlURL, // auth URLs must carry our real address
+		// Non-nil: a node that advertises tags at registration gets them (like a tailnet whose
+		// ACL lets anyone own any tag), so tagged nodes can be tested offline.
+		TagOwners: map[string][]string{},
+		// No "https" or "funnel" capability: testcontrol grants both by default, but nothing
+		// here can issue certificates (tsnet would try ACME against the internet). A real
+		// control server grants "https" only when HTTPS is enabled for the tailnet.
+		DefaultNodeCapabilities: &tailcfg.NodeCapMap{},
 	}
 	controlHTTP := &http.Server{
 		Handler:           recoverPanics(controlRoutes(control), errorf),

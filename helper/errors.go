@@ -21,6 +21,8 @@ const (
 	codeNotFound            = "not_found"
 	codeLimit               = "limit"
 	codeInternal            = "internal"
+	codeTLSUnavailable      = "tls_unavailable"
+	codeFunnelUnavailable   = "funnel_unavailable"
 )
 
 // rpcError is the error half of a response: {code, message}.

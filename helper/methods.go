@@ -48,6 +48,20 @@ func (n *node) call(ctx context.Context, method string, params map[string]any) (
 		return n.logout(ctx)
 	case "ping":
 		return okReply(map[string]any{}), nil
+	case "listen_tls":
+		return n.listenTLS(ctx, p)
+	case "listen_funnel":
+		return n.listenFunnel(ctx, p)
+	case "listen_any_port":
+		return n.listenAnyPort(p)
+	case "listen_packet":
+		return n.listenPacket(p)
+	case "dial_udp":
+		return n.dialUDP(ctx, p)
+	case "ping_peer":
+		return n.pingPeer(ctx, p)
+	case "cert_domains":
+		return n.certDomains(ctx)
 	case "shutdown":
 		// Answered first; the process then closes everything and exits (runNode).
 		return &reply{result: map[string]any{}, fd: -1, after: func(bool) { n.requestShutdown() }}, nil
@@ -81,10 +95,14 @@ func (n *node) notification(method string, params map[string]any) {
 			return
 		}
 		n.mu.Lock()
-		b := n.conns[id]
+		b, r := n.conns[id], n.packets[id]
+		delete(n.packets, id)
 		n.mu.Unlock()
 		if b != nil {
-			b.abort()
+			b.hostClosed()
+		}
+		if r != nil {
+			r.close()
 		}
 	}
 	// Unknown notifications are ignored (docs/protocol.md §1).

@@ -224,6 +224,7 @@ type node struct {
 	watchCancel  context.CancelFunc
 	listeners    map[uint64]*tsListener
 	conns        map[uint64]*bridge
+	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
 	nextListener uint64
 	nextConn     uint64
@@ -244,6 +245,7 @@ func newNode(out notifier, tsnetLogs bool) *node {
 		tsnetLogs:  tsnetLogs,
 		listeners:  make(map[uint64]*tsListener),
 		conns:      make(map[uint64]*bridge),
+		packets:    make(map[uint64]*packetRelay),
 		shutdownCh: make(chan struct{}),
 	}
 }
@@ -350,6 +352,11 @@ func (n *node) close() {
 	for _, b := range n.conns {
 		conns = append(conns, b)
 	}
+	packets := make([]*packetRelay, 0, len(n.packets))
+	for _, r := range n.packets {
+		packets = append(packets, r)
+	}
+	clear(n.packets)
 	n.mu.Unlock()
 
 	for _, l := range listeners {
@@ -357,6 +364,9 @@ func (n *node) close() {
 	}
 	for _, b := range conns {
 		b.abort()
+	}
+	for _, r := range packets {
+		r.close()
 	}
 
 	n.startMu.Lock()

@@ -28,7 +28,7 @@ func (n *node) statusResult(st *ipnstate.Status) map[string]any {
 		hostname, dnsName = st.Self.HostName, st.Self.DNSName
 	}
 	n.mu.Lock()
-	listeners, conns := len(n.listeners), len(n.conns)
+	listeners, conns, packets := len(n.listeners), len(n.conns), len(n.packets)
 	n.mu.Unlock()
 	return map[string]any{
 		"backend_state":    st.BackendState,
@@ -43,6 +43,7 @@ func (n *node) statusResult(st *ipnstate.Status) map[string]any {
 		"goroutines":       uint64(runtime.NumGoroutine()),
 		"listeners":        uint64(listeners),
 		"conns":            uint64(conns),
+		"packets":          uint64(packets),
 	}
 }
 

@@ -8,7 +8,7 @@ See docs/design.md for how it works and docs/protocol.md for the helper protocol
 """
 
 from ._node import EventStream, Node
-from ._streams import TailnetListener, TailnetStream
+from ._streams import TailnetListener, TailnetPacketConn, TailnetStream
 from ._supervisor import RestartPolicy
 from ._types import (
     AuthUrlEvent,
@@ -18,6 +18,7 @@ from ._types import (
     NodeInfo,
     NodeState,
     PeerStatus,
+    PingResult,
     StateEvent,
     Status,
     UserInfo,
@@ -27,6 +28,7 @@ from .errors import (
     AddressInUseError,
     AuthError,
     DialError,
+    FunnelUnavailableError,
     HelperCrashLoop,
     HelperDiedError,
     HelperError,
@@ -41,6 +43,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     StateDirLocked,
+    TlsUnavailableError,
     TsprocError,
 )
 
@@ -54,6 +57,7 @@ __all__ = [
     "DialError",
     "Event",
     "EventStream",
+    "FunnelUnavailableError",
     "HelperCrashLoop",
     "HelperDiedError",
     "HelperError",
@@ -70,6 +74,7 @@ __all__ = [
     "NodeTimeoutError",
     "NotFoundError",
     "PeerStatus",
+    "PingResult",
     "ProtocolError",
     "RemoteError",
     "RestartPolicy",
@@ -77,7 +82,9 @@ __all__ = [
     "StateEvent",
     "Status",
     "TailnetListener",
+    "TailnetPacketConn",
     "TailnetStream",
+    "TlsUnavailableError",
     "TsprocError",
     "UserInfo",
     "WhoIs",

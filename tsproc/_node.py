@@ -27,7 +27,7 @@ from . import _protocol as proto
 from ._helper import HelperProcess, find_helper, helper_environment
 from ._rpc import Reply, RpcChannel
 from ._statedir import StateDir
-from ._streams import ConnState, TailnetListener, TailnetStream
+from ._streams import ConnState, TailnetListener, TailnetPacketConn, TailnetStream
 from ._supervisor import Generation, RestartPolicy, Supervisor
 from ._types import (
     AuthUrlEvent,
@@ -36,6 +36,7 @@ from ._types import (
     HelperRestartedEvent,
     IPAddress,
     NodeState,
+    PingResult,
     StateEvent,
     Status,
     WhoIs,
@@ -66,6 +67,18 @@ def _check_port(port: object, what: str = "port") -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidArgumentError(f"{what} must be an integer from 1 to 65535, got {port!r}")
     return port
+
+
+def _check_backlog(backlog: object) -> int:
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 4096:
+        raise InvalidArgumentError(f"backlog must be an integer from 1 to 4096, got {backlog!r}")
+    return backlog
+
+
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or not 0 < len(host) <= 253 or any(c.isspace() for c in host):
+        raise InvalidArgumentError(f"host must be a tailnet name or IP address, got {host!r}")
+    return host
 
 
 def _check_timeout(timeout: object, what: str) -> float:
@@ -105,6 +118,8 @@ class _Generation:
         # `accepted` may overtake the `listen` response that names its listener.
         self._orphans: dict[int, list[TailnetStream]] = {}
         self.hello: dict[str, Any] = {}
+        self.is_up = False  # the helper has reported Running (up answered)
+        self.packets: dict[int, TailnetPacketConn] = {}
 
     # -- Generation protocol (for the supervisor) --
 
@@ -177,6 +192,7 @@ class _Generation:
             for stream in streams:
                 stream.close_now()
         self._orphans.clear()
+        self.packets.clear()  # their sockets read EOF from the dead helper's side
         for listener in self.id_by_listener:
             listener.drop_generation(self.number)
         self.died.set()
@@ -265,16 +281,34 @@ class _Generation:
         for stream in self._orphans.pop(listener_id, []):
             listener.push(stream)
 
-    def remove_listener(self, listener: TailnetListener) -> None:
+    def remove_listener(self, listener: TailnetListener) -> int | None:
+        """Forget *listener*; its helper id (to close in the helper), if it had one."""
         listener_id = self.id_by_listener.pop(listener, None)
         if listener_id is not None:
             self.listener_by_id.pop(listener_id, None)
-            self.rpc.request_nowait("close_listener", {"listener": listener_id})
+        return listener_id
 
     def grant(self, listener: TailnetListener, stream: TailnetStream) -> None:
         listener_id = self.id_by_listener.get(listener)
         if listener_id is not None and stream._state.generation == self.number:
             self.rpc.notify_nowait("grant", {"listener": listener_id, "n": 1})
+
+    def take_packet(self, reply: Reply) -> TailnetPacketConn:
+        """The UDP socket for a reply that carried a packet socketpair's fd."""
+        packet_id = reply.result.get("packet")
+        if reply.fd is None or not isinstance(packet_id, int):
+            if reply.fd is not None:
+                os.close(reply.fd)
+            raise ProtocolError("a UDP result must carry a packet id and an fd")
+
+        def closed() -> None:
+            if self.packets.pop(packet_id, None) is not None and not self.died.is_set():
+                self.rpc.notify_nowait("close_conn", {"conn": packet_id})
+
+        conn = TailnetPacketConn(reply.fd, reply.result.get("local"),
+                                 reply.result.get("remote"), on_close=closed)
+        self.packets[packet_id] = conn
+        return conn
 
     def stream_closed(self, state: ConnState) -> None:
         # Closed before the tailnet side ended: tell the helper to drop the tailnet connection
@@ -588,9 +622,8 @@ class Node:
             else:
                 self._nursery.start_soon(self._up_later, gen)
             for listener in list(self._listeners):
-                reply = await gen.request(
-                    "listen", {"network": "tcp", "port": listener.port, "backlog": listener.backlog}
-                )
+                method, listen_params = listener.spec
+                reply = await gen.request(method, listen_params)
                 gen.add_listener(listener, _int(reply.result, "listener"))
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
@@ -619,6 +652,7 @@ class Node:
                 raise
             status = Status.from_wire(reply.result, pid=gen.process.pid, restarts=0)
             self._ips = tuple(sorted(status.tailscale_ips, key=lambda ip: ip.version))
+            gen.is_up = True
             return
 
     async def _up_later(self, gen: _Generation) -> None:
@@ -629,14 +663,15 @@ class Node:
             self._set_state(NodeState.FAILED)
             self._running.set()
             return
-        if not gen.died.is_set():
+        # If the supervisor has not adopted this generation yet, _on_running will see is_up.
+        if not gen.died.is_set() and self._generation is gen:
             self._set_state(NodeState.RUNNING)
             self._running.set()
 
     def _on_running(self, generation: Generation, previous: Generation | None) -> None:
         assert isinstance(generation, _Generation)
         self._generation = generation
-        if self._wait_running_on_enter or generation.number > 1:
+        if generation.is_up:
             self._set_state(NodeState.RUNNING)
             self._running.set()
         if previous is not None:
@@ -745,29 +780,145 @@ class Node:
         Raises:
             InvalidArgumentError: bad port or backlog.
             AddressInUseError: this node already listens on that port.
+            LimitError: the node already has 256 listeners.
         """
         _check_port(port)
-        if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 4096:
-            raise InvalidArgumentError(
-                f"backlog must be an integer from 1 to 4096, got {backlog!r}"
-            )
+        params = {"network": "tcp", "port": port, "backlog": _check_backlog(backlog)}
+        return await self._open_listener("listen", params, port, backlog)
+
+    async def listen_tls(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+        """Listen for TLS connections to *port*, with a certificate for this node's MagicDNS
+        name issued through the tailnet. The helper terminates TLS: streams carry plaintext.
+
+        Needs a tailnet with MagicDNS and HTTPS certificates enabled in its admin console
+        (see :meth:`cert_domains`).
+
+        Raises:
+            TlsUnavailableError: the tailnet issues no certificates to this node.
+        """
+        _check_port(port)
+        params = {"port": port, "backlog": _check_backlog(backlog)}
+        return await self._open_listener("listen_tls", params, port, backlog)
+
+    async def listen_funnel(self, port: int, *, funnel_only: bool = False,
+                            backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+        """Listen on *port* for connections from the public internet through Tailscale Funnel
+        (and from the tailnet, unless *funnel_only*). TLS is terminated in the helper.
+
+        Needs HTTPS certificates and a tailnet policy that grants this node the ``funnel``
+        attribute; Funnel serves ports 443, 8443 and 10000.
+
+        Raises:
+            TlsUnavailableError: the tailnet issues no certificates to this node.
+            FunnelUnavailableError: the tailnet does not allow Funnel here.
+        """
+        _check_port(port)
+        params = {"port": port, "backlog": _check_backlog(backlog),
+                  "funnel_only": bool(funnel_only)}
+        return await self._open_listener("listen_funnel", params, port, backlog)
+
+    async def listen_any_port(self, *, backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+        """Accept TCP connections to every port of this node that no other listener holds
+        (tsnet's fallback TCP handler). Each stream's ``local_addr`` is the address the peer
+        dialled, so a handler can dispatch on the destination port.
+
+        When ``backlog`` connections wait unaccepted, further ones are refused (reset).
+        """
+        params = {"backlog": _check_backlog(backlog)}
+        return await self._open_listener("listen_any_port", params, 0, backlog)
+
+    async def _open_listener(self, method: str, params: dict[str, Any], port: int,
+                             backlog: int) -> TailnetListener:
         gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
-        reply = await gen.request("listen", {"network": "tcp", "port": port, "backlog": backlog})
-        listener = TailnetListener(port, backlog, self._on_accept, self._on_listener_close)
+        reply = await gen.request(method, params)
+        listener = TailnetListener(port, backlog, self._on_accept, self._on_listener_close,
+                                   spec=(method, params))
         self._listeners.add(listener)
         gen.add_listener(listener, _int(reply.result, "listener"))
         return listener
+
+    async def listen_packet(self, port: int = 0) -> TailnetPacketConn:
+        """A UDP socket on *port* of this node's tailnet IPv4 address (0: any free port).
+
+        Raises:
+            AddressInUseError: the port is taken.
+        """
+        if port != 0:
+            _check_port(port)
+        gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
+        reply = await gen.request("listen_packet", {"port": port})
+        return gen.take_packet(reply)
+
+    async def dial_udp(self, host: str, port: int, *, timeout: float = 30.0) -> TailnetPacketConn:
+        """A UDP socket connected to *host*:*port* on the tailnet (use ``send``/``receive``).
+
+        Raises:
+            DialError: *host* is not on the tailnet.
+        """
+        _check_host(host)
+        _check_port(port)
+        timeout = _check_timeout(timeout, "timeout")
+        deadline = trio.current_time() + timeout
+        gen = await self._running_generation(deadline)
+        remaining = max(0.001, deadline - trio.current_time())
+        reply = await gen.request(
+            "dial_udp", {"host": host, "port": port, "timeout_ms": max(1, int(remaining * 1000))},
+            timeout=remaining + 5,
+        )
+        return gen.take_packet(reply)
+
+    async def ping(self, peer: str, *, timeout: float = 10.0) -> PingResult:
+        """Ping *peer* (a tailnet name or IP) with TSMP, through WireGuard: the latency, and
+        whether the path is direct or relayed through DERP.
+
+        Raises:
+            NotFoundError: *peer* is not on the tailnet.
+            NodeTimeoutError: no answer within *timeout*.
+        """
+        _check_host(peer)
+        timeout = _check_timeout(timeout, "timeout")
+        gen = await self._running_generation(trio.current_time() + timeout)
+        reply = await gen.request(
+            "ping_peer", {"host": peer, "timeout_ms": max(1, int(timeout * 1000))},
+            timeout=timeout + 5,
+        )
+        return PingResult.from_wire(reply.result)
+
+    async def cert_domains(self) -> tuple[str, ...]:
+        """The DNS names the tailnet issues HTTPS certificates for to this node (empty when
+        HTTPS is not enabled: then :meth:`listen_tls` and :meth:`listen_funnel` fail)."""
+        gen = await self._live_generation()
+        reply = await gen.request("cert_domains", {})
+        domains = reply.result.get("domains")
+        return tuple(str(d) for d in domains) if isinstance(domains, list) else ()
 
     def _on_accept(self, listener: TailnetListener, stream: TailnetStream) -> None:
         gen = self._generation
         if gen is not None and not gen.died.is_set():
             gen.grant(listener, stream)
 
-    def _on_listener_close(self, listener: TailnetListener) -> None:
+    def _on_listener_close(self, listener: TailnetListener, released: trio.Event | None) -> None:
         self._listeners.discard(listener)
         gen = self._generation
+        listener_id = None
         if gen is not None and not gen.died.is_set():
-            gen.remove_listener(listener)
+            listener_id = gen.remove_listener(listener)
+        if listener_id is None or gen is None:
+            if released is not None:
+                released.set()
+        elif released is None or self._nursery is None:
+            gen.rpc.request_nowait("close_listener", {"listener": listener_id})
+        else:
+            self._nursery.start_soon(self._release_listener, gen, listener_id, released)
+
+    async def _release_listener(self, gen: _Generation, listener_id: int,
+                                released: trio.Event) -> None:
+        try:
+            await gen.request("close_listener", {"listener": listener_id}, timeout=5)
+        except TsprocError:
+            pass  # gone already, or the helper died: either way the port is free
+        finally:
+            released.set()
 
     async def dial(self, host: str, port: int, *, timeout: float = 30.0) -> TailnetStream:
         """Open a TCP connection to *host*:*port* over the tailnet.
@@ -780,8 +931,7 @@ class Node:
             DialError: unknown host, refused, unreachable.
             NodeTimeoutError: not connected within *timeout*.
         """
-        if not isinstance(host, str) or not 0 < len(host) <= 253 or any(c.isspace() for c in host):
-            raise InvalidArgumentError(f"host must be a tailnet name or IP address, got {host!r}")
+        _check_host(host)
         _check_port(port)
         timeout = _check_timeout(timeout, "timeout")
         deadline = trio.current_time() + timeout

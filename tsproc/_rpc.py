@@ -119,7 +119,9 @@ class RpcChannel:
             while True:
                 try:
                     frames.append(self._outbox.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    # EndOfChannel: the channel failed (_fail closed the outbox) after this
+                    # frame was queued; the write below then fails or is cancelled.
                     break
             data = memoryview(b"".join(frames) if len(frames) > 1 else frame)
             try:

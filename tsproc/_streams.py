@@ -10,18 +10,23 @@ late) and raises :class:`trio.BrokenResourceError` unless that word says the end
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 
-__all__ = ["ConnState", "TailnetListener", "TailnetStream"]
+from .errors import InvalidArgumentError
+
+__all__ = ["ConnState", "TailnetListener", "TailnetPacketConn", "TailnetStream"]
 
 # Bigger socketpair buffers than the kernel default (about 200 KiB) let bulk transfers move in
 # larger steps; the kernel caps them at net.core.{r,w}mem_max.
 _SOCKET_BUFFER: Final = 1 << 20
+# How long aclose() waits for the helper to release a listener's port.
+_RELEASE_TIMEOUT: Final = 5.0
 
 
 class ConnState:
@@ -163,10 +168,14 @@ class TailnetListener(trio.abc.Listener[TailnetStream]):
         port: int,
         backlog: int,
         on_accept: Callable[[TailnetListener, TailnetStream], None],
-        on_close: Callable[[TailnetListener], None],
+        on_close: Callable[[TailnetListener, trio.Event | None], None],
+        spec: tuple[str, dict[str, Any]] = ("listen", {}),
     ) -> None:
         self.port = port
+        """The port it listens on; 0 for an any-port listener."""
         self.backlog = backlog
+        # The request that opens it: sent again to each new helper after a restart.
+        self.spec = spec
         self._queue: deque[TailnetStream] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._on_accept = on_accept
@@ -176,7 +185,9 @@ class TailnetListener(trio.abc.Listener[TailnetStream]):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._queue)} waiting"
-        return f"<TailnetListener port={self.port} backlog={self.backlog} {state}>"
+        kind = self.spec[0].removeprefix("listen").strip("_") or "tcp"
+        port = self.port or "*"
+        return f"<TailnetListener {kind} port={port} backlog={self.backlog} {state}>"
 
     @property
     def closed(self) -> bool:
@@ -202,8 +213,14 @@ class TailnetListener(trio.abc.Listener[TailnetStream]):
         return stream
 
     async def aclose(self) -> None:
-        """Stop listening; a blocked ``accept()`` raises ClosedResourceError. Idempotent."""
-        self.close_now("listener was closed")
+        """Stop listening; a blocked ``accept()`` raises ClosedResourceError. Idempotent.
+
+        Returns once the helper has released the port, so it can be listened on again."""
+        released = trio.Event()
+        if self._close_locally("listener was closed"):
+            self._on_close(self, released)
+            with trio.move_on_after(_RELEASE_TIMEOUT):
+                await released.wait()
         await trio.lowlevel.checkpoint()
 
     # -- used by the node --
@@ -224,15 +241,137 @@ class TailnetListener(trio.abc.Listener[TailnetStream]):
         self._queue = keep
 
     def close_now(self, reason: str) -> None:
+        """Close without waiting for the helper (it is told, but not waited for)."""
+        if self._close_locally(reason):
+            self._on_close(self, None)
+
+    def _close_locally(self, reason: str) -> bool:
         if self._closed:
-            return
+            return False
         self._closed = True
         self._closed_reason = reason
         while self._queue:
             self._queue.popleft().close_now()
         self._lot.unpark_all()
-        self._on_close(self)
+        return True
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+
+_FAMILY_SIZE: Final = {4: 4, 6: 16}
+MAX_DATAGRAM: Final = 65535
+
+
+def _pack_addr(addr: tuple[str, int]) -> bytes:
+    try:
+        ip = ipaddress.ip_address(addr[0])
+        port = int(addr[1])
+    except (ValueError, TypeError, IndexError):
+        raise InvalidArgumentError(
+            f"a UDP address is (tailnet IP, port), got {addr!r}; use Node.dial_udp for names"
+        ) from None
+    if not 0 < port <= 65535:
+        raise InvalidArgumentError(f"UDP port must be from 1 to 65535, got {port}")
+    return bytes([ip.version]) + ip.packed + port.to_bytes(2, "big")
+
+
+def _unpack_addr(message: bytes) -> tuple[tuple[str, int], bytes]:
+    size = _FAMILY_SIZE.get(message[0]) if message else None
+    if size is None or len(message) < 1 + size + 2:
+        raise trio.BrokenResourceError("malformed datagram header from the helper")
+    ip = ipaddress.ip_address(message[1 : 1 + size])
+    port = int.from_bytes(message[1 + size : 3 + size], "big")
+    return (str(ip), port), message[3 + size :]
+
+
+@final
+class TailnetPacketConn:
+    """A UDP socket on the tailnet (:meth:`Node.listen_packet`, :meth:`Node.dial_udp`).
+
+    Datagrams keep their boundaries and carry their peer's tailnet address. Like UDP, delivery
+    is not guaranteed: when this side reads too slowly, the helper drops datagrams rather than
+    blocking. A helper restart ends the socket: calls then raise
+    :class:`trio.BrokenResourceError`; open a new one.
+
+    Attributes:
+        local_addr: this node's (tailnet IP, port).
+        remote_addr: the peer's (ip, port) for a dialled socket, else None.
+    """
+
+    def __init__(self, fd: int, local_addr: object, remote_addr: object = None,
+                 on_close: Callable[[], None] | None = None) -> None:
+        sock = socket.socket(fileno=fd)
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        self.local_addr = _split_addr(local_addr)
+        self.remote_addr = _split_addr(remote_addr) if remote_addr else None
+        self._on_close = on_close
+        self._closed = False
+
+    def __repr__(self) -> str:
+        peer = f" -> {self.remote_addr[0]}:{self.remote_addr[1]}" if self.remote_addr else ""
+        return f"<TailnetPacketConn {self.local_addr[0]}:{self.local_addr[1]}{peer}>"
+
+    async def sendto(self, data: bytes | bytearray | memoryview, addr: tuple[str, int]) -> None:
+        """Send one datagram to *addr*, a (tailnet IP, port) tuple."""
+        header = _pack_addr(addr)
+        if len(data) > MAX_DATAGRAM:
+            raise InvalidArgumentError(f"a UDP datagram holds at most {MAX_DATAGRAM} bytes")
+        self._check_open()
+        try:
+            await self._sock.send(header + bytes(data))
+        except OSError as exc:
+            raise trio.BrokenResourceError(
+                f"the helper's end of this UDP socket is gone: {exc}"
+            ) from exc
+
+    async def recvfrom(self) -> tuple[bytes, tuple[str, int]]:
+        """Receive one datagram: (payload, (source IP, source port))."""
+        self._check_open()
+        try:
+            message = await self._sock.recv(MAX_DATAGRAM + 19)
+        except OSError as exc:
+            raise trio.BrokenResourceError(
+                f"the helper's end of this UDP socket is gone: {exc}"
+            ) from exc
+        if not message:
+            self._check_open()
+            raise trio.BrokenResourceError(
+                "this UDP socket ended: its helper restarted or the node closed"
+            )
+        addr, payload = _unpack_addr(message)
+        return payload, addr
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one datagram to the peer of a dialled socket."""
+        if self.remote_addr is None:
+            raise InvalidArgumentError("send() needs a dialled socket; use sendto()")
+        await self.sendto(data, self.remote_addr)
+
+    async def receive(self) -> bytes:
+        """Receive one datagram's payload (any source)."""
+        payload, _ = await self.recvfrom()
+        return payload
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this UDP socket is closed")
+
+    async def aclose(self) -> None:
+        """Close the socket. Idempotent."""
+        self.close_now()
+        await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+            if self._on_close is not None:
+                self._on_close()
+
+    async def __aenter__(self) -> TailnetPacketConn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -16,6 +16,7 @@ __all__ = [
     "NodeInfo",
     "NodeState",
     "PeerStatus",
+    "PingResult",
     "StateEvent",
     "Status",
     "UserInfo",
@@ -176,6 +177,37 @@ class WhoIs:
                 login_name=_str(user, "login_name"),
                 display_name=_str(user, "display_name"),
             ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """The answer to :meth:`~tsproc.Node.ping`: a TSMP ping through WireGuard."""
+
+    ip: str
+    """The peer's tailnet IP that was pinged."""
+    node_name: str
+    latency: float
+    """Round-trip time in seconds."""
+    endpoint: str
+    """The direct ip:port the path uses, or '' when it goes through a DERP relay."""
+    relay: str
+    """The DERP region code of the peer's relay ('' if unknown)."""
+
+    @property
+    def direct(self) -> bool:
+        """True when the peers talk directly, False when through DERP."""
+        return bool(self.endpoint)
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> PingResult:
+        latency = m.get("latency_s")
+        return cls(
+            ip=_str(m, "ip"),
+            node_name=_str(m, "node_name"),
+            latency=float(latency) if isinstance(latency, int | float) else 0.0,
+            endpoint=_str(m, "endpoint"),
+            relay=_str(m, "relay"),
         )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "AddressInUseError",
     "AuthError",
     "DialError",
+    "FunnelUnavailableError",
     "HelperCrashLoop",
     "HelperDiedError",
     "HelperError",
@@ -177,9 +178,16 @@ class LimitError(RemoteError):
 
 
 class TlsUnavailableError(RemoteError):
-    """The tailnet cannot issue HTTPS certificates for this node."""
+    """The tailnet issues no HTTPS certificates to this node (HTTPS is off in its admin
+    console, or it is a test tailnet): TLS and Funnel listeners cannot work."""
 
     code = "tls_unavailable"
+
+
+class FunnelUnavailableError(RemoteError):
+    """The tailnet does not let this node use Funnel (policy, node attribute or port)."""
+
+    code = "funnel_unavailable"
 
 
 class _RemoteBadRequest(RemoteError, InvalidArgumentError):
@@ -199,6 +207,7 @@ _BY_CODE: dict[str, type[RemoteError]] = {
         NotFoundError,
         LimitError,
         TlsUnavailableError,
+        FunnelUnavailableError,
         _RemoteBadRequest,
     )
 }

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+
+	"tailscale.com/tailcfg"
+	"tailscale.com/tsnet"
+)
+
+// The other kinds of TCP listener: TLS (certificates from the tailnet), Funnel (reachable from
+// the internet) and the any-port listener (tsnet's fallback TCP handler). They all hand their
+// connections over through openListener's grant-based pump, like listen.
+
+// requireCerts explains, before tsnet is asked, why a TLS or Funnel listener cannot work: the
+// tailnet issues no HTTPS certificates to this node (HTTPS disabled in the admin console, or a
+// control server that has none, like the local test tailnet).
+func requireCerts(ctx context.Context, n *node) (*tsnet.Server, error) {
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, newError(codeNotRunning, "call start and up first")
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, newError(codeInternal, "status: %v", err)
+	}
+	if st.BackendState != "Running" {
+		return nil, newError(codeNotRunning, "node is in state %s", st.BackendState)
+	}
+	// The "https" capability is how a control server says it issues certificates to this
+	// node (HTTPS enabled for the tailnet); cert domains alone are not enough.
+	if len(st.CertDomains) == 0 || st.Self == nil || !st.Self.HasCap(tailcfg.CapabilityHTTPS) {
+		return nil, newError(codeTLSUnavailable, "this tailnet has no HTTPS certificates for "+
+			"this node: enable MagicDNS and HTTPS certificates in the tailnet's admin console "+
+			"(a local test tailnet has none)")
+	}
+	return srv, nil
+}
+
+func (n *node) listenTLS(ctx context.Context, p *paramReader) (*reply, error) {
+	port := p.uint("port", 1, 65535)
+	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
+	if p.err != nil {
+		return nil, p.err
+	}
+	if err := n.checkListenerRoom(); err != nil {
+		return nil, err
+	}
+	srv, err := requireCerts(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := srv.ListenTLS("tcp", ":"+strconv.FormatUint(port, 10))
+	if err != nil {
+		return nil, listenError(port, err, codeTLSUnavailable)
+	}
+	return n.openListener(ln, int(backlog))
+}
+
+func (n *node) listenFunnel(ctx context.Context, p *paramReader) (*reply, error) {
+	port := p.uint("port", 1, 65535)
+	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
+	funnelOnly := p.optBool("funnel_only")
+	if p.err != nil {
+		return nil, p.err
+	}
+	if err := n.checkListenerRoom(); err != nil {
+		return nil, err
+	}
+	srv, err := requireCerts(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	var opts []tsnet.FunnelOption
+	if funnelOnly {
+		opts = append(opts, tsnet.FunnelOnly())
+	}
+	ln, err := srv.ListenFunnel("tcp", ":"+strconv.FormatUint(port, 10), opts...)
+	if err != nil {
+		return nil, listenError(port, err, codeFunnelUnavailable)
+	}
+	return n.openListener(ln, int(backlog))
+}
+
+// listenError maps tsnet's listen errors: a port in use, or the feature being unavailable.
+func listenError(port uint64, err error, unavailable string) error {
+	if strings.Contains(err.Error(), "already open") {
+		return newError(codeAddressInUse, "port %d: %v", port, err)
+	}
+	return newError(unavailable, "port %d: %v", port, err)
+}
+
+func (n *node) listenAnyPort(p *paramReader) (*reply, error) {
+	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
+	if p.err != nil {
+		return nil, p.err
+	}
+	srv, _ := n.server()
+	if srv == nil {
+		return nil, newError(codeNotRunning, "call start first")
+	}
+	if err := n.checkListenerRoom(); err != nil {
+		return nil, err
+	}
+	return n.openListener(newFallbackListener(srv, int(backlog)), int(backlog))
+}
+
+// certDomains lists the names the tailnet will issue certificates for: none without the
+// "https" capability, whatever DNS names the netmap carries.
+func (n *node) certDomains(ctx context.Context) (*reply, error) {
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, newError(codeNotStarted, "call start first")
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, newError(codeInternal, "status: %v", err)
+	}
+	domains := []string{}
+	if st.Self != nil && st.Self.HasCap(tailcfg.CapabilityHTTPS) {
+		domains = append(domains, st.CertDomains...)
+	}
+	return okReply(map[string]any{"domains": domains}), nil
+}
+
+// fallbackListener is a net.Listener fed by tsnet's fallback TCP handler: it gets the
+// connections to every port of this node that no other listener holds. Each connection's
+// LocalAddr is the address the peer dialled.
+type fallbackListener struct {
+	conns      chan net.Conn
+	closed     chan struct{}
+	closeOnce  sync.Once
+	unregister func()
+}
+
+func newFallbackListener(srv *tsnet.Server, queue int) *fallbackListener {
+	fl := &fallbackListener{conns: make(chan net.Conn, queue), closed: make(chan struct{})}
+	fl.unregister = srv.RegisterFallbackTCPHandler(func(src, dst netip.AddrPort) (func(net.Conn), bool) {
+		select {
+		case <-fl.closed:
+			return nil, false
+		default:
+		}
+		// The decision is taken before the handshake completes: refuse (the peer sees a reset)
+		// when as many connections already wait as the backlog allows, instead of queueing
+		// without bound.
+		if len(fl.conns) >= cap(fl.conns) {
+			return nil, false
+		}
+		return func(c net.Conn) {
+			select {
+			case fl.conns <- c:
+			case <-fl.closed:
+				c.Close()
+			}
+		}, true
+	})
+	return fl
+}
+
+func (fl *fallbackListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-fl.conns:
+		return c, nil
+	case <-fl.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (fl *fallbackListener) Close() error {
+	fl.closeOnce.Do(func() {
+		close(fl.closed)
+		fl.unregister()
+		for {
+			select {
+			case c := <-fl.conns:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+func (fl *fallbackListener) Addr() net.Addr { return anyPortAddr{} }
+
+// anyPortAddr names the any-port listener's address: every port of the node's addresses.
+type anyPortAddr struct{}
+
+func (anyPortAddr) Network() string { return "tcp" }
+func (anyPortAddr) String() string  { return ":*" }

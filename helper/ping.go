@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+
+	"tailscale.com/tailcfg"
+)
+
+// pingPeer sends a TSMP ping (through WireGuard, so it proves the whole data path) and reports
+// the latency, and the path from the peer's status: a direct endpoint, or the DERP relay.
+func (n *node) pingPeer(ctx context.Context, p *paramReader) (*reply, error) {
+	host := p.string("host")
+	timeoutMS := p.uint("timeout_ms", 1, maxTimeoutMS)
+	if p.err != nil {
+		return nil, p.err
+	}
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, newError(codeNotRunning, "call start and up first")
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
+	defer cancel()
+	ip, err := n.resolver.resolve(pingCtx, lc, host)
+	if err != nil {
+		return nil, newError(codeNotFound, "ping %s: %v", host, err)
+	}
+	res, err := lc.Ping(pingCtx, ip, tailcfg.PingTSMP)
+	switch {
+	case pingCtx.Err() != nil:
+		return nil, newError(codeTimeout, "ping %s: no answer within %d ms%s", host, timeoutMS, n.health())
+	case err != nil:
+		return nil, newError(codeDialFailed, "ping %s: %v", host, err)
+	case res.Err != "":
+		return nil, newError(codeDialFailed, "ping %s: %s", host, res.Err)
+	}
+	result := map[string]any{
+		"ip":        ip.String(),
+		"node_name": res.NodeName,
+		"latency_s": res.LatencySeconds,
+		"endpoint":  res.Endpoint,
+		"relay":     res.DERPRegionCode,
+	}
+	// A TSMP result may not name the path; the peer's status does.
+	if st, err := lc.Status(pingCtx); err == nil {
+		for _, ps := range st.Peer {
+			for _, a := range ps.TailscaleIPs {
+				if a == ip {
+					if res.Endpoint == "" {
+						result["endpoint"] = ps.CurAddr
+					}
+					if res.DERPRegionCode == "" {
+						result["relay"] = ps.Relay
+					}
+				}
+			}
+		}
+	}
+	return okReply(result), nil
+}

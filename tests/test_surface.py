@@ -29,43 +29,45 @@ async def log_in_when_asked(tailnet: LocalTailnet, events: tsproc.EventStream,
 
 
 async def test_interactive_login_emits_an_auth_url_and_then_serves():
-    async with local_tailnet(interactive_login=True) as tailnet:
-        # Returns early (wait_running=False); the test logs in as a person would.
-        async with tailnet.node("waiter", wait_running=False, up_timeout=None) as server:
-            assert server.state is not tsproc.NodeState.RUNNING
-            urls: list[str] = []
-            with trio.fail_after(30):
-                # It may have asked before we subscribed: the property has the URL too.
-                if server.auth_url:
-                    urls.append(server.auth_url)
-                    await tailnet.complete_login(server.auth_url)
-                else:
-                    await log_in_when_asked(tailnet, server.events(), urls)
-                await server.wait_running()
-            assert urls and urls[0].startswith(tailnet.control_url + "/auth/")
-            assert server.state is tsproc.NodeState.RUNNING
-            assert server.auth_url == ""
+    # The server node returns early (wait_running=False); the test logs in as a person would.
+    async with (
+        local_tailnet(interactive_login=True) as tailnet,
+        tailnet.node("waiter", wait_running=False, up_timeout=None) as server,
+    ):
+        assert server.state is not tsproc.NodeState.RUNNING
+        urls: list[str] = []
+        with trio.fail_after(30):
+            # It may have asked before we subscribed: the property has the URL too.
+            if server.auth_url:
+                urls.append(server.auth_url)
+                await tailnet.complete_login(server.auth_url)
+            else:
+                await log_in_when_asked(tailnet, server.events(), urls)
+            await server.wait_running()
+        assert urls and urls[0].startswith(tailnet.control_url + "/auth/")
+        assert server.state is tsproc.NodeState.RUNNING
+        assert server.auth_url == ""
 
-            # The default (wait under the caller's cancel scope) for the second node, with a
-            # task that completes its login from the event stream.
-            client = tailnet.node("visitor", up_timeout=None)
-            events = client.events()  # subscribed before it starts: no event is missed
-            listener = await server.listen(80)
+        # The default (wait under the caller's cancel scope) for the second node, with a
+        # task that completes its login from the event stream.
+        client = tailnet.node("visitor", up_timeout=None)
+        events = client.events()  # subscribed before it starts: no event is missed
+        listener = await server.listen(80)
 
-            async def serve_one() -> None:
-                stream = await listener.accept()
-                await stream.send_all(b"logged in")
-                await stream.aclose()
+        async def serve_one() -> None:
+            stream = await listener.accept()
+            await stream.send_all(b"logged in")
+            await stream.aclose()
 
-            with trio.fail_after(30):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(log_in_when_asked, tailnet, events, urls)
-                    nursery.start_soon(serve_one)
-                    async with client:  # waits, under our cancel scope, for the login
-                        stream = await client.dial("waiter", 80)
-                        assert await read_all(stream) == b"logged in"
-                        await stream.aclose()
-            assert len(urls) == 2
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(log_in_when_asked, tailnet, events, urls)
+                nursery.start_soon(serve_one)
+                async with client:  # waits, under our cancel scope, for the login
+                    stream = await client.dial("waiter", 80)
+                    assert await read_all(stream) == b"logged in"
+                    await stream.aclose()
+        assert len(urls) == 2
 
 
 def datagram(i: int) -> bytes:

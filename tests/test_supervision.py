@@ -287,3 +287,47 @@ async def test_state_dir_writable_by_others_is_refused(tmp_path):
     with pytest.raises(tsproc.InvalidArgumentError, match="chmod 700"):
         async with tsproc.Node("x", state_dir=state):
             pass
+
+
+async def test_clean_close_is_bounded_even_when_the_helper_ignores_shutdown(
+    monkeypatch, tailnet_node
+):
+    # The helper stops answering when asked to shut down (and ignores nothing else): close
+    # must still finish, by SIGTERM, within the configured grace.
+    monkeypatch.setenv("TSPROC_HELPER_FAULT", "hang_after:shutdown")
+    policy = tsproc.RestartPolicy(shutdown_grace=1.0)
+    node = tailnet_node("stubborn", restart=policy)
+    async with node:
+        pid = node.helper_pid
+        started = trio.current_time()
+    elapsed = trio.current_time() - started
+    assert node.state is tsproc.NodeState.CLOSED
+    assert not pid_alive(pid)
+    # It did wait out the grace (the shutdown answer never came), and no longer than bounded.
+    assert 0.9 <= elapsed < 1.0 * 2 + 2, f"close took {elapsed:.1f} s"
+
+
+async def test_memory_limit_reaches_the_helper_as_GOMEMLIMIT(tailnet_node):
+    async with tailnet_node("capped", memory_limit=64 << 20) as node:
+        with open(f"/proc/{node.helper_pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        assert b"GOMEMLIMIT=%d" % (64 << 20) in environ
+        assert b"TSPROC_HELPER_GENERATION=1" in environ
+
+
+async def test_events_report_state_changes_and_restarts(tailnet_node):
+    async with tailnet_node("eventful", restart=FAST) as node:
+        events = node.events()
+        os.kill(node.helper_pid, signal.SIGKILL)
+        seen: list[object] = []
+        with trio.fail_after(30):
+            async for event in events:
+                seen.append(event)
+                if isinstance(event, tsproc.HelperRestartedEvent):
+                    break
+        states = [e.state for e in seen if isinstance(e, tsproc.StateEvent)]
+        assert tsproc.NodeState.RESTARTING in states
+        assert states[-1] is tsproc.NodeState.RUNNING
+    # The stream ends when the node closes.
+    async for _ in events:
+        pass

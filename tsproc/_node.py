@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import trio
 
 from . import _protocol as proto
+from ._helper import SECRET_ENV as _SECRET_ENV
 from ._helper import HelperProcess, find_helper, helper_environment
 from ._rpc import Reply, RpcChannel
 from ._statedir import StateDir
@@ -50,6 +51,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     TsprocError,
+    redact,
 )
 
 __all__ = ["Node"]
@@ -62,6 +64,9 @@ _HELLO_TIMEOUT: Final = 10.0
 _RPC_TIMEOUT: Final = 60.0
 _DEFAULT_BACKLOG: Final = 128
 _EVENT_BUFFER: Final = 256
+# Connections held for listeners whose listen() answer the caller has not yet taken: at most one
+# listener's full backlog in practice.
+_MAX_ORPHANS: Final = 4096
 
 
 def _check_port(port: object, what: str = "port") -> int:
@@ -118,6 +123,7 @@ class _Generation:
         self.id_by_listener: dict[TailnetListener, int] = {}
         # `accepted` may overtake the `listen` response that names its listener.
         self._orphans: dict[int, list[TailnetStream]] = {}
+        self._orphan_count = 0
         self.hello: dict[str, Any] = {}
         self.is_up = False  # the helper has reported Running (up answered)
         self.packets: dict[int, TailnetPacketConn] = {}
@@ -153,7 +159,13 @@ class _Generation:
         # Its last words (conn_end, say) may still be in the socket: let the reader drain them.
         with trio.move_on_after(2):
             await self.rpc.closed.wait()
-        self.die(self.process.describe_exit())
+        broken = self.rpc.broken
+        if isinstance(broken, ProtocolError):
+            # It broke the protocol and then exited (the channel closed on it): that, not
+            # its exit status, is why it died, whichever of the two the host noticed first.
+            self.die(f"protocol error: {broken}")
+        else:
+            self.die(self.process.describe_exit())
 
     async def _serve(self) -> None:
         try:
@@ -245,7 +257,10 @@ class _Generation:
         p = msg.params
         if msg.method == "accepted":
             self._on_accepted(msg)
-        elif msg.method == "conn_end":
+            return
+        if msg.fd is not None:
+            os.close(msg.fd)  # no other notification carries an fd: it is nobody's
+        if msg.method == "conn_end":
             state = self.conns.pop(_int(p, "conn"), None)
             if state is not None:
                 state.finish(p.get("clean") is True, str(p.get("error") or ""))
@@ -256,32 +271,35 @@ class _Generation:
                 listener.close_now(f"the helper closed the listener: {p.get('reason', '')}")
         elif msg.method == "state":
             self._node._on_backend_state(str(p.get("state", "")), str(p.get("auth_url") or ""))
-        elif msg.fd is not None:
-            os.close(msg.fd)  # an unknown notification's fd is nobody's
 
     def _on_accepted(self, msg: proto.Notification) -> None:
         if msg.fd is None:
             raise ProtocolError("accepted notification without its fd")
         p = msg.params
-        conn = _int(p, "conn")
+        try:
+            conn, listener_id = _int(p, "conn"), _int(p, "listener")
+            listener = self.listener_by_id.get(listener_id)
+            if listener is None and self._orphan_count >= _MAX_ORPHANS:
+                # Bounded in total, not per id: a broken helper could name any number of ids.
+                raise ProtocolError("connections arrived for a listener that never appeared")
+        except ProtocolError:
+            os.close(msg.fd)
+            raise
         state = ConnState(conn, self.number)
-        self.conns[conn] = state
         stream = TailnetStream(msg.fd, state, p.get("local"), p.get("remote"),
                                on_close=self.stream_closed)
-        listener_id = _int(p, "listener")
-        listener = self.listener_by_id.get(listener_id)
+        self.conns[conn] = state
         if listener is not None:
             listener.push(stream)
         else:
-            orphans = self._orphans.setdefault(listener_id, [])
-            if len(orphans) >= 4096:
-                raise ProtocolError("connections arrived for a listener that never appeared")
-            orphans.append(stream)
+            self._orphans.setdefault(listener_id, []).append(stream)
+            self._orphan_count += 1
 
     def add_listener(self, listener: TailnetListener, listener_id: int) -> None:
         self.listener_by_id[listener_id] = listener
         self.id_by_listener[listener] = listener_id
         for stream in self._orphans.pop(listener_id, []):
+            self._orphan_count -= 1
             listener.push(stream)
 
     def remove_listener(self, listener: TailnetListener) -> int | None:
@@ -388,6 +406,9 @@ class Node:
             watch :meth:`events` for an auth URL; then use :meth:`wait_running`.
         restart: how the helper is watched and restarted.
         memory_limit: a soft memory cap for the helper in bytes (Go's GOMEMLIMIT).
+        helper_env: extra environment variables for this node's helper — tsnet and Go knobs
+            such as ``TS_DEBUG_USE_DERP_HTTP``; never secrets (a value that looks like an auth
+            key is refused: the helper's environment is visible to the machine's other users).
         helper_path: the helper binary (default: ``$TSPROC_HELPER`` or the packaged one).
 
     Raises (from ``__aenter__``):
@@ -409,6 +430,7 @@ class Node:
         wait_running: bool = True,
         restart: RestartPolicy | None = None,
         memory_limit: int | None = None,
+        helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
@@ -444,6 +466,15 @@ class Node:
         self._wait_running_on_enter = wait_running
         self._policy = restart or RestartPolicy()
         self._memory_limit = memory_limit
+        self._helper_env = dict(helper_env or {})
+        for key, value in self._helper_env.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key:
+                raise InvalidArgumentError("helper_env maps names to strings")
+            if key in _SECRET_ENV or redact(value) != value:
+                raise InvalidArgumentError(
+                    f"helper_env[{key!r}] looks like a credential: pass auth keys as auth_key, "
+                    "never through the environment"
+                )
         self._helper_path = helper_path
 
         self._state = NodeState.STARTING
@@ -584,7 +615,7 @@ class Node:
 
     async def _start_generation(self, number: int, path: Path) -> Generation:
         assert self._nursery is not None and self._state_dir is not None
-        env: dict[str, str] = {"TSPROC_HELPER_GENERATION": str(number)}
+        env: dict[str, str] = {**self._helper_env, "TSPROC_HELPER_GENERATION": str(number)}
         if self.control_url and _is_loopback_url(self.control_url):
             # A local tailnet: no port mapping (it probes the LAN gateway), no LAN endpoints.
             env.update(TS_DISABLE_PORTMAPPER="1", TS_DEBUG_OMIT_LOCAL_ADDRS="1")

@@ -128,3 +128,9 @@ async def test_helper_env_passes_knobs_but_refuses_credentials(tailnet_node):
     async with tailnet_node("knobbed", helper_env={"TS_DEBUG_TSPROC_TEST_KNOB": "1"}) as node:
         with open(f"/proc/{node.helper_pid}/environ", "rb") as f:
             assert b"TS_DEBUG_TSPROC_TEST_KNOB=1" in f.read().split(b"\0")
+
+
+async def test_local_tailnet_lets_the_callers_exception_through_unwrapped():
+    with pytest.raises(KeyError, match="mine"):
+        async with local_tailnet():
+            raise KeyError("mine")

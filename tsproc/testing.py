@@ -103,26 +103,27 @@ async def local_tailnet(
         args.append("--require-interactive-login")
     process = HelperProcess.spawn(path, args, helper_environment())
     sock = trio.socket.from_stdlib_socket(process.control)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(process.watch)
-        try:
-            if require_auth_key is not None:
-                await sock.send((require_auth_key + "\n").encode())
-            info = await _read_ready_line(sock, process)
-            yield LocalTailnet(
-                control_url=info["control_url"],
-                auth_key=require_auth_key,
-                magic_dns_suffix=str(info.get("magic_dns_suffix", "")),
-                info=info,
-                _process=process,
-            )
-        finally:
-            with trio.CancelScope(shield=True):
-                # EOF on its stdin stops it; SIGTERM, then SIGKILL, if it dawdles.
-                sock.close()
-                with trio.move_on_after(5):
-                    await process.exited.wait()
-                await process.terminate(5)
+    # A system task, not a nursery: the caller's exceptions must come out of the `async with`
+    # as themselves, not wrapped in an ExceptionGroup. watch() never raises; it always reaps.
+    trio.lowlevel.spawn_system_task(process.watch, name=f"tsproc control {process.pid}")
+    try:
+        if require_auth_key is not None:
+            await sock.send((require_auth_key + "\n").encode())
+        info = await _read_ready_line(sock, process)
+        yield LocalTailnet(
+            control_url=info["control_url"],
+            auth_key=require_auth_key,
+            magic_dns_suffix=str(info.get("magic_dns_suffix", "")),
+            info=info,
+            _process=process,
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            # EOF on its stdin stops it; SIGTERM, then SIGKILL, if it dawdles.
+            sock.close()
+            with trio.move_on_after(5):
+                await process.exited.wait()
+            await process.terminate(5)
 
 
 async def _read_ready_line(sock: trio.socket.SocketType, process: HelperProcess) -> dict[str, Any]:

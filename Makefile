@@ -34,11 +34,16 @@ lint: $(VENV)/.installed
 	@unformatted=$$(cd helper && $$(dirname $(GO))/gofmt -l .); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	cd helper && $(GO) vet ./...
-	$(VENV)/bin/ruff check tsproc tests
+	$(VENV)/bin/ruff check tsproc tests wheels hatch_build.py
 	$(VENV)/bin/mypy
 
+# Then a short fuzz run of each target (helper/protocol_fuzz_test.go); FUZZTIME=5m fuzzes longer.
+# The first fuzz run builds an instrumented copy of every dependency (minutes), then it is cached.
+FUZZTIME ?= 10s
 gotest: $(VENV)/.installed
 	cd helper && $(GO) test -count=1 ./...
+	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) .
+	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDispatch$$' -fuzztime=$(FUZZTIME) .
 
 pytest: $(HELPER) headscale
 	$(VENV)/bin/pytest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any, Final, final
 
 import trio
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, ProtocolError
 
 __all__ = ["ConnState", "TailnetListener", "TailnetPacketConn", "TailnetStream"]
 
@@ -55,6 +56,23 @@ class ConnState:
 Addr = tuple[str, int]
 
 
+def _adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:
+    """The socket behind an fd the helper passed; it owns the fd from now on.
+
+    Raises:
+        ProtocolError: the fd is not a socket (of *kind*, if given); it has been closed.
+    """
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ProtocolError(f"the helper passed an fd that is not a socket: {exc}") from None
+    if kind is not None and sock.type != kind:
+        sock.close()
+        raise ProtocolError(f"the helper passed a {sock.type.name} socket, not {kind.name}")
+    return sock
+
+
 def _split_addr(text: object) -> Addr:
     """'100.64.0.1:80' or '[fd7a::1]:80' → (host, port); anything else → (str, 0)."""
     if not isinstance(text, str):
@@ -86,7 +104,7 @@ class TailnetStream(trio.abc.HalfCloseableStream):
         remote_addr: object,
         on_close: Callable[[ConnState], None] | None = None,
     ) -> None:
-        sock = socket.socket(fileno=fd)
+        sock = _adopt_socket(fd, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
@@ -97,6 +115,7 @@ class TailnetStream(trio.abc.HalfCloseableStream):
         self._on_close = on_close
         self._receiving = False
         self._eof_verified = False
+        self._closed = False
 
     @property
     def conn_id(self) -> int:
@@ -134,23 +153,31 @@ class TailnetStream(trio.abc.HalfCloseableStream):
         # The helper writes conn_end before it shuts its end down, so by the time we read EOF
         # the word is at most a control-channel read away; a dead helper sets it (unclean) too.
         await self._state.ended.wait()
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed while receiving")
         if not self._state.clean:
             reason = self._state.reason or "the connection was reset"
             raise trio.BrokenResourceError(f"tailnet connection broken: {reason}")
         self._eof_verified = True
 
     async def aclose(self) -> None:
-        if self._on_close is not None:
-            on_close, self._on_close = self._on_close, None
-            on_close(self._state)
+        self._close_locally()
         await self.socket_stream.aclose()
 
     def close_now(self) -> None:
         """Close without a checkpoint (for cleanup paths that cannot await)."""
+        self._close_locally()
+        self.socket_stream.socket.close()
+
+    def _close_locally(self) -> None:
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
             on_close(self._state)
-        self.socket_stream.socket.close()
+        self._closed = True
+        # A task may have read EOF and be waiting in _verify_eof for a conn_end that will now
+        # never be delivered (on_close made the node forget this conn): wake it, and it raises
+        # ClosedResourceError, as trio streams do for a receive that another task closed under.
+        self._state.finish(False, "the stream was closed")
 
 
 @final
@@ -302,7 +329,7 @@ class TailnetPacketConn:
 
     def __init__(self, fd: int, local_addr: object, remote_addr: object = None,
                  on_close: Callable[[], None] | None = None) -> None:
-        sock = socket.socket(fileno=fd)
+        sock = _adopt_socket(fd, None)
         self._sock = trio.socket.from_stdlib_socket(sock)
         self.local_addr = _split_addr(local_addr)
         self.remote_addr = _split_addr(remote_addr) if remote_addr else None

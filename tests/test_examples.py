@@ -1,0 +1,111 @@
+"""The programs in examples/, run as a user runs them (subprocesses) on a local tailnet."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.test_cli import Lines, cli_env
+from tsproc import Node
+from tsproc.httpx import TailnetTransport
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+async def start(nursery: trio.Nursery, script: str, *args: str) -> tuple[trio.Process, Lines]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(EXAMPLES / script), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+    )
+    out, err = Lines(), Lines()
+    nursery.start_soon(out.pump, process.stdout)
+    nursery.start_soon(err.pump, process.stderr)
+    process.err = err  # type: ignore[attr-defined]
+    return process, out
+
+
+async def stop(process: trio.Process) -> None:
+    """Ctrl-C, as a person would: the example must end cleanly, and soon."""
+    process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        code = await process.wait()
+    assert code == 0, "\n".join(process.err.lines)  # type: ignore[attr-defined]
+
+
+async def test_echo_server_on_a_given_tailnet(tailnet, tailnet_node):
+    async with trio.open_nursery() as nursery:
+        server, out = await start(nursery, "echo_server.py", "--control-url",
+                                  tailnet.control_url)
+        try:
+            await out.wait_for("ready: echo server on echo:7")
+            async with tailnet_node("visitor") as visitor:
+                stream = await visitor.dial("echo", 7)
+                await stream.send_all(b"ping over the tailnet")
+                await stream.send_eof()
+                data = b""
+                while chunk := await stream.receive_some():
+                    data += chunk
+                await stream.aclose()
+            assert data == b"hello visitor\nping over the tailnet"
+            line = await out.wait_for("connection from")
+            assert line.endswith("on visitor")
+        finally:
+            await stop(server)
+        nursery.cancel_scope.cancel()
+
+
+async def test_echo_server_with_its_own_local_tailnet():
+    async with trio.open_nursery() as nursery:
+        server, out = await start(nursery, "echo_server.py", "--local", "--port", "7000")
+        try:
+            url = (await out.wait_for("local tailnet: ")).split(": ", 1)[1]
+            await out.wait_for("ready:")
+            async with Node("visitor", control_url=url, ephemeral=True) as visitor:
+                stream = await visitor.dial("echo", 7000)
+                assert await stream.receive_some() == b"hello visitor\n"
+                await stream.aclose()
+        finally:
+            await stop(server)
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_service_admits_by_login_and_the_client_example_fetches(tailnet,
+                                                                           tailnet_node):
+    async with tailnet_node("alice") as alice, trio.open_nursery() as nursery:
+        alice_login = (await alice.whois(str(alice.tailscale_ips[0]))).user.login_name
+        service, out = await start(nursery, "http_service.py", "--control-url",
+                                   tailnet.control_url, "--allow-login", alice_login)
+        try:
+            await out.wait_for("ready: serving http://web:80/")
+            async with httpx.AsyncClient(transport=TailnetTransport(alice)) as client:
+                admin = await client.get("http://web/admin")
+                assert admin.status_code == 200
+                assert admin.text == f"welcome to the admin page, {alice_login}\n"
+                # A forged identity header changes nothing.
+                forged = await client.get("http://web/",
+                                          headers={"Tailscale-User-Login": "root@example.com"})
+                assert forged.text.startswith("hello ")
+                assert f"({alice_login}) on alice" in forged.text
+
+            with trio.fail_after(60):
+                result = await trio.run_process(
+                    [sys.executable, str(EXAMPLES / "client.py"), "--control-url",
+                     tailnet.control_url, "--hostname", "bob",
+                     "http://web/", "http://web/admin", "http://web/whoami"],
+                    capture_stdout=True, capture_stderr=True, env=cli_env(), check=False,
+                )
+            assert result.returncode == 0, result.stderr.decode()
+            text = result.stdout.decode()
+            assert "GET http://web/ -> 200\nhello " in text
+            assert " on bob\n" in text
+            assert "GET http://web/admin -> 403\n" in text
+            assert "may not see this page" in text
+            assert '"host_name": "bob"' in text
+        finally:
+            await stop(service)
+        nursery.cancel_scope.cancel()

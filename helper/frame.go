@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 
@@ -22,6 +23,10 @@ const (
 	// nested arrays from turning into a million-deep recursion.
 	maxValueDepth = 32
 )
+
+// errFrameTooLarge is what encodeFrame returns for a message whose body would exceed
+// maxFrameBody.
+var errFrameTooLarge = errors.New("encoding frame: message too large")
 
 type msgKind int
 
@@ -102,7 +107,7 @@ func encodeFrame(m *message) ([]byte, error) {
 	frame := buf.Bytes()
 	bodyLen := len(frame) - frameHeaderLen
 	if bodyLen > maxFrameBody {
-		return nil, fmt.Errorf("encoding frame: body of %d bytes exceeds the %d-byte limit", bodyLen, maxFrameBody)
+		return nil, fmt.Errorf("%w: body of %d bytes exceeds the %d-byte limit", errFrameTooLarge, bodyLen, maxFrameBody)
 	}
 	binary.BigEndian.PutUint32(frame, uint32(bodyLen))
 	return frame, nil
@@ -248,7 +253,7 @@ func asUint(v any) (uint64, bool) {
 
 // decodeValue decodes one msgpack value into nil, bool, int64, uint64, float64, string,
 // []any or map[string]any. Unlike the library's generic decoding it refuses non-string map
-// keys and extension types, bounds nesting, and checks every declared array or map length
+// keys and extension types, bounds nesting, and checks every declared array, map or bin length
 // against the bytes actually left, so a lying length cannot make it allocate.
 func decodeValue(dec *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) {
 	if depth > maxValueDepth {
@@ -306,7 +311,19 @@ func decodeValue(dec *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) 
 		return nil, fmt.Errorf("extension type (code %#x) not allowed", c)
 	case msgpcode.IsBin(c):
 		// Kept as []byte, never a string: a bin where the protocol wants a str is a wrong type.
-		return dec.DecodeBytes()
+		// Not dec.DecodeBytes: it allocates the declared length (up to 4 GiB) before reading.
+		n, err := dec.DecodeBytesLen()
+		if err != nil {
+			return nil, err
+		}
+		if n > r.Len() {
+			return nil, fmt.Errorf("bin claims %d bytes in %d", n, r.Len())
+		}
+		b := make([]byte, n)
+		if err := dec.ReadFull(b); err != nil {
+			return nil, err
+		}
+		return b, nil
 	default:
 		// The remaining scalars; the loose form yields int64, uint64 and float64 for numbers.
 		return dec.DecodeInterfaceLoose()

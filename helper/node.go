@@ -59,6 +59,12 @@ func runNode(args []string) int {
 		stderrLog.log("error", "helper", "fault: exit_at_start")
 		return 3
 	}
+	// No kernel listener, ever: the only way into the node is the tailnet (nolisten_linux.go).
+	if err := forbidListen(); errors.Is(err, errors.ErrUnsupported) {
+		helperLogf("host listeners are not forbidden here: %v", err)
+	} else if err != nil {
+		stderrLog.log("warn", "helper", fmt.Sprintf("cannot forbid host listeners: %v", err))
+	}
 
 	parentGone := make(chan string, 1)
 	watchParent(func(reason string) {

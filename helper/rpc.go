@@ -270,11 +270,17 @@ func (d *dispatcher) respond(id uint32, res result, garbage bool) {
 		m.fd = res.rep.fd
 	}
 	err := d.w.send(m)
+	sent := err == nil
+	if errors.Is(err, errFrameTooLarge) {
+		// The answer does not fit in a frame (a status of thousands of peers, say): the
+		// host gets a limit error now rather than no answer at all. Any fd is closed.
+		err = d.w.send(newResponse(id, nil, newError(codeLimit, "%v", err)))
+	}
 	if err != nil && !errors.Is(err, errSilenced) {
 		helperLogf("writing response %d: %v", id, err)
 	}
 	if res.err == nil && res.rep.after != nil {
-		res.rep.after(err == nil)
+		res.rep.after(sent)
 	}
 	if garbage {
 		if err := d.w.writeRaw(garbageBytes()); err != nil {

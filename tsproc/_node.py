@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +124,7 @@ class _Generation:
         # `accepted` may overtake the `listen` response that names its listener.
         self._orphans: dict[int, list[TailnetStream]] = {}
         self._orphan_count = 0
+        self._unclaimed: set[int] = set()  # listener ids closed because nobody took them
         self.hello: dict[str, Any] = {}
         self.is_up = False  # the helper has reported Running (up answered)
         self.packets: dict[int, TailnetPacketConn] = {}
@@ -214,11 +215,12 @@ class _Generation:
         self._node._on_down(self)
 
     async def request(self, method: str, params: dict[str, Any],
-                      timeout: float = _RPC_TIMEOUT) -> Reply:
+                      timeout: float = _RPC_TIMEOUT,
+                      on_abandoned: Callable[[dict[str, Any]], None] | None = None) -> Reply:
         """rpc.request, with a deadline and with the process's exit status on failure."""
         try:
             with trio.fail_after(timeout):
-                return await self.rpc.request(method, params)
+                return await self.rpc.request(method, params, on_abandoned=on_abandoned)
         except trio.TooSlowError:
             raise NodeTimeoutError(
                 f"the helper did not answer {method!r} within {timeout:g} s"
@@ -285,6 +287,9 @@ class _Generation:
         except ProtocolError:
             os.close(msg.fd)
             raise
+        if listener is None and listener_id in self._unclaimed:
+            os.close(msg.fd)  # for a listener being closed: its caller stopped waiting
+            return
         state = ConnState(conn, self.number)
         stream = TailnetStream(msg.fd, state, p.get("local"), p.get("remote"),
                                on_close=self.stream_closed)
@@ -294,6 +299,29 @@ class _Generation:
         else:
             self._orphans.setdefault(listener_id, []).append(stream)
             self._orphan_count += 1
+
+    def close_unclaimed_listener(self, result: dict[str, Any]) -> None:
+        """The answer to a listen whose caller stopped waiting (cancelled, timed out): the
+        helper made a listener nobody will use, which would hold its port and a slot of the 256.
+        Close it there, with whatever it has handed over already."""
+        listener_id = result.get("listener")
+        if isinstance(listener_id, bool) or not isinstance(listener_id, int):
+            return
+        self._unclaimed.add(listener_id)
+        for stream in self._orphans.pop(listener_id, []):
+            self._orphan_count -= 1
+            stream.close_now()
+        self.rpc.request_nowait("close_listener", {"listener": listener_id})
+
+    def close_unclaimed_conn(self, result: dict[str, Any]) -> None:
+        """The answer to a dial whose caller stopped waiting: its fd is closed already; tell
+        the helper to drop the tailnet connection too, or it keeps it until the peer ends."""
+        conn = result.get("conn")
+        if isinstance(conn, bool) or not isinstance(conn, int):
+            return
+        self._replied_conns.pop(conn, None)
+        self.conns.pop(conn, None)
+        self.rpc.notify_nowait("close_conn", {"conn": conn})
 
     def add_listener(self, listener: TailnetListener, listener_id: int) -> None:
         self.listener_by_id[listener_id] = listener
@@ -864,7 +892,7 @@ class Node:
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:
         gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
-        reply = await gen.request(method, params)
+        reply = await gen.request(method, params, on_abandoned=gen.close_unclaimed_listener)
         listener = TailnetListener(port, backlog, self._on_accept, self._on_listener_close,
                                    spec=(method, params))
         self._listeners.add(listener)
@@ -978,6 +1006,7 @@ class Node:
                     {"network": "tcp", "host": host, "port": port,
                      "timeout_ms": max(1, int(remaining * 1000))},
                     timeout=remaining + 5,
+                    on_abandoned=gen.close_unclaimed_conn,
                 )
             except HelperDiedError:
                 if trio.current_time() >= deadline:

@@ -44,6 +44,9 @@ MAX_PENDING_FDS: Final = 64
 # Messages held back behind one that waits for its fd: a peer that promises an fd and never
 # sends it must not make us buffer without end.
 MAX_HELD_MESSAGES: Final = 4096
+# No message nests arrays or maps this deep; the bound (the helper's too) stops a hostile frame
+# from costing a deep recursion anywhere downstream.
+MAX_DEPTH: Final = 32
 _HEADER: Final = 4
 _MAX_ID: Final = 1 << 32
 
@@ -121,6 +124,32 @@ def _str_map(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+def _check_value(value: object, depth: int) -> None:
+    """Refuse what docs/protocol.md §1 rules out: extension types (msgpack decodes some, like
+    timestamps, by itself), non-string map keys, and nesting deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"values nest deeper than {MAX_DEPTH}")
+    if isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"map key {key!r} is not a string")
+            _check_value(item, depth + 1)
+    elif value is not None and not isinstance(value, bool | int | float | str | bytes):
+        raise ProtocolError(f"value of type {type(value).__name__} is not allowed")
+
+
+def _wants_fd(fields: dict[str, Any]) -> bool:
+    """Whether a message's params (or result) say it carries an fd. A non-bool "fd" is a
+    protocol error: guessing would pair the fd that may come with it with the wrong message."""
+    fd = fields.get("fd", False)
+    if not isinstance(fd, bool):
+        raise ProtocolError(f'"fd" must be a bool, got {type(fd).__name__}')
+    return fd
+
+
 def _uint_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_ID:
         raise ProtocolError(f"message id must be an unsigned 32-bit integer, got {value!r}")
@@ -137,15 +166,17 @@ def _parse(body: bytes) -> tuple[Message, bool]:
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
     if not isinstance(obj, list) or not obj:
         raise ProtocolError(f"frame must hold a msgpack array, got {type(obj).__name__}")
-    kind = obj[0]
+    _check_value(obj, 0)
+    # An integer, not a bool or a float that happens to compare equal.
+    kind = obj[0] if type(obj[0]) is int else None
     msg: Message
-    if kind == REQUEST and not isinstance(kind, bool) and len(obj) == 4:
+    if kind == REQUEST and len(obj) == 4:
         if not isinstance(obj[2], str):
             raise ProtocolError("request method must be a string")
         params = _str_map(obj[3], "request params")
         msg = Request(_uint_id(obj[1]), obj[2], params)
-        wants = params.get("fd") is True
-    elif kind == RESPONSE and not isinstance(kind, bool) and len(obj) == 4:
+        wants = _wants_fd(params)
+    elif kind == RESPONSE and len(obj) == 4:
         error = obj[2]
         if error is not None:
             error = _str_map(error, "response error")
@@ -157,15 +188,15 @@ def _parse(body: bytes) -> tuple[Message, bool]:
         else:
             result = _str_map(obj[3], "response result")
         msg = Response(_uint_id(obj[1]), error, result)
-        wants = result is not None and result.get("fd") is True
-    elif kind == NOTIFICATION and not isinstance(kind, bool) and len(obj) == 3:
+        wants = result is not None and _wants_fd(result)
+    elif kind == NOTIFICATION and len(obj) == 3:
         if not isinstance(obj[1], str):
             raise ProtocolError("notification method must be a string")
         params = _str_map(obj[2], "notification params")
         msg = Notification(obj[1], params)
-        wants = params.get("fd") is True
+        wants = _wants_fd(params)
     else:
-        raise ProtocolError(f"unknown message shape: kind {kind!r} with {len(obj)} elements")
+        raise ProtocolError(f"unknown message shape: kind {obj[0]!r} with {len(obj)} elements")
     return msg, wants
 
 

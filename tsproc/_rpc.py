@@ -39,12 +39,13 @@ class Reply:
 
 
 class _Pending:
-    __slots__ = ("abandoned", "done", "response")
+    __slots__ = ("abandoned", "done", "on_abandoned", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, on_abandoned: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.done = trio.Event()
         self.response: proto.Response | None = None
         self.abandoned = False
+        self.on_abandoned = on_abandoned
 
 
 class RpcChannel:
@@ -134,8 +135,18 @@ class RpcChannel:
             except trio.ClosedResourceError:
                 return
 
-    async def request(self, method: str, params: dict[str, Any]) -> Reply:
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        on_abandoned: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Reply:
         """Send a request and wait for its response.
+
+        *on_abandoned* gets the result of a successful answer that arrives after the caller
+        stopped waiting (cancelled): whatever the helper made for it would otherwise live on
+        with nobody knowing its id. It is called from the reader task and must not block.
 
         Raises:
             RemoteError (a typed subclass): the helper answered with an error.
@@ -144,7 +155,7 @@ class RpcChannel:
         if self._broken is not None:
             raise self._broken_error()
         request_id = next(self._ids) % (1 << 32)
-        pending = _Pending()
+        pending = _Pending(on_abandoned)
         self._pending[request_id] = pending
         try:
             self._outbox_send.send_nowait(proto.encode_request(request_id, method, params))
@@ -152,6 +163,10 @@ class RpcChannel:
         except BaseException:
             # Cancelled (or failed to send): a late response's fd must still be closed.
             pending.abandoned = True
+            if pending.response is not None:
+                # The answer came in the same scheduling round as the cancellation: the
+                # reader delivered it, and nobody will take it now.
+                self._drop_abandoned(pending, pending.response)
             raise
         response = pending.response
         if response is None:
@@ -204,7 +219,7 @@ class RpcChannel:
                     _close_fd(msg.fd)
                     raise ProtocolError(f"response to unknown request id {msg.id}")
                 if pending.abandoned:
-                    _close_fd(msg.fd)
+                    self._drop_abandoned(pending, msg)
                     continue
                 if self._on_reply is not None and msg.error is None and msg.result is not None:
                     self._on_reply(msg.result)
@@ -216,6 +231,12 @@ class RpcChannel:
                 # Version 1 has no helper-to-host requests: refuse politely and carry on.
                 _close_fd(msg.fd)
                 raise ProtocolError(f"unexpected request {msg.method!r} from the helper")
+
+    @staticmethod
+    def _drop_abandoned(pending: _Pending, response: proto.Response) -> None:
+        _close_fd(response.fd)
+        if pending.on_abandoned is not None and response.result is not None:
+            pending.on_abandoned(response.result)
 
     def _fail(self, error: BaseException) -> None:
         if self._broken is None:

@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 	@unformatted=$$(cd helper && $$(dirname $(GO))/gofmt -l .); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	cd helper && $(GO) vet ./...
-	$(VENV)/bin/ruff check tsproc tests examples wheels hatch_build.py
+	$(VENV)/bin/ruff check tsproc tests examples wheels benchmarks hatch_build.py
 	$(VENV)/bin/mypy
 
 # Then a short fuzz run of each target (helper/protocol_fuzz_test.go); FUZZTIME=5m fuzzes longer.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,9 +17,26 @@ import (
 // helper keeps one end and pumps bytes both ways; the other end is handed to the host, so
 // bytes never travel in RPC messages.
 
-// pumpBufSize is each pump's copy buffer, held for the life of the connection: two per
-// connection, so it is kept at io.Copy's default rather than larger.
-const pumpBufSize = 32 << 10
+// Pump buffers. A connection that carries nothing should cost little, because a node may
+// hold thousands (benchmarks/README.md measures 1,000 idle ones), while a busy one should move
+// large chunks, because every chunk is a syscall and a wake-up on each side.
+//
+//   - host → tailnet waits for the socketpair to become readable holding no buffer at all
+//     (readHost), then reads into a large buffer from a pool and gives it back once written.
+//   - tailnet → host blocks in the tailnet connection's Read, which cannot be asked whether
+//     data is waiting, with a small buffer of its own; a read that fills it is followed by
+//     reads into a pooled large buffer until one leaves it part empty (the queue is
+//     drained), and then the large buffer goes back to the pool.
+const (
+	pumpSmallBufSize = 2 << 10
+	pumpLargeBufSize = 256 << 10
+	// hostSendBuf is SO_SNDBUF on the helper's end: how much tailnet → host data may wait in
+	// the socketpair for the host to read (the kernel doubles it, and caps it at
+	// net.core.wmem_max). The host sets the same on its end (tsproc/_streams.py).
+	hostSendBuf = 1 << 20
+)
+
+var largeBufs = sync.Pool{New: func() any { b := make([]byte, pumpLargeBufSize); return &b }}
 
 // connEndFunc reports the end of the tailnet → host direction on the control channel. The
 // bridge calls it before it shuts down the write side of its socketpair end, so the host has
@@ -32,6 +50,9 @@ type bridge struct {
 	passFD int           // the host's end, until handed to the writer (which closes it)
 	onEnd  connEndFunc
 	abortO sync.Once
+
+	localRC syscall.RawConn // local's fd, to wait for data without holding a buffer
+	pumps   atomic.Int32    // pumps still running; the last one to end finishes the bridge
 
 	// hostGone is set by close_conn: the host closed its end for good. forwarded is set once
 	// everything the host wrote has reached the tailnet connection. When both hold, the
@@ -47,6 +68,8 @@ func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socketpair: %w", err)
 	}
+	// Best effort: without it the bridge works, with smaller steps.
+	_ = unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, hostSendBuf)
 	f := os.NewFile(uintptr(fds[0]), "tsproc-conn")
 	c, err := net.FileConn(f) // dups the fd into the runtime poller
 	f.Close()
@@ -54,25 +77,40 @@ func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
 		unix.Close(fds[1])
 		return nil, fmt.Errorf("socketpair end: %w", err)
 	}
+	local := c.(*net.UnixConn)
+	rc, err := local.SyscallConn()
+	if err != nil {
+		local.Close()
+		unix.Close(fds[1])
+		return nil, fmt.Errorf("socketpair end: %w", err)
+	}
 	return &bridge{
-		id:     id,
-		tn:     tn,
-		local:  c.(*net.UnixConn),
-		passFD: fds[1],
-		onEnd:  onEnd,
+		id:      id,
+		tn:      tn,
+		local:   local,
+		localRC: rc,
+		passFD:  fds[1],
+		onEnd:   onEnd,
 	}, nil
 }
 
 // start runs the two pumps in goroutines the bridge owns. When both have ended it closes
-// both sides and calls finished.
+// both sides and calls finished (from the pump that ended last: no third goroutine waits).
 func (b *bridge) start(finished func()) {
-	var wg sync.WaitGroup
-	wg.Go(b.pumpToHost)
-	wg.Go(b.pumpToTailnet)
+	b.pumps.Store(2)
+	done := func() {
+		if b.pumps.Add(-1) == 0 {
+			b.abort()
+			finished()
+		}
+	}
 	go func() {
-		wg.Wait()
-		b.abort()
-		finished()
+		defer done()
+		b.pumpToHost()
+	}()
+	go func() {
+		defer done()
+		b.pumpToTailnet()
 	}()
 }
 
@@ -80,7 +118,7 @@ func (b *bridge) start(finished func()) {
 // clean end, and only then does the host's end see EOF; anything else is reported unclean
 // and tears the bridge down, so a truncated transfer never looks complete.
 func (b *bridge) pumpToHost() {
-	_, err := io.CopyBuffer(writerOnly{b.local}, readerOnly{b.tn}, make([]byte, pumpBufSize))
+	err := copyFromTailnet(b.local, b.tn)
 	if err == nil {
 		b.onEnd(b.id, true, nil)
 		if err := b.local.CloseWrite(); err != nil {
@@ -95,7 +133,7 @@ func (b *bridge) pumpToHost() {
 // pumpToTailnet copies host → tailnet. EOF from the host (the application half-closed) is
 // passed on as a half-close of the tailnet connection.
 func (b *bridge) pumpToTailnet() {
-	_, err := io.CopyBuffer(writerOnly{b.tn}, readerOnly{b.local}, make([]byte, pumpBufSize))
+	err := b.copyFromHost()
 	if err == nil {
 		if cw, ok := b.tn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			b.forwarded.Store(true)
@@ -152,12 +190,102 @@ func endError(err error) string {
 	return err.Error()
 }
 
-// readerOnly and writerOnly hide ReadFrom/WriteTo so that io.CopyBuffer really uses the
-// buffer and reports which side ended: a splice fast path would blur EOF and error.
-type readerOnly struct{ r io.Reader }
+// copyFromTailnet copies src to dst until EOF (nil) or an error, with the buffers described
+// at the top of this file. Every byte read is written before the next read, so nothing waits
+// in the helper for more data to arrive.
+func copyFromTailnet(dst io.Writer, src io.Reader) error {
+	small := make([]byte, pumpSmallBufSize)
+	for {
+		n, err := src.Read(small)
+		if werr := writeAll(dst, small[:n]); werr != nil {
+			return werr
+		}
+		if err != nil {
+			return eofIsNil(err)
+		}
+		if n < len(small) {
+			continue
+		}
+		large := largeBufs.Get().(*[]byte)
+		for full := true; full; full = n == len(*large) {
+			n, err = src.Read(*large)
+			if werr := writeAll(dst, (*large)[:n]); werr != nil {
+				largeBufs.Put(large)
+				return werr
+			}
+			if err != nil {
+				largeBufs.Put(large)
+				return eofIsNil(err)
+			}
+		}
+		largeBufs.Put(large)
+	}
+}
 
-func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }
+// copyFromHost copies the socketpair to the tailnet connection until EOF (nil) or an error,
+// holding a buffer only while there is data to move.
+func (b *bridge) copyFromHost() error {
+	for {
+		buf, n, err := b.readHost()
+		if n > 0 {
+			err = writeAll(b.tn, (*buf)[:n])
+		}
+		if buf != nil {
+			largeBufs.Put(buf)
+		}
+		if err != nil || n == 0 {
+			return err // n == 0 and no error: EOF
+		}
+	}
+}
 
-type writerOnly struct{ w io.Writer }
+// readHost waits until the socketpair is readable, then reads into a pooled buffer. It
+// returns the buffer (nil when none is held), the count (0 at EOF) and an error.
+func (b *bridge) readHost() (buf *[]byte, n int, err error) {
+	rerr := b.localRC.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = largeBufs.Get().(*[]byte)
+		}
+		for {
+			n, err = unix.Read(int(fd), *buf)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err == unix.EAGAIN {
+			// Nothing yet: park without a buffer until the poller says readable.
+			largeBufs.Put(buf)
+			buf, err = nil, nil
+			return false
+		}
+		return true
+	})
+	if n < 0 {
+		n = 0
+	}
+	switch {
+	case err != nil:
+		err = os.NewSyscallError("read", err)
+	case rerr != nil:
+		err = rerr // closed by abort: net.ErrClosed
+	}
+	return buf, n, err
+}
 
-func (w writerOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
+func writeAll(w io.Writer, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	n, err := w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+func eofIsNil(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}

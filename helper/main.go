@@ -22,7 +22,10 @@ const helperVersion = "0.1.0"
 const protocolVersion = 1
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	stopProfile := startProfile() // only with TSPROC_HELPER_PPROF set (pprof.go)
+	code := run(os.Args[1:])
+	stopProfile()
+	os.Exit(code)
 }
 
 func run(args []string) int {

@@ -1,0 +1,370 @@
+"""One side of a Python benchmark line: trio over tsproc, or trio over loopback TCP.
+
+    python -m benchmarks.peer server --net tsproc|tcp [--control URL --hostname H]
+    python -m benchmarks.peer client --net tsproc|tcp --target IP --bulk-port P --echo-port P
+                                     --config JSON [--control URL --hostname H]
+
+The same JSON-lines conversation with benchmarks/run.py as gobench (see its package comment):
+``ready`` (server), ``hello``, ``mark`` (then wait for a line on stdin), ``result``, ``error``.
+Every workload mirrors gobench's function of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+import tsproc
+
+TAILNET_BULK_PORT = 5001
+TAILNET_ECHO_PORT = 5002
+SETTLE = 0.5  # seconds, after closing the idle connections (gobench: settleTime)
+
+Stream = trio.abc.HalfCloseableStream
+
+
+def emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Stdin:
+    """Line reader on fd 0 that does not block the trio loop (the helper's heartbeat runs)."""
+
+    def __init__(self) -> None:
+        self._stream = trio.lowlevel.FdStream(os.dup(0))
+        self._buf = b""
+
+    async def readline(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = await self._stream.receive_some(4096)
+            if not chunk:
+                raise SystemExit(1)
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    async def wait_eof(self) -> None:
+        while await self._stream.receive_some(4096):
+            pass
+
+
+class Net:
+    """Where connections come from: a tsproc node, or the host's loopback."""
+
+    def __init__(self, kind: str, control_url: str) -> None:
+        self.kind = kind
+        self.control_url = control_url
+        self.node: tsproc.Node | None = None
+
+    async def start(self, hostname: str) -> float:
+        """Start the node (tsproc only); returns seconds from Node() to running."""
+        if self.kind != "tsproc":
+            return 0.0
+        self.node, took = await start_node(self.control_url, hostname)
+        return took
+
+    async def close(self) -> None:
+        if self.node is not None:
+            await stop_node(self.node)
+
+    async def dial(self, host: str, port: int) -> Stream:
+        if self.node is not None:
+            return await self.node.dial(host, port)
+        return await trio.open_tcp_stream(host, port)
+
+    async def listen(self, port: int) -> trio.abc.Listener[Any]:
+        if self.node is not None:
+            return await self.node.listen(port)
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        return listener
+
+    async def peer(self, ip: str) -> tuple[bool, str, str]:
+        """(found, home relay, current direct address) of the peer with address *ip*."""
+        if self.node is None:
+            return True, "", "loopback"
+        status = await self.node.status()
+        for peer in status.peers:
+            if ip in {str(a) for a in peer.tailscale_ips}:
+                return True, peer.relay, peer.cur_addr
+        return False, "", ""
+
+
+async def start_node(control_url: str, hostname: str) -> tuple[tsproc.Node, float]:
+    t0 = time.perf_counter()
+    node = tsproc.Node(hostname, control_url=control_url, ephemeral=True)
+    await node.__aenter__()
+    return node, time.perf_counter() - t0
+
+
+async def stop_node(node: tsproc.Node) -> None:
+    # __aexit__, not aclose(): entering opened the node's nursery, and only leaving closes it.
+    await node.__aexit__(None, None, None)
+
+
+async def receive_exactly(stream: Stream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = await stream.receive_some(n - len(buf))
+        if not data:
+            raise trio.BrokenResourceError(f"EOF after {len(buf)} of {n} bytes")
+        buf += data
+    return bytes(buf)
+
+
+# -- server --
+
+
+async def serve_bulk(stream: Stream) -> None:
+    total = 0
+    try:
+        # No max_bytes: the stream's default receive size is part of what is measured.
+        while data := await stream.receive_some():
+            total += len(data)
+        await stream.send_all(total.to_bytes(8, "big"))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def serve_echo(stream: Stream) -> None:
+    try:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+def _port(listener: trio.abc.Listener[Any]) -> int:
+    if isinstance(listener, trio.SocketListener):
+        port: int = listener.socket.getsockname()[1]
+        return port
+    return int(listener.port)  # type: ignore[attr-defined]
+
+
+async def run_server(net: Net, hostname: str) -> None:
+    took = await net.start(hostname)
+    bulk = await net.listen(TAILNET_BULK_PORT)
+    echo = await net.listen(TAILNET_ECHO_PORT)
+    ready: dict[str, Any] = {"event": "ready", "pid": os.getpid(), "startup_s": took}
+    if net.node is not None:
+        ready["helper_pid"] = net.node.helper_pid
+        ready["target"] = str(net.node.tailscale_ips[0])
+    else:
+        ready["target"] = "127.0.0.1"
+    ready["bulk_port"], ready["echo_port"] = _port(bulk), _port(echo)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve_bulk, [bulk])
+        nursery.start_soon(trio.serve_listeners, serve_echo, [echo])
+        emit(ready)
+        await Stdin().wait_eof()
+        nursery.cancel_scope.cancel()
+    await net.close()
+
+
+# -- client --
+
+
+class Client:
+    def __init__(self, net: Net, target: str, bulk_port: int, echo_port: int,
+                 cfg: dict[str, Any]) -> None:
+        self.net = net
+        self.target = target
+        self.bulk_port = bulk_port
+        self.echo_port = echo_port
+        self.cfg = cfg
+        self.stdin = Stdin()
+
+    async def mark(self, name: str) -> None:
+        emit({"event": "mark", "name": name})
+        await self.stdin.readline()
+
+    async def path(self) -> dict[str, Any]:
+        _, relay, cur = await self.net.peer(self.target)
+        return {"relay": relay, "cur_addr": cur, "direct": bool(cur)}
+
+    async def warm_up(self) -> dict[str, Any]:
+        with trio.fail_after(30):
+            while True:
+                found, relay, _ = await self.net.peer(self.target)
+                if found and (relay or self.net.node is None):
+                    break
+                await trio.sleep(0.02)
+        stream = await self.net.dial(self.target, self.echo_port)
+        direct_by = time.monotonic() + self.cfg["direct_wait"]
+        msg = bytes(64)
+        while True:
+            await stream.send_all(msg)
+            await receive_exactly(stream, len(msg))
+            _, _, cur = await self.net.peer(self.target)
+            if not self.cfg["want_direct"] or cur or time.monotonic() > direct_by:
+                break
+            await trio.sleep(0.05)
+        await stream.aclose()
+        return await self.path()
+
+    async def bulk(self, streams: int) -> tuple[int, float]:
+        conns = [await self.net.dial(self.target, self.bulk_port) for _ in range(streams)]
+        chunk = bytes(self.cfg["chunk_size"])
+        total = 0
+        t0 = time.perf_counter()
+        end = t0 + self.cfg["bulk_seconds"]
+
+        async def one(stream: Stream) -> None:
+            nonlocal total
+            while time.perf_counter() < end:
+                await stream.send_all(chunk)
+            await stream.send_eof()
+            # Not `total += await …`: that reads total before the await and loses the other
+            # streams' counts.
+            count = int.from_bytes(await receive_exactly(stream, 8), "big")
+            total += count
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for stream in conns:
+                nursery.start_soon(one, stream)
+        return total, time.perf_counter() - t0
+
+    async def round_trips(self) -> list[float]:
+        stream = await self.net.dial(self.target, self.echo_port)
+        size = self.cfg["rr_size"]
+        msg = bytes(size)
+        samples: list[float] = []
+        warmup = self.cfg["rr_warmup"]
+        for i in range(warmup + self.cfg["rr_count"]):
+            t0 = time.perf_counter_ns()
+            await stream.send_all(msg)
+            got = 0
+            while got < size:
+                data = await stream.receive_some(size - got)
+                if not data:
+                    raise trio.BrokenResourceError("EOF in a round trip")
+                got += len(data)
+            if i >= warmup:
+                samples.append((time.perf_counter_ns() - t0) / 1e3)
+        await stream.aclose()
+        return samples
+
+    async def setups(self) -> list[float]:
+        samples: list[float] = []
+        for _ in range(self.cfg["setup_count"]):
+            t0 = time.perf_counter_ns()
+            stream = await self.net.dial(self.target, self.echo_port)
+            await stream.send_all(b"x")
+            await receive_exactly(stream, 1)
+            await stream.aclose()
+            samples.append((time.perf_counter_ns() - t0) / 1e3)
+        return samples
+
+    async def open_idle(self) -> list[Stream]:
+        conns: list[Stream] = []
+        todo = iter(range(self.cfg["idle_conns"]))
+
+        async def worker() -> None:
+            for _ in todo:
+                stream = await self.net.dial(self.target, self.echo_port)
+                await stream.send_all(b"x")
+                await receive_exactly(stream, 1)
+                conns.append(stream)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, self.cfg["dial_parallel"])):
+                nursery.start_soon(worker)
+        return conns
+
+
+async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_port: int,
+                     cfg: dict[str, Any]) -> None:
+    took = await net.start(hostname)
+    hello: dict[str, Any] = {"event": "hello", "pid": os.getpid(), "startup_s": took}
+    if net.node is not None:
+        hello["helper_pid"] = net.node.helper_pid
+    emit(hello)
+    c = Client(net, target, bulk_port, echo_port, cfg)
+    result: dict[str, Any] = {"event": "result"}
+    result["path_before"] = await c.warm_up()
+    await c.mark("idle")
+
+    phases = cfg["phases"]
+    # Idle connections first, on fresh processes: after bulk the heaps have room to spare, and
+    # the growth of RSS would say little.
+    if "idle" in phases:
+        await c.mark("conns_before")
+        conns = await c.open_idle()
+        await c.mark("conns_open")
+        for stream in conns:
+            await stream.aclose()
+        result["idle_conns"] = len(conns)
+        await trio.sleep(SETTLE)  # let the teardown of 1,000 connections finish
+
+    for streams in (1, cfg["bulk_streams"]) if "bulk" in phases else ():
+        name = f"bulk{streams}"
+        await c.mark(f"{name}_start")
+        moved, secs = await c.bulk(streams)
+        await c.mark(f"{name}_end")
+        result[name] = {"bytes": moved, "seconds": secs, "streams": streams}
+
+    if "rr" in phases:
+        await c.mark("rr_start")
+        result["rr_us"] = await c.round_trips()
+        await c.mark("rr_end")
+
+    if "setup" in phases:
+        await c.mark("setup_start")
+        result["setup_us"] = await c.setups()
+        await c.mark("setup_end")
+
+    startups = [took]
+    if net.node is not None and "startup" in phases:
+        for i in range(cfg["startup_repeats"]):
+            node, secs = await start_node(net.control_url, f"{hostname}-s{i}")
+            startups.append(secs)
+            await stop_node(node)
+    result["startup_s"] = startups
+    result["path_after"] = await c.path()
+    emit(result)
+    await net.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer")
+    parser.add_argument("mode", choices=["server", "client"])
+    parser.add_argument("--net", choices=["tsproc", "tcp"], default="tsproc")
+    parser.add_argument("--control", default="")
+    parser.add_argument("--hostname", default="pybench")
+    parser.add_argument("--target", default="")
+    parser.add_argument("--bulk-port", type=int, default=TAILNET_BULK_PORT)
+    parser.add_argument("--echo-port", type=int, default=TAILNET_ECHO_PORT)
+    parser.add_argument("--config", default="{}")
+    args = parser.parse_args()
+    net = Net(args.net, args.control)
+    entry: Callable[[], Awaitable[None]]
+    if args.mode == "server":
+        async def entry() -> None:
+            await run_server(net, args.hostname)
+    else:
+        cfg = json.loads(args.config)
+
+        async def entry() -> None:
+            await run_client(net, args.hostname, args.target, args.bulk_port,
+                             args.echo_port, cfg)
+    try:
+        trio.run(entry)
+    except Exception as exc:
+        emit({"event": "error", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Figures from the trials, and the JSON, markdown and PNG written from them.
+
+Every figure is first computed per trial (:func:`summarize_trial`), then the median over a
+line's trials on one path is taken, then tsproc is divided by the pure-Go line of the same
+path and the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .run import Trial
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    digits: int = 0
+
+
+METRICS: list[Metric] = [
+    Metric("bulk1_MBps", "bulk, 1 stream", "MB/s", True),
+    Metric("bulk8_MBps", "bulk, 8 streams", "MB/s", True),
+    Metric("rr_median_us", "64 B round trip, median", "µs", False),
+    Metric("rr_p99_us", "64 B round trip, p99", "µs", False),
+    Metric("setup_per_s", "connection set-up (sequential)", "conn/s", True),
+    Metric("setup_median_us", "connection set-up latency, median", "µs", False),
+    Metric("setup_p99_us", "connection set-up latency, p99", "µs", False),
+    Metric("setup_cpu_us", "CPU per connection set-up, all processes³", "µs", False),
+    Metric("setup_host_cpu_us", "CPU per connection set-up, Python hosts³", "µs", False),
+    Metric("startup_s", "start-up to running, median", "s", False, 2),
+    Metric("node_rss_idle_MB", "node process RSS, idle¹", "MB", False, 1),
+    Metric("node_rss_load_MB", "node process RSS, peak in bulk¹", "MB", False, 1),
+    Metric("host_rss_idle_MB", "Python host RSS, idle", "MB", False, 1),
+    Metric("idle_conns_MB_per_1k", "1,000 idle conns, all processes²", "MB", False, 1),
+    Metric("idle_conns_helper_MB_per_1k", "1,000 idle conns, helpers²", "MB", False, 1),
+    Metric("idle_conns_host_MB_per_1k", "1,000 idle conns, Python hosts²", "MB", False, 1),
+    Metric("cpu_s_per_GiB", "CPU per GiB moved, all processes³", "s/GiB", False, 2),
+    Metric("host_cpu_s_per_GiB", "CPU per GiB moved, Python hosts³", "s/GiB", False, 2),
+    Metric("helper_cpu_s_per_GiB", "CPU per GiB moved, helpers³", "s/GiB", False, 2),
+]
+METRIC_BY_KEY = {m.key: m for m in METRICS}
+FOOTNOTES = [
+    "¹ The process that runs the Tailscale node: tsproc's helper, the Go program itself; the "
+    "larger of client and server.",
+    "² RSS growth of the client and server processes together while 1,000 connections "
+    "between them are open and idle (both ends counted), scaled to 1,000.",
+    "³ utime+stime of the client and server processes (both ends), over both bulk runs per "
+    "GiB delivered, or over the set-up run per connection.",
+]
+LINE_LABELS = {
+    "tsproc": "tsproc",
+    "go": "pure Go",
+    "kernel": "kernel (Go TCP)",
+    "trio-tcp": "trio TCP",
+}
+PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _roles(trial: Trial) -> tuple[list[str], list[str]]:
+    """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
+    if trial.line.name == "tsproc":
+        return ["client_helper", "server_helper"], ["client_host", "server_host"]
+    return ["client_host", "server_host"], []
+
+
+def _sum(snapshot: dict[str, Any], kind: str, roles: Iterable[str]) -> float:
+    return sum(snapshot[kind].get(role, 0.0) for role in roles)
+
+
+def summarize_trial(trial: Trial) -> dict[str, Any]:
+    r, marks = trial.result, trial.marks
+    node, host = _roles(trial)
+    every = node + host
+    m: dict[str, Any] = {}
+    moved = 0
+    cpu_all = cpu_host = cpu_node = 0.0
+    peak_node = 0.0
+    runs = sorted((v["streams"], k) for k, v in r.items()
+                  if k.startswith("bulk") and isinstance(v, dict))
+    for streams, name in runs:
+        run = r[name]
+        key = "bulk1" if streams == 1 else "bulk8"  # the multi-stream run, 8 unless smoke
+        m[f"{key}_MBps"] = run["bytes"] / run["seconds"] / 1e6
+        moved += run["bytes"]
+        start, end = marks[f"{name}_start"], marks[f"{name}_end"]
+        cpu_all += _sum(end, "cpu_s", every) - _sum(start, "cpu_s", every)
+        cpu_host += _sum(end, "cpu_s", host) - _sum(start, "cpu_s", host)
+        cpu_node += _sum(end, "cpu_s", node) - _sum(start, "cpu_s", node)
+        for t, rss in trial.samples:
+            if start["t"] <= t <= end["t"]:
+                peak_node = max([peak_node, *(rss.get(role, 0.0) for role in node)])
+    if moved:
+        gib = moved / 2**30
+        m["cpu_s_per_GiB"] = cpu_all / gib
+        if host:
+            m["host_cpu_s_per_GiB"] = cpu_host / gib
+            m["helper_cpu_s_per_GiB"] = cpu_node / gib
+        m["node_rss_load_MB"] = peak_node
+    if r.get("rr_us"):
+        m["rr_median_us"] = statistics.median(r["rr_us"])
+        m["rr_p99_us"] = percentile(r["rr_us"], 99)
+    if r.get("setup_us"):
+        m["setup_per_s"] = len(r["setup_us"]) / (sum(r["setup_us"]) / 1e6)
+        m["setup_median_us"] = statistics.median(r["setup_us"])
+        m["setup_p99_us"] = percentile(r["setup_us"], 99)
+        if "setup_start" in marks and "setup_end" in marks:
+            start, end = marks["setup_start"], marks["setup_end"]
+            n_setups = len(r["setup_us"])
+            m["setup_cpu_us"] = (_sum(end, "cpu_s", every) - _sum(start, "cpu_s", every)) \
+                / n_setups * 1e6
+            if host:
+                m["setup_host_cpu_us"] = (_sum(end, "cpu_s", host)
+                                          - _sum(start, "cpu_s", host)) / n_setups * 1e6
+    startups = [s for s in [*r.get("startup_s", []), trial.server_startup_s] if s > 0]
+    if startups:
+        m["startup_s"] = statistics.median(startups)
+        m["startup_samples"] = len(startups)
+    idle = marks.get("idle")
+    if idle:
+        m["node_rss_idle_MB"] = max(idle["rss_mb"].get(role, 0.0) for role in node)
+        if host:
+            m["host_rss_idle_MB"] = max(idle["rss_mb"].get(role, 0.0) for role in host)
+    n = r.get("idle_conns", 0)
+    if n and "conns_before" in marks and "conns_open" in marks:
+        before, after = marks["conns_before"], marks["conns_open"]
+
+        def per_1k(roles: list[str]) -> float:
+            return (_sum(after, "rss_mb", roles) - _sum(before, "rss_mb", roles)) * 1000 / n
+
+        m["idle_conns_MB_per_1k"] = per_1k(every)
+        if host:
+            m["idle_conns_helper_MB_per_1k"] = per_1k(node)
+            m["idle_conns_host_MB_per_1k"] = per_1k(host)
+    for when in ("path_before", "path_after"):
+        if when in r:
+            m[when] = r[when]
+    return m
+
+
+def one_line(m: dict[str, Any]) -> str:
+    parts = []
+    for key, fmt in (("bulk1_MBps", "bulk1 {:.0f} MB/s"), ("bulk8_MBps", "bulk8 {:.0f} MB/s"),
+                     ("rr_median_us", "rr {:.0f} µs"), ("setup_median_us", "setup {:.0f} µs"),
+                     ("startup_s", "start {:.2f} s"), ("node_rss_idle_MB", "rss {:.0f} MB")):
+        if key in m:
+            parts.append(fmt.format(m[key]))
+    path = m.get("path_before", {})
+    if path.get("cur_addr") and path["cur_addr"] != "loopback":
+        parts.append(f"direct {path['cur_addr']}")
+    elif path.get("relay"):
+        parts.append(f"DERP {path['relay']}")
+    return ", ".join(parts)
+
+
+def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: dict[str, Any],
+          repeats: int, elapsed: float) -> dict[str, Any]:
+    per_trial = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for trial in trials:
+        m = summarize_trial(trial)
+        per_trial.append({"line": trial.line.name, "path": trial.path, "repeat": trial.repeat,
+                          "wall_s": round(trial.wall_s, 2), "metrics": m})
+        groups.setdefault((trial.path, trial.line.name), []).append(m)
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for (path, line), ms in groups.items():
+        agg: dict[str, Any] = {}
+        for metric in METRICS:
+            values = [x[metric.key] for x in ms if metric.key in x]
+            if values:
+                agg[metric.key] = statistics.median(values)
+        agg["trials"] = len(ms)
+        agg["direct"] = [bool(x.get("path_before", {}).get("direct")) for x in ms]
+        agg["cur_addr"] = sorted({x.get("path_before", {}).get("cur_addr", "") for x in ms})
+        summary.setdefault(path, {})[line] = agg
+    ratios: dict[str, dict[str, float]] = {}
+    for path, lines in summary.items():
+        if "tsproc" in lines and "go" in lines:
+            ratios[path] = {
+                metric.key: lines["tsproc"][metric.key] / lines["go"][metric.key]
+                for metric in METRICS
+                if metric.key in lines["tsproc"] and lines["go"].get(metric.key)
+            }
+    return {
+        "schema": 1,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "repeats": repeats,
+        "elapsed_s": round(elapsed, 1),
+        "workload": workload,
+        "machine": machine,
+        "summary": summary,
+        "ratios_to_go": ratios,
+        "goals": goals(summary),
+        "trials": per_trial,
+    }
+
+
+# Why a goal can be missed: what the profiles of benchmarks/README.md ("Findings") showed.
+# Written into the results next to every goal that a run misses.
+WHY_MISSED = {
+    "bulk": "every byte crosses one more AF_UNIX socketpair at each end (two more kernel "
+    "copies and a syscall and wake-up per chunk on each side, plus the Python process); on "
+    "two shared cores the lines are CPU-bound, so the extra CPU per GiB shows up as "
+    "throughput (compare 'CPU per GiB moved').",
+    "round": "a round trip crosses four more process boundaries (application and helper at "
+    "both ends); each is a wake-up of another process, which on two busy shared cores often "
+    "waits for a CPU (see the CPU pressure in the header).",
+    "connection": "a connection costs about eight control-channel messages (dial and its "
+    "answer with the fd, accepted with the fd, grant, close_conn, conn_end), a socketpair and "
+    "two pump goroutines at each end: several times pure Go's CPU per set-up (compare 'CPU "
+    "per connection set-up'); the largest single item is the dial handler's LocalAPI status "
+    "call.",
+    "start-up": "tsnet's own start-up; compare pure Go's on the same path.",
+    "helper": "tsnet's own memory; compare pure Go's process.",
+}
+
+
+def _why(goal: str) -> str:
+    return WHY_MISSED.get(goal.split(" ", 1)[0], "")
+
+
+def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The issue's goals. Relative ones are judged on every path where both lines ran;
+    start-up and idle memory once, on the direct path's configuration (forcing DERP with
+    TS_DEBUG_ALWAYS_USE_DERP slows tsnet's own start-up, pure Go's as much as tsproc's)."""
+    out: list[dict[str, Any]] = []
+
+    def add(path: str, goal: str, value: float, target: str, met: bool) -> None:
+        entry = {"path": path, "goal": goal, "value": round(value, 3), "target": target,
+                 "met": met}
+        if not met:
+            entry["why"] = _why(goal)
+        out.append(entry)
+
+    for path in ("direct", "derp"):
+        ts, go = summary.get(path, {}).get("tsproc"), summary.get(path, {}).get("go")
+        if ts is None or go is None:
+            continue
+        for key, label in (("bulk1_MBps", "bulk 1 stream"), ("bulk8_MBps", "bulk 8 streams")):
+            if key in ts and key in go:
+                ratio = ts[key] / go[key]
+                add(path, f"{label} ≥ 0.9 x pure Go", ratio, "≥ 0.9", ratio >= 0.9)
+        if "rr_median_us" in ts and "rr_median_us" in go:
+            diff = ts["rr_median_us"] - go["rr_median_us"]
+            add(path, "round trip ≤ pure Go + 100 µs (median; measured: the difference)", diff,
+                "≤ +100 µs", diff <= 100)
+        if "setup_median_us" in ts and "setup_median_us" in go:
+            diff = ts["setup_median_us"] - go["setup_median_us"]
+            add(path, "connection set-up ≤ pure Go + 1 ms (median; measured: the difference)",
+                diff, "≤ +1000 µs", diff <= 1000)
+    first = next((summary[p]["tsproc"] for p in ("direct", "derp")
+                  if "tsproc" in summary.get(p, {})), None)
+    if first is not None:
+        path = "direct" if "tsproc" in summary.get("direct", {}) else "derp"
+        if "startup_s" in first:
+            add(path, "start-up to running ≤ 1.5 s (s)", first["startup_s"], "≤ 1.5 s",
+                first["startup_s"] <= 1.5)
+        if "node_rss_idle_MB" in first:
+            add(path, "helper RSS idle ≤ 60 MB (MB)", first["node_rss_idle_MB"], "≤ 60 MB",
+                first["node_rss_idle_MB"] <= 60)
+    return out
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if digits == 0 and abs(value) >= 1:
+        return f"{value:,.0f}"
+    return f"{value:,.{max(digits, 2) if abs(value) < 1 else digits}f}"
+
+
+def _path_note(lines: dict[str, dict[str, Any]]) -> str:
+    notes = []
+    for line in ("tsproc", "go"):
+        if line in lines:
+            direct = lines[line]["direct"]
+            addrs = ", ".join(a for a in lines[line]["cur_addr"] if a) or "none"
+            notes.append(f"{LINE_LABELS[line]}: {sum(direct)}/{len(direct)} trials direct "
+                         f"(cur_addr {addrs})")
+    return "; ".join(notes)
+
+
+def _psi(machine: dict[str, Any]) -> str:
+    start, end = machine.get("cpu_pressure"), machine.get("cpu_pressure_end")
+    if start is None or end is None:
+        return ""
+    return f"; tasks waited for a CPU {start:.0f} % → {end:.0f} % of the time"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    load = machine.get("loadavg", [0])[0], machine.get("loadavg_end", [0])[0]
+    out = [
+        f"## tsproc benchmarks, {results['date']} ({results['mode']} mode, "
+        f"{results['repeats']} trial(s) per line and path, medians)",
+        "",
+        f"{machine.get('cpus')} CPUs (load {load[0]:.2f} → {load[1]:.2f}{_psi(machine)}), Linux "
+        f"{machine.get('kernel')}, Python {machine.get('python')}, {machine.get('go')}, "
+        f"{machine.get('helper')}, git {machine.get('git')}; {results['elapsed_s']:.0f} s.",
+        "Every figure is also given as tsproc ÷ pure Go, both measured on the same path in the "
+        "same run (↑: higher is better, ↓: lower is better).",
+        "",
+    ]
+    summary = results["summary"]
+    loop = summary.get("loopback", {})
+    extra = [line for line in ("kernel", "trio-tcp") if line in loop]
+    for path in ("direct", "derp"):
+        lines = summary.get(path)
+        if not lines:
+            continue
+        ratios = results["ratios_to_go"].get(path, {})
+        out += [f"### {PATH_LABELS[path]}", "", _path_note(lines), ""]
+        head = ["metric", "tsproc", "pure Go", "tsproc ÷ Go"] + [LINE_LABELS[e] for e in extra]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for metric in METRICS:
+            values = [lines.get(line, {}).get(metric.key) for line in ("tsproc", "go")]
+            values += [loop[e].get(metric.key) for e in extra]
+            if all(v is None for v in values):
+                continue
+            arrow = "↑" if metric.higher_is_better else "↓"
+            ratio = ratios.get(metric.key)
+            cells = [f"{metric.label} ({metric.unit}) {arrow}"]
+            cells += [_fmt(v, metric.digits) for v in values[:2]]
+            cells.append(f"{ratio:.2f}" if ratio is not None else "-")
+            cells += [_fmt(v, metric.digits) for v in values[2:]]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if results["goals"]:
+        out += ["### goals", "", "| path | goal | measured | met |", "|---|---|---|---|"]
+        for g in results["goals"]:
+            met = {True: "yes", False: "**no**", None: "-"}[g["met"]]
+            out.append(f"| {g['path']} | {g['goal']} | {g['value']} | {met} |")
+        out.append("")
+        missed = {g["goal"].split(" ", 1)[0]: g["why"] for g in results["goals"] if g.get("why")}
+        if missed:
+            out += ["Why (details: benchmarks/README.md, Findings):", ""]
+            out += [f"- **{kind}**: {why}" for kind, why in missed.items()]
+            out.append("")
+    out += FOOTNOTES
+    out.append("")
+    return "\n".join(out)
+
+
+def readme_table(results: dict[str, Any], stem: Path) -> str:
+    summary, ratios = results["summary"], results["ratios_to_go"]
+    paths = [p for p in ("direct", "derp") if p in ratios]
+    head = ["metric"]
+    for path in paths:
+        head += [f"tsproc ({path})", f"pure Go ({path})", "ratio"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = ["bulk1_MBps", "bulk8_MBps", "rr_median_us", "setup_median_us", "setup_per_s",
+            "startup_s", "node_rss_idle_MB", "idle_conns_MB_per_1k", "cpu_s_per_GiB"]
+    readme_labels = {"node_rss_idle_MB": "helper RSS idle (pure Go: the process)"}
+    for key in keys:
+        metric = METRIC_BY_KEY[key]
+        label = readme_labels.get(key, metric.label.rstrip("¹²³"))
+        cells = [f"{label} ({metric.unit})"]
+        for path in paths:
+            ts = summary[path].get("tsproc", {}).get(key)
+            go = summary[path].get("go", {}).get(key)
+            ratio = ratios[path].get(key)
+            cells += [_fmt(ts, metric.digits), _fmt(go, metric.digits),
+                      f"{ratio:.2f}" if ratio is not None else "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return (f"Latest run ({results['date'][:10]}, {results['mode']} mode, "
+            f"{results['machine'].get('cpus')} shared CPUs; details in "
+            f"[benchmarks/results/{stem.name}.md](benchmarks/results/{stem.name}.md)):\n\n"
+            + "\n".join(rows) + "\n")
+
+
+def update_readme(readme: Path, results: dict[str, Any], stem: Path) -> None:
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme} has no {README_START} … {README_END} markers")
+    new = text[: start + len(README_START)] + "\n" + readme_table(results, stem) + text[end:]
+    readme.write_text(new)
+
+
+def chart(results: dict[str, Any], png: Path) -> bool:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: the `bench` extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    ratios = results["ratios_to_go"]
+    keys = ["bulk1_MBps", "bulk8_MBps", "rr_median_us", "rr_p99_us", "setup_median_us",
+            "startup_s", "node_rss_idle_MB", "idle_conns_MB_per_1k", "cpu_s_per_GiB"]
+    paths = [p for p in ("direct", "derp") if p in ratios]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6), width_ratios=[3, 2])
+    height = 0.8 / max(1, len(paths))
+    colors = {"direct": "#1f77b4", "derp": "#ff7f0e"}
+    for i, path in enumerate(paths):
+        ys = [k + i * height for k in range(len(keys))]
+        xs = [ratios[path].get(key, math.nan) for key in keys]
+        left.barh(ys, xs, height=height, label=PATH_LABELS[path], color=colors[path])
+        for y, x in zip(ys, xs, strict=True):
+            if not math.isnan(x):
+                left.text(x, y, f" {x:.2f}", va="center", fontsize=8)
+    left.axvline(1.0, color="black", linewidth=1)
+    left.set_yticks([k + height * (len(paths) - 1) / 2 for k in range(len(keys))])
+    left.set_yticklabels([
+        f"{METRIC_BY_KEY[k].label.rstrip('¹²³')} "
+        f"{'↑' if METRIC_BY_KEY[k].higher_is_better else '↓'}" for k in keys
+    ])
+    left.invert_yaxis()
+    left.set_xlabel("tsproc ÷ pure Go (same path, same run)")
+    left.set_title("tsproc relative to pure-Go tsnet")
+    left.legend(loc="lower right")
+
+    summary = results["summary"]
+    groups: list[tuple[str, str]] = [(p, line) for p in paths for line in ("tsproc", "go")
+                                     if line in summary.get(p, {})]
+    groups += [("loopback", line) for line in ("kernel", "trio-tcp")
+               if line in summary.get("loopback", {})]
+    short = {"tsproc": "tsproc", "go": "pure Go", "kernel": "Go", "trio-tcp": "trio"}
+    labels = [f"{short[line]}\n{'TCP' if p == 'loopback' else p}" for p, line in groups]
+    for j, key in enumerate(("bulk1_MBps", "bulk8_MBps")):
+        xs = [k + j * 0.4 for k in range(len(groups))]
+        values = [summary[p][line].get(key, 0.0) for p, line in groups]
+        right.bar(xs, values, width=0.4, label="1 stream" if j == 0 else "8 streams")
+    right.set_xticks([k + 0.2 for k in range(len(groups))])
+    right.set_xticklabels(labels, fontsize=8)
+    right.set_ylabel("MB/s")
+    right.set_yscale("log")
+    right.set_title("bulk throughput (log scale)")
+    right.legend()
+    fig.suptitle(f"tsproc benchmarks, {results['date'][:10]} ({results['mode']} mode)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], stem: Path, *, chart_png: bool = True) -> list[Path]:
+    written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    written[0].write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    written[1].write_text(markdown(results))
+    if chart_png:
+        png = stem.with_suffix(".png")
+        if chart(results, png):
+            written.append(png)
+        else:
+            print("matplotlib is not installed: no chart (`pip install -e '.[bench]'`)")
+    return written

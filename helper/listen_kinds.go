@@ -42,29 +42,27 @@ func requireCerts(ctx context.Context, n *node) (*tsnet.Server, error) {
 }
 
 func (n *node) listenTLS(ctx context.Context, p *paramReader) (*reply, error) {
-	port := p.uint("port", 1, 65535)
-	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
-	if p.err != nil {
-		return nil, p.err
-	}
-	if err := n.checkListenerRoom(); err != nil {
-		return nil, err
-	}
-	srv, err := requireCerts(ctx, n)
-	if err != nil {
-		return nil, err
-	}
-	ln, err := srv.ListenTLS("tcp", ":"+strconv.FormatUint(port, 10))
-	if err != nil {
-		return nil, listenError(port, err, codeTLSUnavailable)
-	}
-	return n.openListener(ln, int(backlog))
+	return n.listenWithCerts(ctx, p, codeTLSUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
+		return srv.ListenTLS("tcp", addr)
+	})
 }
 
 func (n *node) listenFunnel(ctx context.Context, p *paramReader) (*reply, error) {
+	var opts []tsnet.FunnelOption
+	if p.optBool("funnel_only") {
+		opts = append(opts, tsnet.FunnelOnly())
+	}
+	return n.listenWithCerts(ctx, p, codeFunnelUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
+		return srv.ListenFunnel("tcp", addr, opts...)
+	})
+}
+
+// listenWithCerts is listen_tls and listen_funnel: the same parameters and checks, then open
+// makes the tsnet listener; its errors other than a port in use get the code unavailable.
+func (n *node) listenWithCerts(ctx context.Context, p *paramReader, unavailable string,
+	open func(srv *tsnet.Server, addr string) (net.Listener, error)) (*reply, error) {
 	port := p.uint("port", 1, 65535)
 	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
-	funnelOnly := p.optBool("funnel_only")
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -75,13 +73,9 @@ func (n *node) listenFunnel(ctx context.Context, p *paramReader) (*reply, error)
 	if err != nil {
 		return nil, err
 	}
-	var opts []tsnet.FunnelOption
-	if funnelOnly {
-		opts = append(opts, tsnet.FunnelOnly())
-	}
-	ln, err := srv.ListenFunnel("tcp", ":"+strconv.FormatUint(port, 10), opts...)
+	ln, err := open(srv, ":"+strconv.FormatUint(port, 10))
 	if err != nil {
-		return nil, listenError(port, err, codeFunnelUnavailable)
+		return nil, listenError(port, err, unavailable)
 	}
 	return n.openListener(ln, int(backlog))
 }

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"tailscale.com/client/local"
 	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tsnet"
 )
 
 // Connections: listen with its accept hand-over, close_listener, and dial.
@@ -74,6 +77,20 @@ func (n *node) openListener(ln net.Listener, backlog int) (*reply, error) {
 			}
 		},
 	}, nil
+}
+
+// startedStatus returns the started server, its local client and its status without peers,
+// or not_running before start.
+func (n *node) startedStatus(ctx context.Context) (*tsnet.Server, *local.Client, *ipnstate.Status, error) {
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, nil, nil, newError(codeNotRunning, "call start and up first")
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, nil, nil, newError(codeInternal, "status: %v", err)
+	}
+	return srv, lc, st, nil
 }
 
 // checkListenerRoom reports a limit error when the node has all the listeners it may have.
@@ -145,13 +162,9 @@ func (n *node) dial(ctx context.Context, p *paramReader) (*reply, error) {
 	case host == "" || len(host) > 253:
 		return nil, newError(codeBadRequest, `"host" must be 1 to 253 characters`)
 	}
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, newError(codeNotRunning, "call start and up first")
-	}
-	st, err := lc.StatusWithoutPeers(ctx)
+	srv, lc, st, err := n.startedStatus(ctx)
 	if err != nil {
-		return nil, newError(codeInternal, "status: %v", err)
+		return nil, err
 	}
 	// Starting is let through: tsnet's Dial waits for Running within the timeout.
 	if st.BackendState != ipn.Running.String() && st.BackendState != ipn.Starting.String() {

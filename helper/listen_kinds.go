@@ -20,13 +20,9 @@ import (
 // tailnet issues no HTTPS certificates to this node (HTTPS disabled in the admin console, or a
 // control server that has none, like the local test tailnet).
 func requireCerts(ctx context.Context, n *node) (*tsnet.Server, error) {
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, newError(codeNotRunning, "call start and up first")
-	}
-	st, err := lc.StatusWithoutPeers(ctx)
+	srv, _, st, err := n.startedStatus(ctx)
 	if err != nil {
-		return nil, newError(codeInternal, "status: %v", err)
+		return nil, err
 	}
 	if st.BackendState != "Running" {
 		return nil, newError(codeNotRunning, "node is in state %s", st.BackendState)

@@ -578,7 +578,6 @@ class Node:
                 self._policy,
                 lambda number: self._start_generation(number, path),
                 self._on_running,
-                self._on_down,
             )
             await self._nursery.start(self._supervise)
             if self._wait_running_on_enter:
@@ -741,7 +740,7 @@ class Node:
                                             previous.death_reason))
 
     def _on_down(self, generation: Generation) -> None:
-        """Called by a generation the moment it dies (and again by the supervisor)."""
+        """Called by a generation the moment it dies."""
         if self._closing or generation is not self._generation:
             return
         if self._state is NodeState.RUNNING:

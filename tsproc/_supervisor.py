@@ -95,7 +95,9 @@ class Supervisor:
             running, or raises. RETRYABLE errors count as a failure; any other is final.
         on_running: called with each generation once it runs (after a restart: with the
             previous generation, so events can say how it ended).
-        on_down: called with a generation as soon as it is found dead.
+
+    A generation tells its owner of its own death (it knows first); the supervisor only
+    waits for it and starts the next one.
     """
 
     def __init__(
@@ -103,12 +105,10 @@ class Supervisor:
         policy: RestartPolicy,
         start: Starter,
         on_running: Callable[[Generation, Generation | None], None],
-        on_down: Callable[[Generation], None],
     ) -> None:
         self.policy = policy
         self._start = start
         self._on_running = on_running
-        self._on_down = on_down
         self.restarts = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -146,7 +146,6 @@ class Supervisor:
                 started = True
                 task_status.started()
             await generation.died.wait()
-            self._on_down(generation)
             previous = generation
             last_error = None
             if trio.current_time() - began >= self.policy.stable_after:

@@ -8,7 +8,8 @@ See docs/design.md for how it works and docs/protocol.md for the helper protocol
 """
 
 from ._node import EventStream, Node
-from ._streams import TailnetListener, TailnetPacketConn, TailnetStream
+from ._packet import TailnetPacketConn
+from ._streams import TailnetListener, TailnetStream
 from ._supervisor import RestartPolicy
 from ._types import (
     AuthUrlEvent,

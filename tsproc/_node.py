@@ -1,35 +1,40 @@
-"""The public :class:`Node`, and the generations of helper processes behind it.
+"""The public :class:`Node`: its life cycle, its state and the calls an application makes.
 
-A *generation* is one helper process with its control channel: it says hello, starts tsnet,
-comes up, re-creates the node's listeners, and from then on carries the node's traffic until it
-dies. The :class:`~tsproc._supervisor.Supervisor` replaces a dead generation with a new one; the
-node's identity lives in its state directory, so the new helper is the same tailnet node.
+The helper processes behind it are :class:`~tsproc._generation.Generation` objects, started and
+replaced by the :class:`~tsproc._supervisor.Supervisor`; the node's identity lives in its state
+directory, so a new helper is the same tailnet node. Arguments are checked by
+:class:`~tsproc._config.NodeConfig`; events fan out through :class:`~tsproc._events.EventHub`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import logging
 import math
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, final
-from urllib.parse import urlsplit
+from typing import Any, final
 
 import trio
 
-from . import _protocol as proto
-from ._helper import SECRET_ENV as _SECRET_ENV
-from ._helper import HelperProcess, find_helper, helper_environment
-from ._rpc import Reply, RpcChannel
+from ._config import (
+    DEFAULT_BACKLOG,
+    NodeConfig,
+    check_backlog,
+    check_host,
+    check_port,
+    check_timeout,
+)
+from ._events import EventHub, EventStream
+from ._generation import RPC_TIMEOUT, Generation, int_field
+from ._helper import HelperProcess, find_helper
+from ._packet import TailnetPacketConn
 from ._statedir import StateDir
-from ._streams import ConnState, TailnetListener, TailnetPacketConn, TailnetStream
-from ._supervisor import Generation, RestartPolicy, Supervisor
+from ._streams import TailnetListener, TailnetStream
+from ._supervisor import Generation as SupervisedGeneration
+from ._supervisor import RestartPolicy, Supervisor
 from ._types import (
     AuthUrlEvent,
     CrashLoopEvent,
@@ -44,366 +49,13 @@ from ._types import (
 )
 from .errors import (
     HelperDiedError,
-    HelperVersionError,
     InvalidArgumentError,
     NodeClosedError,
     NodeTimeoutError,
-    ProtocolError,
-    RemoteError,
     TsprocError,
-    redact,
 )
 
-__all__ = ["Node"]
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_TAG = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9_-]*$")
-_HELLO_TIMEOUT: Final = 10.0
-# A request the helper neither answers nor fails within this is treated as a hang (the heartbeat
-# normally notices much sooner).
-_RPC_TIMEOUT: Final = 60.0
-_DEFAULT_BACKLOG: Final = 128
-_EVENT_BUFFER: Final = 256
-# Connections held for listeners whose listen() answer the caller has not yet taken: at most one
-# listener's full backlog in practice.
-_MAX_ORPHANS: Final = 4096
-
-
-def _check_port(port: object, what: str = "port") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidArgumentError(f"{what} must be an integer from 1 to 65535, got {port!r}")
-    return port
-
-
-def _check_backlog(backlog: object) -> int:
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 4096:
-        raise InvalidArgumentError(f"backlog must be an integer from 1 to 4096, got {backlog!r}")
-    return backlog
-
-
-def _check_host(host: object) -> str:
-    if not isinstance(host, str) or not 0 < len(host) <= 253 or any(c.isspace() for c in host):
-        raise InvalidArgumentError(f"host must be a tailnet name or IP address, got {host!r}")
-    return host
-
-
-def _check_timeout(timeout: object, what: str) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidArgumentError(f"{what} must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
-
-
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _Generation:
-    """One helper process, its control channel, and what flows through it."""
-
-    def __init__(self, number: int, process: HelperProcess, node: Node) -> None:
-        self.number = number
-        self.process = process
-        self._node = node
-        self.rpc = RpcChannel(
-            trio.socket.from_stdlib_socket(process.control),
-            self._on_notification,
-            on_reply=self._on_reply,
-        )
-        self.died = trio.Event()
-        self._death_reason = ""
-        self.conns: dict[int, ConnState] = {}
-        self._replied_conns: dict[int, ConnState] = {}
-        self.listener_by_id: dict[int, TailnetListener] = {}
-        self.id_by_listener: dict[TailnetListener, int] = {}
-        # `accepted` may overtake the `listen` response that names its listener.
-        self._orphans: dict[int, list[TailnetStream]] = {}
-        self._orphan_count = 0
-        self._unclaimed: set[int] = set()  # listener ids closed because nobody took them
-        self.hello: dict[str, Any] = {}
-        self.is_up = False  # the helper has reported Running (up answered)
-        self.packets: dict[int, TailnetPacketConn] = {}
-
-    # -- Generation protocol (for the supervisor) --
-
-    @property
-    def death_reason(self) -> str:
-        return self._death_reason
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    @property
-    def stderr_tail(self) -> Sequence[str]:
-        return list(self.process.stderr_tail)
-
-    # -- running --
-
-    async def run(self, policy: RestartPolicy) -> None:
-        """Watch the process, serve the channel and send heartbeats until the helper is gone."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_process)
-            nursery.start_soon(self._serve)
-            nursery.start_soon(self._heartbeat, policy)
-            await self.died.wait()
-            await self.process.exited.wait()
-            nursery.cancel_scope.cancel()
-
-    async def _watch_process(self) -> None:
-        await self.process.watch()
-        # Its last words (conn_end, say) may still be in the socket: let the reader drain them.
-        with trio.move_on_after(2):
-            await self.rpc.closed.wait()
-        broken = self.rpc.broken
-        if isinstance(broken, ProtocolError):
-            # It broke the protocol and then exited (the channel closed on it): that, not
-            # its exit status, is why it died, whichever of the two the host noticed first.
-            self.die(f"protocol error: {broken}")
-        else:
-            self.die(self.process.describe_exit())
-
-    async def _serve(self) -> None:
-        try:
-            await self.rpc.serve()
-        except ProtocolError as exc:
-            self.die(f"protocol error: {exc}")
-            return
-        # Channel closed: if the process is still running, it will be killed by die().
-        with trio.move_on_after(1):
-            await self.process.exited.wait()
-        self.die(self.process.describe_exit() if self.process.returncode is not None
-                 else "control channel closed")
-
-    async def _heartbeat(self, policy: RestartPolicy) -> None:
-        while not self.died.is_set():
-            await trio.sleep(policy.heartbeat_interval)
-            with trio.move_on_after(policy.heartbeat_timeout) as scope:
-                try:
-                    await self.rpc.request("ping", {})
-                except RemoteError:
-                    continue  # an answer, even "hello first", proves the helper is alive
-                except TsprocError:
-                    return  # the channel is gone: die() is already under way
-            if scope.cancelled_caught:
-                self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
-                return
-
-    def die(self, reason: str) -> None:
-        """Declare this generation dead: kill the process, fail its connections. Idempotent."""
-        if self.died.is_set():
-            return
-        self._death_reason = reason
-        self.process.kill()
-        self.rpc.close()
-        for state in self.conns.values():
-            state.finish(False, f"the helper died ({reason})")
-        self.conns.clear()
-        for streams in self._orphans.values():
-            for stream in streams:
-                stream.close_now()
-        self._orphans.clear()
-        self.packets.clear()  # their sockets read EOF from the dead helper's side
-        for listener in self.id_by_listener:
-            listener.drop_generation(self.number)
-        self.died.set()
-        self._node._on_down(self)
-
-    async def request(self, method: str, params: dict[str, Any],
-                      timeout: float = _RPC_TIMEOUT,
-                      on_abandoned: Callable[[dict[str, Any]], None] | None = None) -> Reply:
-        """rpc.request, with a deadline and with the process's exit status on failure."""
-        try:
-            with trio.fail_after(timeout):
-                return await self.rpc.request(method, params, on_abandoned=on_abandoned)
-        except trio.TooSlowError:
-            raise NodeTimeoutError(
-                f"the helper did not answer {method!r} within {timeout:g} s"
-            ) from None
-        except HelperDiedError:
-            with trio.move_on_after(2):
-                await self.process.exited.wait()
-            why = self.death_reason or self.process.describe_exit()
-            raise HelperDiedError(
-                f"the helper died during {method!r}: {why}",
-                returncode=self.process.returncode,
-                stderr_tail=self.stderr_tail,
-            ) from None
-
-    # -- messages from the helper (called in the reader task; must not block) --
-
-    def _on_reply(self, result: dict[str, Any]) -> None:
-        conn = result.get("conn")
-        if result.get("fd") is True and isinstance(conn, int):
-            state = ConnState(conn, self.number)
-            self.conns[conn] = state
-            self._replied_conns[conn] = state
-
-    def take_conn(self, reply: Reply) -> TailnetStream:
-        """The stream for a reply that carried a connection's fd."""
-        conn = reply.result.get("conn")
-        if reply.fd is None or not isinstance(conn, int):
-            if reply.fd is not None:
-                os.close(reply.fd)
-            raise ProtocolError("a dial result must carry a conn id and an fd")
-        state = self._replied_conns.pop(conn)
-        return TailnetStream(reply.fd, state, reply.result.get("local"),
-                             reply.result.get("remote"), on_close=self.stream_closed)
-
-    def _on_notification(self, msg: proto.Notification) -> None:
-        p = msg.params
-        if msg.method == "accepted":
-            self._on_accepted(msg)
-            return
-        if msg.fd is not None:
-            os.close(msg.fd)  # no other notification carries an fd: it is nobody's
-        if msg.method == "conn_end":
-            state = self.conns.pop(_int(p, "conn"), None)
-            if state is not None:
-                state.finish(p.get("clean") is True, str(p.get("error") or ""))
-        elif msg.method == "listener_closed":
-            listener = self.listener_by_id.pop(_int(p, "listener"), None)
-            if listener is not None:
-                self.id_by_listener.pop(listener, None)
-                listener.close_now(f"the helper closed the listener: {p.get('reason', '')}")
-        elif msg.method == "state":
-            self._node._on_backend_state(str(p.get("state", "")), str(p.get("auth_url") or ""))
-
-    def _on_accepted(self, msg: proto.Notification) -> None:
-        if msg.fd is None:
-            raise ProtocolError("accepted notification without its fd")
-        p = msg.params
-        try:
-            conn, listener_id = _int(p, "conn"), _int(p, "listener")
-            listener = self.listener_by_id.get(listener_id)
-            if listener is None and self._orphan_count >= _MAX_ORPHANS:
-                # Bounded in total, not per id: a broken helper could name any number of ids.
-                raise ProtocolError("connections arrived for a listener that never appeared")
-        except ProtocolError:
-            os.close(msg.fd)
-            raise
-        if listener is None and listener_id in self._unclaimed:
-            os.close(msg.fd)  # for a listener being closed: its caller stopped waiting
-            return
-        state = ConnState(conn, self.number)
-        stream = TailnetStream(msg.fd, state, p.get("local"), p.get("remote"),
-                               on_close=self.stream_closed)
-        self.conns[conn] = state
-        if listener is not None:
-            listener.push(stream)
-        else:
-            self._orphans.setdefault(listener_id, []).append(stream)
-            self._orphan_count += 1
-
-    def close_unclaimed_listener(self, result: dict[str, Any]) -> None:
-        """The answer to a listen whose caller stopped waiting (cancelled, timed out): the
-        helper made a listener nobody will use, which would hold its port and a slot of the 256.
-        Close it there, with whatever it has handed over already."""
-        listener_id = result.get("listener")
-        if isinstance(listener_id, bool) or not isinstance(listener_id, int):
-            return
-        self._unclaimed.add(listener_id)
-        for stream in self._orphans.pop(listener_id, []):
-            self._orphan_count -= 1
-            stream.close_now()
-        self.rpc.request_nowait("close_listener", {"listener": listener_id})
-
-    def close_unclaimed_conn(self, result: dict[str, Any]) -> None:
-        """The answer to a dial whose caller stopped waiting: its fd is closed already; tell
-        the helper to drop the tailnet connection too, or it keeps it until the peer ends."""
-        conn = result.get("conn")
-        if isinstance(conn, bool) or not isinstance(conn, int):
-            return
-        self._replied_conns.pop(conn, None)
-        self.conns.pop(conn, None)
-        self.rpc.notify_nowait("close_conn", {"conn": conn})
-
-    def add_listener(self, listener: TailnetListener, listener_id: int) -> None:
-        self.listener_by_id[listener_id] = listener
-        self.id_by_listener[listener] = listener_id
-        for stream in self._orphans.pop(listener_id, []):
-            self._orphan_count -= 1
-            listener.push(stream)
-
-    def remove_listener(self, listener: TailnetListener) -> int | None:
-        """Forget *listener*; its helper id (to close in the helper), if it had one."""
-        listener_id = self.id_by_listener.pop(listener, None)
-        if listener_id is not None:
-            self.listener_by_id.pop(listener_id, None)
-        return listener_id
-
-    def grant(self, listener: TailnetListener, stream: TailnetStream) -> None:
-        listener_id = self.id_by_listener.get(listener)
-        if listener_id is not None and stream._state.generation == self.number:
-            self.rpc.notify_nowait("grant", {"listener": listener_id, "n": 1})
-
-    def take_packet(self, reply: Reply) -> TailnetPacketConn:
-        """The UDP socket for a reply that carried a packet socketpair's fd."""
-        packet_id = reply.result.get("packet")
-        if reply.fd is None or not isinstance(packet_id, int):
-            if reply.fd is not None:
-                os.close(reply.fd)
-            raise ProtocolError("a UDP result must carry a packet id and an fd")
-
-        def closed() -> None:
-            if self.packets.pop(packet_id, None) is not None and not self.died.is_set():
-                self.rpc.notify_nowait("close_conn", {"conn": packet_id})
-
-        conn = TailnetPacketConn(reply.fd, reply.result.get("local"),
-                                 reply.result.get("remote"), on_close=closed)
-        self.packets[packet_id] = conn
-        return conn
-
-    def stream_closed(self, state: ConnState) -> None:
-        # Closed before the tailnet side ended: tell the helper to drop the tailnet connection
-        # now, instead of keeping it until the peer speaks again.
-        if self.conns.pop(state.conn_id, None) is not None and not self.died.is_set():
-            self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
-
-
-def _int(params: dict[str, Any], key: str) -> int:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-@final
-class EventStream:
-    """An async iterator of a node's events; ends when the node closes.
-
-    Use ``async with node.events() as events: async for event in events: …`` or just
-    ``async for``; if the consumer falls more than 256 events behind, the oldest are dropped
-    and :attr:`dropped` counts them.
-    """
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[Event], node: Node) -> None:
-        self._receive = receive
-        self._node = node
-        self.dropped = 0
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._receive.aclose()
+__all__ = ["EventStream", "Node"]
 
 
 @final
@@ -461,60 +113,29 @@ class Node:
         helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
-            raise InvalidArgumentError(
-                f"invalid hostname {hostname!r}: use 1 to 63 letters, digits and hyphens, "
-                "not starting or ending with a hyphen"
-            )
-        if auth_key is not None and (not isinstance(auth_key, str) or not auth_key.strip()):
-            raise InvalidArgumentError("auth_key must be a non-empty string or None")
-        if control_url is not None:
-            parts = urlsplit(control_url) if isinstance(control_url, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InvalidArgumentError(
-                    f"control_url must be an http:// or https:// URL, got {control_url!r}"
-                )
-        self._tags = tuple(tags)
-        for tag in self._tags:
-            if not isinstance(tag, str) or not _TAG.match(tag):
-                raise InvalidArgumentError(f"invalid tag {tag!r}: tags look like 'tag:web'")
-        if up_timeout is not None:
-            _check_timeout(up_timeout, "up_timeout")
-        if memory_limit is not None and (
-            isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
-            or memory_limit < 16 << 20
-        ):
-            raise InvalidArgumentError("memory_limit must be a number of bytes, at least 16 MiB")
+        self._config = NodeConfig(
+            hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
+            ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
+            restart=restart, memory_limit=memory_limit, helper_env=helper_env,
+            helper_path=helper_path,
+        )
         self.hostname = hostname
-        self._auth_key = auth_key
         self.control_url = control_url
-        self._requested_state_dir = state_dir
         self.ephemeral = ephemeral
         self._up_timeout = up_timeout
         self._wait_running_on_enter = wait_running
-        self._policy = restart or RestartPolicy()
-        self._memory_limit = memory_limit
-        self._helper_env = dict(helper_env or {})
-        for key, value in self._helper_env.items():
-            if not isinstance(key, str) or not isinstance(value, str) or not key:
-                raise InvalidArgumentError("helper_env maps names to strings")
-            if key in _SECRET_ENV or redact(value) != value:
-                raise InvalidArgumentError(
-                    f"helper_env[{key!r}] looks like a credential: pass auth keys as auth_key, "
-                    "never through the environment"
-                )
-        self._helper_path = helper_path
+        self._policy = self._config.policy
 
         self._state = NodeState.STARTING
         self._backend_state = ""
         self._auth_url = ""
         self._ips: tuple[IPAddress, ...] = ()
-        self._generation: _Generation | None = None
-        self._spawned: set[_Generation] = set()
+        self._generation: Generation | None = None
+        self._spawned: set[Generation] = set()
         self._running = trio.Event()
         self._failure: TsprocError | None = None
         self._listeners: set[TailnetListener] = set()
-        self._subscribers: list[tuple[trio.MemorySendChannel[Event], EventStream]] = []
+        self._events = EventHub()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._supervisor_scope = trio.CancelScope()
@@ -526,7 +147,7 @@ class Node:
 
     def __repr__(self) -> str:
         ips = ",".join(str(ip) for ip in self._ips) or "no IP yet"
-        key = ", auth_key=<redacted>" if self._auth_key else ""
+        key = ", auth_key=<redacted>" if self._config.auth_key else ""
         return f"<tsproc.Node {self.hostname!r} {self._state.value} {ips}{key}>"
 
     # -- properties --
@@ -563,9 +184,9 @@ class Node:
         if self._entered:
             raise RuntimeError("a Node can be entered only once; create a new one")
         self._entered = True
-        path = find_helper(self._helper_path)
+        path = find_helper(self._config.helper_path)
         self._state_dir = StateDir.acquire(
-            self.hostname, self._requested_state_dir, temporary=self.ephemeral
+            self.hostname, self._config.state_dir, temporary=self.ephemeral
         )
         stack = AsyncExitStack()
         try:
@@ -640,44 +261,17 @@ class Node:
                 self._emit(CrashLoopEvent(str(exc)))
                 self._running.set()
 
-    async def _start_generation(self, number: int, path: Path) -> Generation:
+    async def _start_generation(self, number: int, path: Path) -> SupervisedGeneration:
         assert self._nursery is not None and self._state_dir is not None
-        env: dict[str, str] = {**self._helper_env, "TSPROC_HELPER_GENERATION": str(number)}
-        if self.control_url and _is_loopback_url(self.control_url):
-            # A local tailnet: no port mapping (it probes the LAN gateway), no LAN endpoints.
-            env.update(TS_DISABLE_PORTMAPPER="1", TS_DEBUG_OMIT_LOCAL_ADDRS="1")
-        if self._memory_limit is not None:
-            env["GOMEMLIMIT"] = str(self._memory_limit)
-        # tsnet's backend log is very chatty: only ask for it when someone will read it.
-        verbose = logging.getLogger("tsproc.helper").isEnabledFor(logging.DEBUG)
-        args = ["node", f"-tsnet-logs={'true' if verbose else 'false'}"]
-        process = HelperProcess.spawn(path, args, helper_environment(env))
-        gen = _Generation(number, process, self)
+        config = self._config
+        process = HelperProcess.spawn(path, config.helper_args(),
+                                      config.helper_environment(number))
+        gen = Generation(number, process, self._on_down, self._on_backend_state)
         self._spawned.add(gen)
         self._nursery.start_soon(self._run_generation, gen)
         try:
-            reply = await gen.request("hello", {"protocol": proto.PROTOCOL_VERSION},
-                                      timeout=_HELLO_TIMEOUT)
-            gen.hello = reply.result
-            if reply.result.get("protocol") != proto.PROTOCOL_VERSION:
-                raise HelperVersionError(
-                    f"helper {path} speaks protocol {reply.result.get('protocol')!r} "
-                    f"(helper version {reply.result.get('helper_version')!r}), but this tsproc "
-                    f"speaks protocol {proto.PROTOCOL_VERSION}: install a matching helper",
-                    helper_protocol=reply.result.get("protocol"),
-                    host_protocol=proto.PROTOCOL_VERSION,
-                )
-            params: dict[str, Any] = {
-                "hostname": self.hostname,
-                "state_dir": str(self._state_dir.path),
-                "ephemeral": self.ephemeral,
-                "tags": list(self._tags),
-            }
-            if self._auth_key:
-                params["auth_key"] = self._auth_key
-            if self.control_url:
-                params["control_url"] = self.control_url
-            await gen.request("start", params)
+            await gen.handshake(path)
+            await gen.request("start", config.start_params(self._state_dir.path))
             if self._wait_running_on_enter or number > 1:
                 await self._up(gen)
             else:
@@ -685,19 +279,19 @@ class Node:
             for listener in list(self._listeners):
                 method, listen_params = listener.spec
                 reply = await gen.request(method, listen_params)
-                gen.add_listener(listener, _int(reply.result, "listener"))
+                gen.add_listener(listener, int_field(reply.result, "listener"))
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
             raise
         return gen
 
-    async def _run_generation(self, gen: _Generation) -> None:
+    async def _run_generation(self, gen: Generation) -> None:
         try:
             await gen.run(self._policy)
         finally:
             self._spawned.discard(gen)
 
-    async def _up(self, gen: _Generation) -> None:
+    async def _up(self, gen: Generation) -> None:
         while True:
             slice_s = self._up_timeout if self._up_timeout is not None else 30.0
             try:
@@ -716,7 +310,7 @@ class Node:
             gen.is_up = True
             return
 
-    async def _up_later(self, gen: _Generation) -> None:
+    async def _up_later(self, gen: Generation) -> None:
         try:
             await self._up(gen)
         except TsprocError as exc:
@@ -729,8 +323,9 @@ class Node:
             self._set_state(NodeState.RUNNING)
             self._running.set()
 
-    def _on_running(self, generation: Generation, previous: Generation | None) -> None:
-        assert isinstance(generation, _Generation)
+    def _on_running(self, generation: SupervisedGeneration,
+                    previous: SupervisedGeneration | None) -> None:
+        assert isinstance(generation, Generation)
         self._generation = generation
         if generation.is_up:
             self._set_state(NodeState.RUNNING)
@@ -774,9 +369,7 @@ class Node:
             self._state_dir.release()
         self._running.set()
         self._set_state(NodeState.CLOSED)
-        for send, _ in self._subscribers:
-            send.close()
-        self._subscribers.clear()
+        self._events.close()
 
     # -- state and events --
 
@@ -795,28 +388,16 @@ class Node:
         self._emit(StateEvent(self._state, backend_state))
 
     def _emit(self, event: Event) -> None:
-        for send, stream in list(self._subscribers):
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                stream.dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove((send, stream))
+        self._events.emit(event)
 
     def events(self) -> EventStream:
         """Subscribe to this node's events from now on (state changes, auth URLs, restarts,
         crash loop). The iterator ends when the node closes."""
-        send, receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
-        stream = EventStream(receive, self)
-        if self._state is NodeState.CLOSED:
-            send.close()
-        else:
-            self._subscribers.append((send, stream))
-        return stream
+        return self._events.subscribe(self)
 
     # -- using the node --
 
-    async def _running_generation(self, deadline: float) -> _Generation:
+    async def _running_generation(self, deadline: float) -> Generation:
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -833,7 +414,7 @@ class Node:
                 f"node {self.hostname!r} is not running ({self._state.value}); gave up waiting"
             )
 
-    async def listen(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+    async def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
         """Listen for tailnet TCP connections to *port* on this node's addresses.
 
         The listener survives helper restarts. Use it with :func:`trio.serve_listeners`.
@@ -843,11 +424,11 @@ class Node:
             AddressInUseError: this node already listens on that port.
             LimitError: the node already has 256 listeners.
         """
-        _check_port(port)
-        params = {"network": "tcp", "port": port, "backlog": _check_backlog(backlog)}
+        check_port(port)
+        params = {"network": "tcp", "port": port, "backlog": check_backlog(backlog)}
         return await self._open_listener("listen", params, port, backlog)
 
-    async def listen_tls(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+    async def listen_tls(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
         """Listen for TLS connections to *port*, with a certificate for this node's MagicDNS
         name issued through the tailnet. The helper terminates TLS: streams carry plaintext.
 
@@ -857,12 +438,12 @@ class Node:
         Raises:
             TlsUnavailableError: the tailnet issues no certificates to this node.
         """
-        _check_port(port)
-        params = {"port": port, "backlog": _check_backlog(backlog)}
+        check_port(port)
+        params = {"port": port, "backlog": check_backlog(backlog)}
         return await self._open_listener("listen_tls", params, port, backlog)
 
     async def listen_funnel(self, port: int, *, funnel_only: bool = False,
-                            backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+                            backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
         """Listen on *port* for connections from the public internet through Tailscale Funnel
         (and from the tailnet, unless *funnel_only*). TLS is terminated in the helper.
 
@@ -873,29 +454,29 @@ class Node:
             TlsUnavailableError: the tailnet issues no certificates to this node.
             FunnelUnavailableError: the tailnet does not allow Funnel here.
         """
-        _check_port(port)
-        params = {"port": port, "backlog": _check_backlog(backlog),
+        check_port(port)
+        params = {"port": port, "backlog": check_backlog(backlog),
                   "funnel_only": bool(funnel_only)}
         return await self._open_listener("listen_funnel", params, port, backlog)
 
-    async def listen_any_port(self, *, backlog: int = _DEFAULT_BACKLOG) -> TailnetListener:
+    async def listen_any_port(self, *, backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
         """Accept TCP connections to every port of this node that no other listener holds
         (tsnet's fallback TCP handler). Each stream's ``local_addr`` is the address the peer
         dialled, so a handler can dispatch on the destination port.
 
         When ``backlog`` connections wait unaccepted, further ones are refused (reset).
         """
-        params = {"backlog": _check_backlog(backlog)}
+        params = {"backlog": check_backlog(backlog)}
         return await self._open_listener("listen_any_port", params, 0, backlog)
 
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:
-        gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
+        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
         reply = await gen.request(method, params, on_abandoned=gen.close_unclaimed_listener)
         listener = TailnetListener(port, backlog, self._on_accept, self._on_listener_close,
                                    spec=(method, params))
         self._listeners.add(listener)
-        gen.add_listener(listener, _int(reply.result, "listener"))
+        gen.add_listener(listener, int_field(reply.result, "listener"))
         return listener
 
     async def listen_packet(self, port: int = 0) -> TailnetPacketConn:
@@ -905,8 +486,8 @@ class Node:
             AddressInUseError: the port is taken.
         """
         if port != 0:
-            _check_port(port)
-        gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
+            check_port(port)
+        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
         reply = await gen.request("listen_packet", {"port": port})
         return gen.take_packet(reply)
 
@@ -916,9 +497,9 @@ class Node:
         Raises:
             DialError: *host* is not on the tailnet.
         """
-        _check_host(host)
-        _check_port(port)
-        timeout = _check_timeout(timeout, "timeout")
+        check_host(host)
+        check_port(port)
+        timeout = check_timeout(timeout, "timeout")
         deadline = trio.current_time() + timeout
         gen = await self._running_generation(deadline)
         remaining = max(0.001, deadline - trio.current_time())
@@ -936,8 +517,8 @@ class Node:
             NotFoundError: *peer* is not on the tailnet.
             NodeTimeoutError: no answer within *timeout*.
         """
-        _check_host(peer)
-        timeout = _check_timeout(timeout, "timeout")
+        check_host(peer)
+        timeout = check_timeout(timeout, "timeout")
         gen = await self._running_generation(trio.current_time() + timeout)
         reply = await gen.request(
             "ping_peer", {"host": peer, "timeout_ms": max(1, int(timeout * 1000))},
@@ -972,7 +553,7 @@ class Node:
         else:
             self._nursery.start_soon(self._release_listener, gen, listener_id, released)
 
-    async def _release_listener(self, gen: _Generation, listener_id: int,
+    async def _release_listener(self, gen: Generation, listener_id: int,
                                 released: trio.Event) -> None:
         try:
             await gen.request("close_listener", {"listener": listener_id}, timeout=5)
@@ -992,9 +573,9 @@ class Node:
             DialError: unknown host, refused, unreachable.
             NodeTimeoutError: not connected within *timeout*.
         """
-        _check_host(host)
-        _check_port(port)
-        timeout = _check_timeout(timeout, "timeout")
+        check_host(host)
+        check_port(port)
+        timeout = check_timeout(timeout, "timeout")
         deadline = trio.current_time() + timeout
         while True:
             gen = await self._running_generation(deadline)
@@ -1036,7 +617,7 @@ class Node:
             text = str(addr)
         if not text:
             raise InvalidArgumentError("whois needs an address")
-        gen = await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
+        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
         reply = await gen.request("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
 
@@ -1045,7 +626,7 @@ class Node:
         gen = await self._live_generation()
         await gen.request("logout", {})
 
-    async def _live_generation(self) -> _Generation:
-        return await self._running_generation(trio.current_time() + _RPC_TIMEOUT)
+    async def _live_generation(self) -> Generation:
+        return await self._running_generation(trio.current_time() + RPC_TIMEOUT)
 
 

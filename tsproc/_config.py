@@ -20,6 +20,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from ._helper import SECRET_ENV, helper_environment
+from ._protocol import is_int
 from ._supervisor import RestartPolicy
 from .errors import InvalidArgumentError, redact
 
@@ -31,13 +32,13 @@ DEFAULT_BACKLOG: Final = 128
 
 
 def check_port(port: object, what: str = "port") -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+    if not is_int(port) or not 1 <= port <= 65535:
         raise InvalidArgumentError(f"{what} must be an integer from 1 to 65535, got {port!r}")
     return port
 
 
 def check_backlog(backlog: object) -> int:
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or not 1 <= backlog <= 4096:
+    if not is_int(backlog) or not 1 <= backlog <= 4096:
         raise InvalidArgumentError(f"backlog must be an integer from 1 to 4096, got {backlog!r}")
     return backlog
 
@@ -49,7 +50,7 @@ def check_host(host: object) -> str:
 
 
 def check_timeout(timeout: object, what: str) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+    if not (is_int(timeout) or isinstance(timeout, float)) or not timeout > 0:
         raise InvalidArgumentError(f"{what} must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
 
@@ -108,10 +109,7 @@ class NodeConfig:
         if self.up_timeout is not None:
             check_timeout(self.up_timeout, "up_timeout")
         memory_limit = self.memory_limit
-        if memory_limit is not None and (
-            isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
-            or memory_limit < 16 << 20
-        ):
+        if memory_limit is not None and (not is_int(memory_limit) or memory_limit < 16 << 20):
             raise InvalidArgumentError("memory_limit must be a number of bytes, at least 16 MiB")
         helper_env = dict(self.helper_env or {})
         for key, value in helper_env.items():

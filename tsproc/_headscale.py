@@ -37,13 +37,11 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,8 @@ from typing import Any, Final
 import trio
 
 from ._node import Node
+from ._process import ChildProcess, fork_child
+from ._protocol import is_int
 from .errors import InvalidArgumentError, TsprocError, redact
 
 __all__ = ["HEADSCALE_VERSION", "HeadscaleError", "HeadscaleNode", "HeadscaleTailnet",
@@ -66,7 +66,6 @@ _READY_TIMEOUT: Final = 30.0
 _CLI_TIMEOUT: Final = 30.0
 _STOP_GRACE: Final = 5.0
 _START_ATTEMPTS: Final = 3  # a free port can be taken by someone else before Headscale binds it
-_LOG_TAIL_LINES: Final = 20
 _KEY_LIFETIME: Final = 24 * 3600.0
 _DERP_HTTP: Final = "TS_DEBUG_USE_DERP_HTTP"
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
@@ -177,7 +176,7 @@ class HeadscaleTailnet:
         Raises:
             HeadscaleError: Headscale refused.
         """
-        if isinstance(expiration, bool) or not isinstance(expiration, int | float) \
+        if not (is_int(expiration) or isinstance(expiration, float)) \
                 or not 0 < expiration < math.inf:
             raise InvalidArgumentError(
                 f"expiration must be a positive number of seconds, got {expiration!r}")
@@ -279,75 +278,39 @@ async def headscale_tailnet(
 
 
 class _Server:
-    """One ``headscale serve`` process and the tail of its log.
+    """One ``headscale serve`` process (a :class:`~tsproc._process.ChildProcess`) and the
+    tail of its log.
 
     Headscale does not notice that its parent died, so on Linux it is started through util-linux's
     ``setpriv --pdeathsig TERM``: a test run that is killed outright leaves no server behind. The
-    death signal fires when the parent *thread* ends, so the process is forked from the trio
-    thread (as tsproc's helpers are), not by ``trio.lowlevel.open_process``, which forks from a
-    worker thread that retires when idle.
+    death signal fires when the parent *thread* ends, which is why ChildProcess forks from the
+    trio thread.
     """
 
     def __init__(self, argv: list[str], env: dict[str, str], config: Path, port: int) -> None:
-        log_read, log_write = os.pipe()
         try:
-            self.popen = subprocess.Popen(
-                _with_parent_death_signal(argv), stdin=subprocess.DEVNULL, stdout=log_write,
-                stderr=log_write, env=env, close_fds=True,
-            )
+            popen, log_fd = fork_child(_with_parent_death_signal(argv), env,
+                                       stdin=subprocess.DEVNULL, stdout=None)
         except OSError as exc:
-            os.close(log_read)
             raise HeadscaleError(f"cannot start Headscale ({argv[0]}): {exc}") from exc
-        finally:
-            os.close(log_write)
+        self.process = ChildProcess(popen, log_fd, logger=log, label="headscale",
+                                    parse_line=_parse_line)
         self.config = config
         self.port = port
-        self.tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-        self._log = trio.lowlevel.FdStream(log_read)
-        self._log_done = trio.Event()
         # A system task, not a nursery: a nursery around the caller's `async with` body would
-        # wrap every exception from it in an ExceptionGroup.
-        trio.lowlevel.spawn_system_task(self._forward_log, name="headscale log")
+        # wrap every exception from it in an ExceptionGroup. watch() never raises.
+        trio.lowlevel.spawn_system_task(self.process.watch, name="headscale")
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        return self.process.returncode
 
-    async def _forward_log(self) -> None:
-        """Headscale's JSON log lines (stdout and stderr) to the ``tsproc.headscale`` logger."""
-        pending = b""
-        try:
-            while chunk := await self._log.receive_some(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._log_line(line)
-            self._log_line(pending)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        except Exception:  # a system task must not raise: that would crash trio.run
-            log.exception("forwarding Headscale's log failed")
-        finally:
-            self._log_done.set()
-
-    def _log_line(self, raw: bytes) -> None:
-        text = redact(raw.decode("utf-8", "replace").strip())
-        if not text:
-            return
-        try:
-            level = _LEVELS.get(str(json.loads(text).get("level")), logging.INFO)
-        except (ValueError, AttributeError):
-            level = logging.WARNING
-        if level >= logging.INFO:
-            self.tail.append(text)
-        if log.isEnabledFor(level):
-            log.log(level, "headscale %d: %s", self.popen.pid, text)
+    @property
+    def tail(self) -> Sequence[str]:
+        return self.process.log_tail
 
     def describe_exit(self) -> str:
-        code = self.returncode
-        if code is None:
-            return "still running"
-        return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        return self.process.describe_exit()
 
     def describe_tail(self) -> str:
         if not self.tail:
@@ -365,16 +328,16 @@ class _Server:
 
     async def stop(self) -> None:
         """SIGTERM (Headscale shuts down cleanly), SIGKILL if it takes too long; then reap."""
-        if self.returncode is None:
-            self.popen.send_signal(signal.SIGTERM)
-            with trio.move_on_after(_STOP_GRACE):
-                await trio.to_thread.run_sync(self.popen.wait, abandon_on_cancel=True)
-            if self.returncode is None:
-                self.popen.kill()
-                await trio.to_thread.run_sync(self.popen.wait)
-        with trio.move_on_after(2):
-            await self._log_done.wait()
-        await self._log.aclose()  # ends the log task if something still holds the pipe
+        await self.process.terminate(_STOP_GRACE)
+
+
+def _parse_line(text: str) -> tuple[int, str]:
+    """Headscale's JSON log lines (stdout and stderr), kept whole."""
+    text = text.strip()
+    try:
+        return _LEVELS.get(str(json.loads(text).get("level")), logging.INFO), text
+    except (ValueError, AttributeError):
+        return logging.WARNING, text
 
 
 def _with_parent_death_signal(argv: list[str]) -> list[str]:

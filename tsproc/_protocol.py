@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import msgpack
 
@@ -36,6 +36,7 @@ __all__ = [
     "encode_notification",
     "encode_request",
     "encode_response",
+    "is_int",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -150,8 +151,14 @@ def _wants_fd(fields: dict[str, Any]) -> bool:
     return fd
 
 
+def is_int(value: object) -> TypeGuard[int]:
+    """An int, and not a bool (which Python counts as one): the only integer check tsproc uses
+    for protocol fields and arguments alike."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _uint_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_ID:
+    if not is_int(value) or not 0 <= value < _MAX_ID:
         raise ProtocolError(f"message id must be an unsigned 32-bit integer, got {value!r}")
     return value
 

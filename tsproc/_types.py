@@ -1,4 +1,8 @@
-"""Plain data the node hands out: status, identities and events. No behaviour here."""
+"""Plain data the node hands out: status, identities and events. No behaviour here.
+
+The ``from_wire`` parsers take what the helper answered: a missing or mistyped text field reads
+as '', and a mistyped count is a :class:`~tsproc.ProtocolError` (never a ValueError).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ._protocol import is_int
+from .errors import ProtocolError
 
 __all__ = [
     "AuthUrlEvent",
@@ -46,6 +53,16 @@ def _ips(values: object) -> tuple[IPAddress, ...]:
         except ValueError:
             continue
     return tuple(out)
+
+
+def _count(m: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer field (missing: 0). Anything else is the helper's fault."""
+    value = m.get(key, 0)
+    if value is None:
+        return 0
+    if not is_int(value) or value < 0:
+        raise ProtocolError(f"field {key!r} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _str(m: Mapping[str, Any], key: str) -> str:
@@ -120,9 +137,9 @@ class Status:
             peers=tuple(PeerStatus.from_wire(p) for p in peers if isinstance(p, dict))
             if isinstance(peers, list)
             else (),
-            helper_goroutines=int(m.get("goroutines") or 0),
-            helper_listeners=int(m.get("listeners") or 0),
-            helper_conns=int(m.get("conns") or 0),
+            helper_goroutines=_count(m, "goroutines"),
+            helper_listeners=_count(m, "listeners"),
+            helper_conns=_count(m, "conns"),
             helper_pid=pid,
             helper_restarts=restarts,
         )

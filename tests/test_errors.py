@@ -11,6 +11,7 @@ import trio
 
 import tsproc
 from tests.conftest import child_pids, fd_targets, open_fds
+from tsproc.errors import error_from_remote
 from tsproc.testing import local_tailnet
 
 QUICK = tsproc.RestartPolicy(max_attempts=2, initial_backoff=0.05)
@@ -59,7 +60,7 @@ async def test_unreachable_control_url_times_out_with_the_health_text(no_leaks):
 async def test_dial_to_an_unknown_host_is_a_DialError(tailnet_node, no_leaks):
     async with tailnet_node("client") as client:
         with trio.fail_after(30), pytest.raises(tsproc.DialError) as info:
-            await client.dial("no-such-host", 80, timeout=10)
+            await client.dial("no-such-host", 80)
         assert "no-such-host" in str(info.value)
 
 
@@ -134,3 +135,72 @@ async def test_local_tailnet_lets_the_callers_exception_through_unwrapped():
     with pytest.raises(KeyError, match="mine"):
         async with local_tailnet():
             raise KeyError("mine")
+
+
+# -- what the helper answers, parsed: a mistyped field is the helper's fault --
+
+STATUS = {
+    "backend_state": "Running", "tailscale_ips": ["100.64.0.9"], "hostname": "h",
+    "dns_name": "h.tailnet.test.", "magic_dns_suffix": "tailnet.test", "auth_url": "",
+    "health": [], "self": {}, "peers": [], "goroutines": 12, "listeners": 1, "conns": 0,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("goroutines", "many"), ("listeners", [1]), ("conns", 1.5), ("conns", -1),
+     ("goroutines", True), ("listeners", {"n": 1})],
+)
+def test_Status_from_wire_with_a_mistyped_field_is_a_ProtocolError(field, value):
+    assert tsproc.Status.from_wire(STATUS, pid=1, restarts=0).helper_goroutines == 12
+    with pytest.raises(tsproc.ProtocolError, match=field):
+        tsproc.Status.from_wire({**STATUS, field: value}, pid=1, restarts=0)
+
+
+def test_from_wire_parsers_never_raise_ValueError_on_mistyped_text_fields():
+    odd = {"id": 1, "hostname": 2, "dns_name": None, "tailscale_ips": ["x", 3], "online": "y",
+           "relay": [], "cur_addr": {}}
+    peer = tsproc.PeerStatus.from_wire(odd)
+    assert peer.hostname == "" and peer.tailscale_ips == ()
+    ping = tsproc.PingResult.from_wire({"latency_s": "fast", "ip": 7})
+    assert ping.latency == 0.0 and ping.ip == ""
+    who = tsproc.WhoIs.from_wire({"node": [], "user": "u"})
+    assert who.node.name == "" and who.user.login_name == ""
+
+
+def test_NeedsLoginError_carries_the_auth_url_from_the_helpers_message():
+    exc = error_from_remote(
+        "needs_login", "node needs an interactive login: visit http://127.0.0.1:9/auth/abc")
+    assert isinstance(exc, tsproc.NeedsLoginError)
+    assert exc.auth_url == "http://127.0.0.1:9/auth/abc"
+
+
+def test_a_local_NodeTimeoutError_is_not_a_RemoteError_but_the_helpers_is():
+    local = tsproc.NodeTimeoutError("gave up")
+    assert isinstance(local, TimeoutError) and not isinstance(local, tsproc.RemoteError)
+    remote = error_from_remote("timeout", "dial: no connection after 5 ms")
+    assert isinstance(remote, tsproc.NodeTimeoutError) and isinstance(remote, tsproc.RemoteError)
+    assert remote.code == "timeout"
+
+
+@pytest.mark.parametrize(
+    "cls", [tsproc.TailnetStream, tsproc.TailnetListener, tsproc.TailnetPacketConn,
+            tsproc.EventStream])
+def test_types_a_Node_makes_have_no_public_constructor(cls):
+    with pytest.raises(TypeError, match="no public constructor"):
+        cls(0, None, "", "")
+
+
+async def test_dial_and_ping_take_their_deadline_from_the_callers_cancel_scope(tailnet_node):
+    """No timeout= any more: the caller's deadline bounds the call, and is passed on."""
+    async with tailnet_node("patient") as node:
+        with pytest.raises(TypeError):
+            await node.dial("patient", 1, timeout=5)  # type: ignore[call-arg]
+        # 100.64.99.99 is no peer: the ping cannot be answered, and the caller's scope
+        # ends it (the helper was given the same deadline).
+        with trio.move_on_after(1) as scope:
+            try:
+                await node.ping("100.64.99.99")
+            except (tsproc.NotFoundError, tsproc.DialError):
+                scope.cancel()  # a quick "no such peer" is fine too
+        assert scope.cancel_called

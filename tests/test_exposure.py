@@ -145,7 +145,8 @@ async def test_the_peerAPI_is_served_over_the_tailnet_only(tailnet_node):
     forbids listen(2) (helper/nolisten_linux.go), and tsnet then serves the peerAPI from
     netstack alone, on the port it advertises, 1. Peers still reach it."""
     async with tailnet_node("api"), tailnet_node("peer") as peer:
-        stream = await peer.dial("api", 1, timeout=10)
+        with trio.fail_after(10):
+            stream = await peer.dial("api", 1)
         async with stream:
             await stream.send_all(b"GET /v0/env HTTP/1.0\r\nHost: api\r\n\r\n")
             answer = b""

@@ -19,7 +19,7 @@ from tsproc._streams import ConnState, TailnetStream
 async def test_aclose_wakes_a_receiver_waiting_for_the_eof_verdict():
     ours, theirs = socket.socketpair()
     forgotten: list[int] = []
-    stream = TailnetStream(ours.detach(), ConnState(7, 1), "100.64.0.1:1", "100.64.0.2:2",
+    stream = TailnetStream._create(ours.detach(), ConnState(7, 1), "100.64.0.1:1", "100.64.0.2:2",
                            on_close=lambda state: forgotten.append(state.conn_id))
     theirs.close()  # EOF, and no conn_end will ever come
     with trio.fail_after(5):
@@ -37,7 +37,7 @@ async def test_aclose_wakes_a_receiver_waiting_for_the_eof_verdict():
 
 async def test_close_now_wakes_it_too():
     ours, theirs = socket.socketpair()
-    stream = TailnetStream(ours.detach(), ConnState(8, 1), "100.64.0.1:1", "100.64.0.2:2")
+    stream = TailnetStream._create(ours.detach(), ConnState(8, 1), "100.64.0.1:1", "100.64.0.2:2")
     theirs.close()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -54,7 +54,7 @@ async def test_close_now_wakes_it_too():
 async def test_a_clean_end_before_close_is_still_plain_eof():
     ours, theirs = socket.socketpair()
     state = ConnState(9, 1)
-    stream = TailnetStream(ours.detach(), state, "100.64.0.1:1", "100.64.0.2:2")
+    stream = TailnetStream._create(ours.detach(), state, "100.64.0.1:1", "100.64.0.2:2")
     theirs.close()
     state.finish(True)
     assert await stream.receive_some() == b""

@@ -93,7 +93,8 @@ async def test_SIGKILL_mid_transfer_breaks_streams_and_the_node_comes_back(tailn
             # A dial issued during the restart waits for the node and succeeds.
             await trio.sleep(0.05)
             assert server.state is not tsproc.NodeState.RUNNING
-            probe = await client.dial("server", 9101, timeout=30)
+            with trio.fail_after(30):
+                probe = await client.dial("server", 9101)
 
             restarted = await next_event_of(events, tsproc.HelperRestartedEvent)
             assert restarted.returncode == -signal.SIGKILL

@@ -32,7 +32,7 @@ from ._demo import run_demo
 from ._node import Node
 from ._streams import TailnetStream
 from ._types import AuthUrlEvent, NodeState, PeerStatus, StateEvent, Status, WhoIs
-from .errors import TsprocError, redact
+from .errors import NodeTimeoutError, TsprocError, redact
 from .testing import local_tailnet
 
 __all__ = ["main"]
@@ -257,7 +257,13 @@ async def _running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_start, node, progress)
-                await node.wait_running(args.timeout)
+                limit = math.inf if args.timeout is None else args.timeout
+                with trio.move_on_after(limit) as scope:
+                    await node.wait_running()
+                if scope.cancelled_caught:
+                    raise NodeTimeoutError(
+                        f"node {node.hostname!r} is not running after {args.timeout:g} s "
+                        f"({node.state.value})")
                 nursery.cancel_scope.cancel()
         finally:
             progress.message("")  # end the live line, whatever happened

@@ -3,13 +3,15 @@
 The node's constructor arguments become a frozen :class:`NodeConfig`, which refuses bad values
 with :class:`~tsproc.InvalidArgumentError` and builds what every helper of the node is started
 with: its argv, its environment and the ``start`` request's params. The checks of per-call
-arguments (ports, hosts, backlogs) live here too, so that every refusal reads the same.
+arguments (ports, hosts, backlogs) live here too, so that every refusal reads the same, and so do
+the deadlines of calls that pass their time on to the helper.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -19,16 +21,28 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import trio
+
 from ._helper import SECRET_ENV, helper_environment
 from ._protocol import is_int
 from ._supervisor import RestartPolicy
 from .errors import InvalidArgumentError, redact
 
-__all__ = ["DEFAULT_BACKLOG", "NodeConfig", "check_backlog", "check_host", "check_port"]
+__all__ = [
+    "DEFAULT_BACKLOG", "DIAL_BOUND", "PING_BOUND", "NodeConfig", "call_deadline", "check_backlog",
+    "check_host", "check_port", "limit_until", "ms_until",
+]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _TAG = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9_-]*$")
 DEFAULT_BACKLOG: Final = 128
+# Calls that pass their time to the helper follow the caller's deadline; without one these bound
+# them, so that nothing waits forever on a helper.
+DIAL_BOUND: Final = 30.0
+PING_BOUND: Final = 10.0
+# A helper that has not answered this long after the timeout it was given is treated as hung.
+_ANSWER_GRACE: Final = 5.0
+_MAX_HELPER_MS: Final = (1 << 31) - 1
 
 
 def check_port(port: object, what: str = "port") -> int:
@@ -161,3 +175,25 @@ class NodeConfig:
         if self.control_url:
             params["control_url"] = self.control_url
         return params
+
+
+def call_deadline(bound: float) -> tuple[float, float | None]:
+    """The deadline of a call that passes its time to the helper: the caller's effective
+    deadline, else *bound* seconds from now. Second item: the node's own deadline (None when
+    the caller's scope enforces it: then nothing here raises at the deadline, the scope does)."""
+    caller = trio.current_effective_deadline()
+    if math.isfinite(caller):
+        return caller, None
+    own = trio.current_time() + bound
+    return own, own
+
+
+def ms_until(deadline: float) -> int:
+    """The helper's timeout_ms for *deadline* (at least 1 ms, at most what it accepts)."""
+    return max(1, min(_MAX_HELPER_MS, int((deadline - trio.current_time()) * 1000)))
+
+
+def limit_until(deadline: float) -> float:
+    """How long to wait for the helper's answer to a request that ends at *deadline*: a helper
+    silent that long after its own timeout is treated as hung (NodeTimeoutError)."""
+    return max(0.0, deadline - trio.current_time()) + _ANSWER_GRACE

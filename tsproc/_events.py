@@ -6,6 +6,7 @@ from typing import Final, final
 
 import trio
 
+from ._streams import NoPublicConstructor
 from ._types import Event
 
 __all__ = ["EventHub", "EventStream"]
@@ -14,17 +15,17 @@ _EVENT_BUFFER: Final = 256
 
 
 @final
-class EventStream:
+class EventStream(metaclass=NoPublicConstructor):
     """An async iterator of a node's events; ends when the node closes.
 
     Use ``async with node.events() as events: async for event in events: …`` or just
-    ``async for``; if the consumer falls more than 256 events behind, the oldest are dropped
-    and :attr:`dropped` counts them.
+    ``async for``. If the consumer falls 256 events behind, further events are dropped (the
+    newest, not the queued ones: what it reads stays in order, without gaps in the middle) and
+    :attr:`dropped` counts them; the node's present state is always ``node.state``.
     """
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Event], node: object) -> None:
+    def __init__(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         self._receive = receive
-        self._node = node
         self.dropped = 0
 
     def __aiter__(self) -> EventStream:
@@ -62,9 +63,9 @@ class EventHub:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove((send, stream))
 
-    def subscribe(self, node: object) -> EventStream:
+    def subscribe(self) -> EventStream:
         send, receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
-        stream = EventStream(receive, node)
+        stream = EventStream._create(receive)
         if self._closed:
             send.close()
         else:

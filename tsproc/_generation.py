@@ -4,41 +4,50 @@ A *generation* says hello, starts tsnet, comes up, re-creates the node's listene
 on carries the node's traffic until it dies. It owns the tables that map the helper's conn and
 listener ids to the host's streams and listeners; :meth:`Generation.die` fails them all at once.
 The :class:`~tsproc._supervisor.Supervisor` replaces a dead generation with a new one.
+
+Every object the helper makes for a request (a connection, a listener, a UDP socket) is
+registered by the request's result handler, in the reader task, in order with the messages that
+follow its answer (``accepted``, ``conn_end``): see :meth:`~tsproc._rpc.RpcChannel.request`.
+:meth:`Generation.request` is where what the channel raises becomes what the node's caller sees.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, overload
 
 import trio
 
 from . import _protocol as proto
+from ._config import NodeConfig
 from ._helper import HelperProcess
 from ._packet import TailnetPacketConn
-from ._rpc import Reply, RpcChannel
+from ._rpc import Disposable, Reply, RpcChannel
 from ._streams import ConnState, TailnetListener, TailnetStream
 from ._supervisor import RestartPolicy
+from ._types import IPAddress, Status
 from .errors import (
     HelperDiedError,
     HelperVersionError,
+    NeedsLoginError,
     NodeTimeoutError,
     ProtocolError,
     RemoteError,
     TsprocError,
 )
 
-__all__ = ["Generation"]
+__all__ = ["RPC_TIMEOUT", "Generation", "int_field"]
 
 _HELLO_TIMEOUT: Final = 10.0
 # A request the helper neither answers nor fails within this is treated as a hang (the heartbeat
 # normally notices much sooner).
 RPC_TIMEOUT: Final = 60.0
-# Connections held for listeners whose listen() answer the caller has not yet taken: at most one
-# listener's full backlog in practice.
-_MAX_ORPHANS: Final = 4096
+# How long closing a listener waits for the helper to confirm it.
+_CLOSE_LISTENER_TIMEOUT: Final = 5.0
+
+T = TypeVar("T", bound=Disposable)
 
 
 class Generation:
@@ -51,24 +60,20 @@ class Generation:
         self.process = process
         self._on_down = on_down
         self._on_backend_state = on_backend_state
-        self.rpc = RpcChannel(
-            trio.socket.from_stdlib_socket(process.control),
-            self._on_notification,
-            on_reply=self._on_reply,
-        )
+        self.rpc = RpcChannel(trio.socket.from_stdlib_socket(process.control),
+                              self._on_notification)
         self.died = trio.Event()
         self._death_reason = ""
         self.conns: dict[int, ConnState] = {}
-        self._replied_conns: dict[int, ConnState] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
         self.id_by_listener: dict[TailnetListener, int] = {}
-        # `accepted` may overtake the `listen` response that names its listener.
-        self._orphans: dict[int, list[TailnetStream]] = {}
-        self._orphan_count = 0
-        self._unclaimed: set[int] = set()  # listener ids closed because nobody took them
-        self.hello: dict[str, Any] = {}
-        self.is_up = False  # the helper has reported Running (up answered)
+        # Listener ids this host closed whose close_listener the helper has not answered yet:
+        # an `accepted` for one of them may still come (its connection is dropped). Any other
+        # unknown id is a protocol error.
+        self._retired: set[int] = set()
         self.packets: dict[int, TailnetPacketConn] = {}
+        self.is_up = False  # the helper has reported Running (up answered)
+        self._nursery: trio.Nursery | None = None
 
     # -- Generation protocol (for the supervisor) --
 
@@ -89,6 +94,7 @@ class Generation:
     async def run(self, policy: RestartPolicy) -> None:
         """Watch the process, serve the channel and send heartbeats until the helper is gone."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._watch_process)
             nursery.start_soon(self._serve)
             nursery.start_soon(self._heartbeat, policy)
@@ -145,28 +151,41 @@ class Generation:
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")
         self.conns.clear()
-        for streams in self._orphans.values():
-            for stream in streams:
-                stream.close_now()
-        self._orphans.clear()
         self.packets.clear()  # their sockets read EOF from the dead helper's side
         for listener in self.id_by_listener:
             listener.drop_generation(self.number)
         self.died.set()
         self._on_down(self)
 
-    async def request(self, method: str, params: dict[str, Any],
-                      timeout: float = RPC_TIMEOUT,
-                      on_abandoned: Callable[[dict[str, Any]], None] | None = None) -> Reply:
-        """rpc.request, with a deadline and with the process's exit status on failure."""
+    @overload
+    async def request(self, method: str, params: dict[str, Any], *,
+                      limit: float = ...) -> Reply: ...
+
+    @overload
+    async def request(self, method: str, params: dict[str, Any], *,
+                      on_result: Callable[[Reply], T], limit: float = ...) -> T: ...
+
+    async def request(self, method: str, params: dict[str, Any], *,
+                      on_result: Callable[[Reply], Disposable] | None = None,
+                      limit: float = RPC_TIMEOUT) -> Disposable:
+        """``rpc.request`` (see there for *on_result*), waiting at most *limit* seconds.
+
+        This is the one place where what the channel raises becomes what the node's caller
+        sees: a helper that does not answer within *limit* is a local NodeTimeoutError; a
+        channel that ended is a HelperDiedError with the process's exit status and last log
+        lines; the helper's own error answers pass through as their RemoteError subclasses.
+        """
         try:
-            with trio.fail_after(timeout):
-                return await self.rpc.request(method, params, on_abandoned=on_abandoned)
+            with trio.fail_after(limit):
+                if on_result is None:
+                    return await self.rpc.request(method, params)
+                return await self.rpc.request(method, params, on_result=on_result)
         except trio.TooSlowError:
             raise NodeTimeoutError(
-                f"the helper did not answer {method!r} within {timeout:g} s"
+                f"the helper did not answer {method!r} within {limit:g} s"
             ) from None
         except HelperDiedError:
+            # Its exit status says more than "channel closed": give it a moment to be reaped.
             with trio.move_on_after(2):
                 await self.process.exited.wait()
             why = self.death_reason or self.process.describe_exit()
@@ -183,8 +202,7 @@ class Generation:
             HelperVersionError: it speaks another version.
         """
         reply = await self.request("hello", {"protocol": proto.PROTOCOL_VERSION},
-                                   timeout=_HELLO_TIMEOUT)
-        self.hello = reply.result
+                                   limit=_HELLO_TIMEOUT)
         if reply.result.get("protocol") != proto.PROTOCOL_VERSION:
             raise HelperVersionError(
                 f"helper {path} speaks protocol {reply.result.get('protocol')!r} "
@@ -194,25 +212,82 @@ class Generation:
                 host_protocol=proto.PROTOCOL_VERSION,
             )
 
+    async def start(self, config: NodeConfig, state_dir: Path) -> None:
+        """Start tsnet with the node's settings (its auth key travels only here)."""
+        await self.request("start", config.start_params(state_dir))
+
+    async def up(self, up_timeout: float | None) -> tuple[IPAddress, ...]:
+        """Wait until the node is Running: its tailnet IPs, IPv4 first. With *up_timeout*
+        None it waits as long as it takes (a person logging in), in slices of 30 s.
+
+        Raises:
+            NodeTimeoutError, NeedsLoginError: not running within *up_timeout*.
+            AuthError: the control server refused the key.
+        """
+        slice_s = up_timeout if up_timeout is not None else 30.0
+        while True:
+            try:
+                reply = await self.request("up", {"timeout_ms": int(slice_s * 1000)},
+                                           limit=slice_s + 10)
+            except (NodeTimeoutError, NeedsLoginError):
+                if up_timeout is not None:
+                    raise
+                continue  # no deadline: a person may still be logging in
+            status = Status.from_wire(reply.result, pid=self.process.pid, restarts=0)
+            self.is_up = True
+            return tuple(sorted(status.tailscale_ips, key=lambda ip: ip.version))
+
+    async def relisten(self, listeners: Iterable[TailnetListener]) -> None:
+        """Open the node's listeners again in this (new) helper."""
+        for listener in list(listeners):
+            method, params = listener.spec
+            await self.request(method, params,
+                               on_result=self.listener_handler(listener, new=False))
+
+    # -- result handlers: called in the reader task with a successful answer --
+
+    def new_stream(self, reply: Reply) -> TailnetStream:
+        """The stream for a dial answer: registered before the conn's conn_end is read."""
+        conn, fd = _claim_fd(reply, "conn", "a dial result")
+        return self._register_stream(fd, conn, reply.result)
+
+    def new_packet_conn(self, reply: Reply) -> TailnetPacketConn:
+        """The UDP socket for a listen_packet or dial_udp answer."""
+        packet_id, fd = _claim_fd(reply, "packet", "a UDP result")
+
+        def closed() -> None:
+            if self.packets.pop(packet_id, None) is not None and not self.died.is_set():
+                self.rpc.notify_nowait("close_conn", {"conn": packet_id})
+
+        conn = TailnetPacketConn._create(fd, reply.result.get("local"),
+                                         reply.result.get("remote"), on_close=closed)
+        self.packets[packet_id] = conn
+        return conn
+
+    def listener_handler(self, listener: TailnetListener, *,
+                         new: bool) -> Callable[[Reply], Disposable]:
+        """The result handler of a listen for *listener*: it registers the helper's id before
+        the first ``accepted`` naming it is dispatched. Should the caller have stopped
+        waiting, the helper's listener is closed, and a *new* listener (one the application
+        never got) with it."""
+
+        def register(reply: Reply) -> Disposable:
+            reply.close_now()  # a listen answer carries no fd
+            listener_id = int_field(reply.result, "listener")
+            self.listener_by_id[listener_id] = listener
+            self.id_by_listener[listener] = listener_id
+            return _ListenerClaim(self, listener, new)
+
+        return register
+
+    def _register_stream(self, fd: int, conn: int, fields: dict[str, Any]) -> TailnetStream:
+        state = ConnState(conn, self.number)
+        stream = TailnetStream._create(fd, state, fields.get("local"), fields.get("remote"),
+                                       on_close=self.stream_closed)
+        self.conns[conn] = state
+        return stream
+
     # -- messages from the helper (called in the reader task; must not block) --
-
-    def _on_reply(self, result: dict[str, Any]) -> None:
-        conn = result.get("conn")
-        if result.get("fd") is True and isinstance(conn, int):
-            state = ConnState(conn, self.number)
-            self.conns[conn] = state
-            self._replied_conns[conn] = state
-
-    def take_conn(self, reply: Reply) -> TailnetStream:
-        """The stream for a reply that carried a connection's fd."""
-        conn = reply.result.get("conn")
-        if reply.fd is None or not isinstance(conn, int):
-            if reply.fd is not None:
-                os.close(reply.fd)
-            raise ProtocolError("a dial result must carry a conn id and an fd")
-        state = self._replied_conns.pop(conn)
-        return TailnetStream(reply.fd, state, reply.result.get("local"),
-                             reply.result.get("remote"), on_close=self.stream_closed)
 
     def _on_notification(self, msg: proto.Notification) -> None:
         p = msg.params
@@ -239,84 +314,50 @@ class Generation:
         p = msg.params
         try:
             conn, listener_id = int_field(p, "conn"), int_field(p, "listener")
-            listener = self.listener_by_id.get(listener_id)
-            if listener is None and self._orphan_count >= _MAX_ORPHANS:
-                # Bounded in total, not per id: a broken helper could name any number of ids.
-                raise ProtocolError("connections arrived for a listener that never appeared")
         except ProtocolError:
             os.close(msg.fd)
             raise
-        if listener is None and listener_id in self._unclaimed:
-            os.close(msg.fd)  # for a listener being closed: its caller stopped waiting
-            return
-        state = ConnState(conn, self.number)
-        stream = TailnetStream(msg.fd, state, p.get("local"), p.get("remote"),
-                               on_close=self.stream_closed)
-        self.conns[conn] = state
+        stream = self._register_stream(msg.fd, conn, p)  # checks the fd: ProtocolError
+        listener = self.listener_by_id.get(listener_id)
         if listener is not None:
             listener.push(stream)
-        else:
-            self._orphans.setdefault(listener_id, []).append(stream)
-            self._orphan_count += 1
-
-    def close_unclaimed_listener(self, result: dict[str, Any]) -> None:
-        """The answer to a listen whose caller stopped waiting (cancelled, timed out): the
-        helper made a listener nobody will use, which would hold its port and a slot of the 256.
-        Close it there, with whatever it has handed over already."""
-        listener_id = result.get("listener")
-        if isinstance(listener_id, bool) or not isinstance(listener_id, int):
             return
-        self._unclaimed.add(listener_id)
-        for stream in self._orphans.pop(listener_id, []):
-            self._orphan_count -= 1
-            stream.close_now()
-        self.rpc.request_nowait("close_listener", {"listener": listener_id})
+        # For a listener being closed, nobody will accept it: closing the stream drops it in
+        # the helper too. Any other id was never the host's.
+        stream.close_now()
+        if listener_id not in self._retired:
+            raise ProtocolError("connections arrived for a listener that never appeared")
 
-    def close_unclaimed_conn(self, result: dict[str, Any]) -> None:
-        """The answer to a dial whose caller stopped waiting: its fd is closed already; tell
-        the helper to drop the tailnet connection too, or it keeps it until the peer ends."""
-        conn = result.get("conn")
-        if isinstance(conn, bool) or not isinstance(conn, int):
-            return
-        self._replied_conns.pop(conn, None)
-        self.conns.pop(conn, None)
-        self.rpc.notify_nowait("close_conn", {"conn": conn})
+    # -- the node's side --
 
-    def add_listener(self, listener: TailnetListener, listener_id: int) -> None:
-        self.listener_by_id[listener_id] = listener
-        self.id_by_listener[listener] = listener_id
-        for stream in self._orphans.pop(listener_id, []):
-            self._orphan_count -= 1
-            listener.push(stream)
-
-    def remove_listener(self, listener: TailnetListener) -> int | None:
-        """Forget *listener*; its helper id (to close in the helper), if it had one."""
+    def release_listener(self, listener: TailnetListener, released: trio.Event | None) -> bool:
+        """Forget *listener* and close it in the helper (*released* is set once the helper
+        has confirmed). False if this generation did not hold it."""
         listener_id = self.id_by_listener.pop(listener, None)
-        if listener_id is not None:
-            self.listener_by_id.pop(listener_id, None)
-        return listener_id
+        if listener_id is None or self.died.is_set():
+            return False
+        self.listener_by_id.pop(listener_id, None)
+        self._retired.add(listener_id)
+        assert self._nursery is not None  # run() started before any listener registered
+        self._nursery.start_soon(self._close_listener, listener_id, released)
+        return True
+
+    async def _close_listener(self, listener_id: int, released: trio.Event | None) -> None:
+        try:
+            await self.request("close_listener", {"listener": listener_id},
+                               limit=_CLOSE_LISTENER_TIMEOUT)
+        except TsprocError:
+            pass  # gone already, or the helper died: either way the port is free
+        finally:
+            # Answered: every `accepted` for it came before the answer.
+            self._retired.discard(listener_id)
+            if released is not None:
+                released.set()
 
     def grant(self, listener: TailnetListener, stream: TailnetStream) -> None:
         listener_id = self.id_by_listener.get(listener)
         if listener_id is not None and stream._state.generation == self.number:
             self.rpc.notify_nowait("grant", {"listener": listener_id, "n": 1})
-
-    def take_packet(self, reply: Reply) -> TailnetPacketConn:
-        """The UDP socket for a reply that carried a packet socketpair's fd."""
-        packet_id = reply.result.get("packet")
-        if reply.fd is None or not isinstance(packet_id, int):
-            if reply.fd is not None:
-                os.close(reply.fd)
-            raise ProtocolError("a UDP result must carry a packet id and an fd")
-
-        def closed() -> None:
-            if self.packets.pop(packet_id, None) is not None and not self.died.is_set():
-                self.rpc.notify_nowait("close_conn", {"conn": packet_id})
-
-        conn = TailnetPacketConn(reply.fd, reply.result.get("local"),
-                                 reply.result.get("remote"), on_close=closed)
-        self.packets[packet_id] = conn
-        return conn
 
     def stream_closed(self, state: ConnState) -> None:
         # Closed before the tailnet side ended: tell the helper to drop the tailnet connection
@@ -325,8 +366,31 @@ class Generation:
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
 
 
+class _ListenerClaim:
+    """What a listen's result handler made: undone by close_now if nobody takes it."""
+
+    def __init__(self, gen: Generation, listener: TailnetListener, new: bool) -> None:
+        self._gen = gen
+        self._listener = listener
+        self._new = new
+
+    def close_now(self) -> None:
+        self._gen.release_listener(self._listener, None)
+        if self._new:
+            self._listener.close_now("the listen call was cancelled")
+
+
+def _claim_fd(reply: Reply, key: str, what: str) -> tuple[int, int]:
+    """The id under *key* and the fd of an answer that must carry both."""
+    ident, fd = reply.result.get(key), reply.fd
+    if fd is None or not proto.is_int(ident):
+        reply.close_now()
+        raise ProtocolError(f"{what} must carry a {key} id and an fd")
+    return ident, fd
+
+
 def int_field(params: dict[str, Any], key: str) -> int:
     value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not proto.is_int(value):
         raise ProtocolError(f"field {key!r} must be an integer, got {value!r}")
     return value

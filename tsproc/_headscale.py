@@ -295,22 +295,14 @@ class _Server:
             raise HeadscaleError(f"cannot start Headscale ({argv[0]}): {exc}") from exc
         self.process = ChildProcess(popen, log_fd, logger=log, label="headscale",
                                     parse_line=_parse_line)
-        self.config = config
-        self.port = port
+        self.config, self.port = config, port
         # A system task, not a nursery: a nursery around the caller's `async with` body would
         # wrap every exception from it in an ExceptionGroup. watch() never raises.
         trio.lowlevel.spawn_system_task(self.process.watch, name="headscale")
 
     @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    @property
     def tail(self) -> Sequence[str]:
         return self.process.log_tail
-
-    def describe_exit(self) -> str:
-        return self.process.describe_exit()
 
     def describe_tail(self) -> str:
         if not self.tail:
@@ -319,7 +311,7 @@ class _Server:
 
     async def wait_healthy(self) -> bool:
         """True once ``/health`` passes; False if Headscale exits first."""
-        while self.returncode is None:
+        while self.process.returncode is None:
             with trio.move_on_after(2):
                 if await _health_passes(self.port):
                     return True
@@ -367,7 +359,7 @@ async def _start(binary: Path, tmp: Path, base_domain: str, env: dict[str, str])
             continue
         raise HeadscaleError(
             f"Headscale ({binary}) did not become healthy within {_READY_TIMEOUT:g} s "
-            f"({server.describe_exit()}){server.describe_tail()}"
+            f"({server.process.describe_exit()}){server.describe_tail()}"
         )
     raise AssertionError("unreachable")
 

@@ -1,18 +1,15 @@
-"""The public :class:`Node`: its life cycle, its state and the calls an application makes.
+"""The public :class:`Node`: its arguments, properties, context manager and calls.
 
-The helper processes behind it are :class:`~tsproc._generation.Generation` objects, started and
-replaced by the :class:`~tsproc._supervisor.Supervisor`; the node's identity lives in its state
-directory, so a new helper is the same tailnet node. Arguments are checked by
-:class:`~tsproc._config.NodeConfig`; events fan out through :class:`~tsproc._events.EventHub`.
+Its life (state machine, supervision of the helpers behind it) is the private base class in
+``_lifecycle.py``; the helpers are :class:`~tsproc._generation.Generation` objects. The node's
+identity lives in its state directory, so a new helper is the same tailnet node. Arguments are
+checked by :class:`~tsproc._config.NodeConfig`; events fan out through ``_events.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from collections.abc import Iterable, Mapping
-from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, final
@@ -21,45 +18,29 @@ import trio
 
 from ._config import (
     DEFAULT_BACKLOG,
+    DIAL_BOUND,
+    PING_BOUND,
     NodeConfig,
+    call_deadline,
     check_backlog,
     check_host,
     check_port,
-    check_timeout,
+    limit_until,
+    ms_until,
 )
-from ._events import EventHub, EventStream
-from ._generation import RPC_TIMEOUT, Generation, int_field
-from ._helper import HelperProcess, find_helper
+from ._events import EventStream
+from ._lifecycle import NodeLifecycle
 from ._packet import TailnetPacketConn
-from ._statedir import StateDir
 from ._streams import TailnetListener, TailnetStream
-from ._supervisor import Generation as SupervisedGeneration
-from ._supervisor import RestartPolicy, Supervisor
-from ._types import (
-    AuthUrlEvent,
-    CrashLoopEvent,
-    Event,
-    HelperRestartedEvent,
-    IPAddress,
-    NodeState,
-    PingResult,
-    StateEvent,
-    Status,
-    WhoIs,
-)
-from .errors import (
-    HelperDiedError,
-    InvalidArgumentError,
-    NodeClosedError,
-    NodeTimeoutError,
-    TsprocError,
-)
+from ._supervisor import RestartPolicy
+from ._types import IPAddress, NodeState, PingResult, Status, WhoIs
+from .errors import HelperDiedError, InvalidArgumentError
 
 __all__ = ["EventStream", "Node"]
 
 
 @final
-class Node:
+class Node(NodeLifecycle):
     """A Tailscale node run by a supervised helper process.
 
     Use it as an async context manager; entering starts the helper and (by default) waits until
@@ -113,37 +94,14 @@ class Node:
         helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._config = NodeConfig(
+        super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
             ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
             restart=restart, memory_limit=memory_limit, helper_env=helper_env,
             helper_path=helper_path,
-        )
-        self.hostname = hostname
+        ))
         self.control_url = control_url
         self.ephemeral = ephemeral
-        self._up_timeout = up_timeout
-        self._wait_running_on_enter = wait_running
-        self._policy = self._config.policy
-
-        self._state = NodeState.STARTING
-        self._backend_state = ""
-        self._auth_url = ""
-        self._ips: tuple[IPAddress, ...] = ()
-        self._generation: Generation | None = None
-        self._spawned: set[Generation] = set()
-        self._running = trio.Event()
-        self._failure: TsprocError | None = None
-        self._listeners: set[TailnetListener] = set()
-        self._events = EventHub()
-        self._stack: AsyncExitStack | None = None
-        self._nursery: trio.Nursery | None = None
-        self._supervisor_scope = trio.CancelScope()
-        self._background_scope = trio.CancelScope()
-        self._supervisor: Supervisor | None = None
-        self._state_dir: StateDir | None = None
-        self._entered = False
-        self._closing = False
 
     def __repr__(self) -> str:
         ips = ",".join(str(ip) for ip in self._ips) or "no IP yet"
@@ -178,37 +136,14 @@ class Node:
         gen = self._generation
         return gen.process.pid if gen is not None and not gen.died.is_set() else None
 
+
     # -- life cycle --
 
     async def __aenter__(self) -> Node:
         if self._entered:
             raise RuntimeError("a Node can be entered only once; create a new one")
         self._entered = True
-        path = find_helper(self._config.helper_path)
-        self._state_dir = StateDir.acquire(
-            self.hostname, self._config.state_dir, temporary=self.ephemeral
-        )
-        stack = AsyncExitStack()
-        try:
-            outer = await stack.enter_async_context(trio.open_nursery())
-            # Background tasks live in an inner nursery with a cancel scope of their own: the
-            # outer nursery's scope also covers the caller's `async with` body, which closing
-            # the node must never cancel.
-            self._nursery = await outer.start(self._run_background)
-            self._supervisor = Supervisor(
-                self._policy,
-                lambda number: self._start_generation(number, path),
-                self._on_running,
-            )
-            await self._nursery.start(self._supervise)
-            if self._wait_running_on_enter:
-                await self.wait_running()
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._shutdown()
-            await stack.__aexit__(None, None, None)
-            raise
-        self._stack = stack
+        await self._open()
         return self
 
     async def __aexit__(
@@ -231,188 +166,30 @@ class Node:
             await self._shutdown()
         await trio.lowlevel.checkpoint()
 
-    async def wait_running(self, timeout: float | None = None) -> None:
-        """Wait until the node is Running on the tailnet.
+    async def wait_running(self) -> None:
+        """Wait until the node is Running on the tailnet, under the caller's cancel scope.
+
+        Without a deadline it waits as long as the node is getting there, never on a helper
+        that stopped answering: each helper is bounded by the heartbeat and ``up_timeout``,
+        and one that keeps failing fails the node (HelperCrashLoop). Only an interactive
+        login with ``up_timeout=None`` waits as long as the person takes.
 
         Raises:
-            NodeTimeoutError: not running within *timeout* seconds.
             HelperCrashLoop (or the error that failed the node), NodeClosedError.
         """
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        await self._running_generation(deadline)
-
-    async def _run_background(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
-        with self._background_scope:
-            async with trio.open_nursery() as nursery:
-                task_status.started(nursery)
-                await trio.sleep_forever()
-
-    async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
-        assert self._supervisor is not None
-        with self._supervisor_scope:
-            try:
-                await self._supervisor.run(task_status=task_status)
-            except TsprocError as exc:
-                if self._generation is None:  # never started: __aenter__ raises it
-                    raise
-                # Background failure: never raise into the application's nursery; fail the node.
-                self._failure = exc
-                self._set_state(NodeState.FAILED)
-                self._emit(CrashLoopEvent(str(exc)))
-                self._running.set()
-
-    async def _start_generation(self, number: int, path: Path) -> SupervisedGeneration:
-        assert self._nursery is not None and self._state_dir is not None
-        config = self._config
-        process = HelperProcess.spawn(path, config.helper_args(),
-                                      config.helper_environment(number))
-        gen = Generation(number, process, self._on_down, self._on_backend_state)
-        self._spawned.add(gen)
-        self._nursery.start_soon(self._run_generation, gen)
-        try:
-            await gen.handshake(path)
-            await gen.request("start", config.start_params(self._state_dir.path))
-            if self._wait_running_on_enter or number > 1:
-                await self._up(gen)
-            else:
-                self._nursery.start_soon(self._up_later, gen)
-            for listener in list(self._listeners):
-                method, listen_params = listener.spec
-                reply = await gen.request(method, listen_params)
-                gen.add_listener(listener, int_field(reply.result, "listener"))
-        except BaseException as exc:
-            gen.die(f"start failed: {type(exc).__name__}")
-            raise
-        return gen
-
-    async def _run_generation(self, gen: Generation) -> None:
-        try:
-            await gen.run(self._policy)
-        finally:
-            self._spawned.discard(gen)
-
-    async def _up(self, gen: Generation) -> None:
-        while True:
-            slice_s = self._up_timeout if self._up_timeout is not None else 30.0
-            try:
-                reply = await gen.request("up", {"timeout_ms": int(slice_s * 1000)},
-                                          timeout=slice_s + 10)
-            except NodeTimeoutError:
-                if self._up_timeout is not None:
-                    raise
-                continue
-            except TsprocError as exc:
-                if self._up_timeout is None and getattr(exc, "code", "") == "needs_login":
-                    continue
-                raise
-            status = Status.from_wire(reply.result, pid=gen.process.pid, restarts=0)
-            self._ips = tuple(sorted(status.tailscale_ips, key=lambda ip: ip.version))
-            gen.is_up = True
-            return
-
-    async def _up_later(self, gen: Generation) -> None:
-        try:
-            await self._up(gen)
-        except TsprocError as exc:
-            self._failure = exc
-            self._set_state(NodeState.FAILED)
-            self._running.set()
-            return
-        # If the supervisor has not adopted this generation yet, _on_running will see is_up.
-        if not gen.died.is_set() and self._generation is gen:
-            self._set_state(NodeState.RUNNING)
-            self._running.set()
-
-    def _on_running(self, generation: SupervisedGeneration,
-                    previous: SupervisedGeneration | None) -> None:
-        assert isinstance(generation, Generation)
-        self._generation = generation
-        if generation.is_up:
-            self._set_state(NodeState.RUNNING)
-            self._running.set()
-        if previous is not None:
-            self._emit(HelperRestartedEvent(generation.number, previous.returncode,
-                                            previous.death_reason))
-
-    def _on_down(self, generation: Generation) -> None:
-        """Called by a generation the moment it dies."""
-        if self._closing or generation is not self._generation:
-            return
-        if self._state is NodeState.RUNNING:
-            self._running = trio.Event()
-            self._set_state(NodeState.RESTARTING)
-
-    async def _shutdown(self) -> None:
-        if self._state is NodeState.CLOSED:
-            return
-        self._closing = True
-        self._supervisor_scope.cancel()
-        for listener in list(self._listeners):
-            listener.close_now("the node was closed")
-        gen = self._generation
-        if gen is not None and not gen.died.is_set():
-            with trio.move_on_after(self._policy.shutdown_grace):
-                with contextlib.suppress(TsprocError):
-                    await gen.request("shutdown", {}, timeout=self._policy.shutdown_grace)
-                await gen.process.exited.wait()
-            if not gen.process.exited.is_set():
-                await gen.process.terminate(self._policy.shutdown_grace)
-        # Every helper ever started (a failed start's too) is killed and reaped before the
-        # background tasks that watch them go away.
-        for spawned in list(self._spawned):
-            spawned.die("node closed")
-        with trio.move_on_after(self._policy.shutdown_grace):
-            for spawned in list(self._spawned):
-                await spawned.process.exited.wait()
-        self._background_scope.cancel()
-        if self._state_dir is not None:
-            self._state_dir.release()
-        self._running.set()
-        self._set_state(NodeState.CLOSED)
-        self._events.close()
-
-    # -- state and events --
-
-    def _set_state(self, state: NodeState) -> None:
-        if state is not self._state and self._state is not NodeState.CLOSED:
-            self._state = state
-            self._emit(StateEvent(state, self._backend_state))
-
-    def _on_backend_state(self, backend_state: str, auth_url: str) -> None:
-        self._backend_state = backend_state
-        if auth_url and auth_url != self._auth_url:
-            self._auth_url = auth_url
-            self._emit(AuthUrlEvent(auth_url))
-        if backend_state == "Running":
-            self._auth_url = ""
-        self._emit(StateEvent(self._state, backend_state))
-
-    def _emit(self, event: Event) -> None:
-        self._events.emit(event)
+        await self._running_generation(None)
 
     def events(self) -> EventStream:
         """Subscribe to this node's events from now on (state changes, auth URLs, restarts,
-        crash loop). The iterator ends when the node closes."""
-        return self._events.subscribe(self)
+        crash loop). The iterator ends when the node closes.
+
+        A subscriber that falls 256 events behind loses the *newest* ones, counted in
+        :attr:`EventStream.dropped`: what it has queued stays in order, and the node's
+        present state is always :attr:`state`.
+        """
+        return self._events.subscribe()
 
     # -- using the node --
-
-    async def _running_generation(self, deadline: float) -> Generation:
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if self._closing or self._state is NodeState.CLOSED:
-                raise NodeClosedError(f"node {self.hostname!r} is closed")
-            gen = self._generation
-            # Invariant: RUNNING means the current generation is alive (die() resets it).
-            if self._state is NodeState.RUNNING and gen is not None:
-                return gen
-            with trio.move_on_at(deadline):
-                await self._running.wait()
-                continue
-            raise NodeTimeoutError(
-                f"node {self.hostname!r} is not running ({self._state.value}); gave up waiting"
-            )
 
     async def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
         """Listen for tailnet TCP connections to *port* on this node's addresses.
@@ -471,12 +248,11 @@ class Node:
 
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:
-        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
-        reply = await gen.request(method, params, on_abandoned=gen.close_unclaimed_listener)
-        listener = TailnetListener(port, backlog, self._on_accept, self._on_listener_close,
-                                   spec=(method, params))
+        gen = await self._live_generation()
+        listener = TailnetListener._create(port, backlog, self._on_accept,
+                                           self._on_listener_close, spec=(method, params))
+        await gen.request(method, params, on_result=gen.listener_handler(listener, new=True))
         self._listeners.add(listener)
-        gen.add_listener(listener, int_field(reply.result, "listener"))
         return listener
 
     async def listen_packet(self, port: int = 0) -> TailnetPacketConn:
@@ -487,42 +263,44 @@ class Node:
         """
         if port != 0:
             check_port(port)
-        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
-        reply = await gen.request("listen_packet", {"port": port})
-        return gen.take_packet(reply)
+        gen = await self._live_generation()
+        return await gen.request("listen_packet", {"port": port}, on_result=gen.new_packet_conn)
 
-    async def dial_udp(self, host: str, port: int, *, timeout: float = 30.0) -> TailnetPacketConn:
+    async def dial_udp(self, host: str, port: int) -> TailnetPacketConn:
         """A UDP socket connected to *host*:*port* on the tailnet (use ``send``/``receive``).
+
+        Resolving *host* follows the caller's deadline; without one it gives up after 30 s.
 
         Raises:
             DialError: *host* is not on the tailnet.
+            NodeTimeoutError: no deadline was set, and 30 s passed.
         """
         check_host(host)
         check_port(port)
-        timeout = check_timeout(timeout, "timeout")
-        deadline = trio.current_time() + timeout
-        gen = await self._running_generation(deadline)
-        remaining = max(0.001, deadline - trio.current_time())
-        reply = await gen.request(
-            "dial_udp", {"host": host, "port": port, "timeout_ms": max(1, int(remaining * 1000))},
-            timeout=remaining + 5,
+        deadline, own = call_deadline(DIAL_BOUND)
+        gen = await self._running_generation(own)
+        return await gen.request(
+            "dial_udp", {"host": host, "port": port, "timeout_ms": ms_until(deadline)},
+            on_result=gen.new_packet_conn, limit=limit_until(deadline),
         )
-        return gen.take_packet(reply)
 
-    async def ping(self, peer: str, *, timeout: float = 10.0) -> PingResult:
+    async def ping(self, peer: str) -> PingResult:
         """Ping *peer* (a tailnet name or IP) with TSMP, through WireGuard: the latency, and
         whether the path is direct or relayed through DERP.
 
+        It follows the caller's deadline (``with trio.fail_after(5): await node.ping(...)``);
+        without one it gives up after 10 s.
+
         Raises:
             NotFoundError: *peer* is not on the tailnet.
-            NodeTimeoutError: no answer within *timeout*.
+            NodeTimeoutError: no answer (without a deadline of the caller's: within 10 s).
         """
         check_host(peer)
-        timeout = check_timeout(timeout, "timeout")
-        gen = await self._running_generation(trio.current_time() + timeout)
+        deadline, own = call_deadline(PING_BOUND)
+        gen = await self._running_generation(own)
         reply = await gen.request(
-            "ping_peer", {"host": peer, "timeout_ms": max(1, int(timeout * 1000))},
-            timeout=timeout + 5,
+            "ping_peer", {"host": peer, "timeout_ms": ms_until(deadline)},
+            limit=limit_until(deadline),
         )
         return PingResult.from_wire(reply.result)
 
@@ -534,65 +312,33 @@ class Node:
         domains = reply.result.get("domains")
         return tuple(str(d) for d in domains) if isinstance(domains, list) else ()
 
-    def _on_accept(self, listener: TailnetListener, stream: TailnetStream) -> None:
-        gen = self._generation
-        if gen is not None and not gen.died.is_set():
-            gen.grant(listener, stream)
-
-    def _on_listener_close(self, listener: TailnetListener, released: trio.Event | None) -> None:
-        self._listeners.discard(listener)
-        gen = self._generation
-        listener_id = None
-        if gen is not None and not gen.died.is_set():
-            listener_id = gen.remove_listener(listener)
-        if listener_id is None or gen is None:
-            if released is not None:
-                released.set()
-        elif released is None or self._nursery is None:
-            gen.rpc.request_nowait("close_listener", {"listener": listener_id})
-        else:
-            self._nursery.start_soon(self._release_listener, gen, listener_id, released)
-
-    async def _release_listener(self, gen: Generation, listener_id: int,
-                                released: trio.Event) -> None:
-        try:
-            await gen.request("close_listener", {"listener": listener_id}, timeout=5)
-        except TsprocError:
-            pass  # gone already, or the helper died: either way the port is free
-        finally:
-            released.set()
-
-    async def dial(self, host: str, port: int, *, timeout: float = 30.0) -> TailnetStream:
+    async def dial(self, host: str, port: int) -> TailnetStream:
         """Open a TCP connection to *host*:*port* over the tailnet.
 
-        *host* is a MagicDNS name (short like ``"db"`` or full), or a tailnet IP. During a helper
-        restart the dial waits for the node, within *timeout*.
+        *host* is a MagicDNS name (short like ``"db"`` or full), or a tailnet IP. It follows
+        the caller's deadline (``with trio.fail_after(10): await node.dial(...)``), which the
+        helper is given too; without one it gives up after 30 s. During a helper restart the
+        dial waits for the node, and tries again if the helper dies mid-dial.
 
         Raises:
-            InvalidArgumentError: bad host, port or timeout.
+            InvalidArgumentError: bad host or port.
             DialError: unknown host, refused, unreachable.
-            NodeTimeoutError: not connected within *timeout*.
+            NodeTimeoutError: not connected (without a deadline of the caller's: within 30 s).
         """
         check_host(host)
         check_port(port)
-        timeout = check_timeout(timeout, "timeout")
-        deadline = trio.current_time() + timeout
+        deadline, own = call_deadline(DIAL_BOUND)
         while True:
-            gen = await self._running_generation(deadline)
-            remaining = max(0.001, deadline - trio.current_time())
+            gen = await self._running_generation(own)
+            params = {"network": "tcp", "host": host, "port": port,
+                      "timeout_ms": ms_until(deadline)}
             try:
-                reply = await gen.request(
-                    "dial",
-                    {"network": "tcp", "host": host, "port": port,
-                     "timeout_ms": max(1, int(remaining * 1000))},
-                    timeout=remaining + 5,
-                    on_abandoned=gen.close_unclaimed_conn,
-                )
+                return await gen.request("dial", params, on_result=gen.new_stream,
+                                         limit=limit_until(deadline))
             except HelperDiedError:
                 if trio.current_time() >= deadline:
                     raise
-                continue  # the helper died mid-dial: the next one will try again
-            return gen.take_conn(reply)
+                # The helper died mid-dial: the next one will try again.
 
     async def status(self) -> Status:
         """The node's current status: backend state, addresses, peers, helper figures."""
@@ -617,7 +363,7 @@ class Node:
             text = str(addr)
         if not text:
             raise InvalidArgumentError("whois needs an address")
-        gen = await self._running_generation(trio.current_time() + RPC_TIMEOUT)
+        gen = await self._live_generation()
         reply = await gen.request("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
 
@@ -625,8 +371,4 @@ class Node:
         """Log the node out of the tailnet (its saved identity becomes useless)."""
         gen = await self._live_generation()
         await gen.request("logout", {})
-
-    async def _live_generation(self) -> Generation:
-        return await self._running_generation(trio.current_time() + RPC_TIMEOUT)
-
 

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final, final
 
 import trio
 
-from ._streams import _adopt_socket, _split_addr
+from ._streams import NoPublicConstructor, _adopt_socket, _split_addr
 from .errors import InvalidArgumentError
 
 __all__ = ["MAX_DATAGRAM", "TailnetPacketConn"]
@@ -40,8 +41,19 @@ def _unpack_addr(message: bytes) -> tuple[tuple[str, int], bytes]:
     return (str(ip), port), message[3 + size :]
 
 
+@contextmanager
+def _translate_socket_errors() -> Iterator[None]:
+    """OS errors on the socketpair as trio's stream errors (what SocketStream does for TCP)."""
+    try:
+        yield
+    except OSError as exc:
+        raise trio.BrokenResourceError(
+            f"the helper's end of this UDP socket is gone: {exc}"
+        ) from exc
+
+
 @final
-class TailnetPacketConn:
+class TailnetPacketConn(metaclass=NoPublicConstructor):
     """A UDP socket on the tailnet (:meth:`Node.listen_packet`, :meth:`Node.dial_udp`).
 
     Datagrams keep their boundaries and carry their peer's tailnet address. Like UDP, delivery
@@ -73,22 +85,14 @@ class TailnetPacketConn:
         if len(data) > MAX_DATAGRAM:
             raise InvalidArgumentError(f"a UDP datagram holds at most {MAX_DATAGRAM} bytes")
         self._check_open()
-        try:
+        with _translate_socket_errors():
             await self._sock.send(header + bytes(data))
-        except OSError as exc:
-            raise trio.BrokenResourceError(
-                f"the helper's end of this UDP socket is gone: {exc}"
-            ) from exc
 
     async def recvfrom(self) -> tuple[bytes, tuple[str, int]]:
         """Receive one datagram: (payload, (source IP, source port))."""
         self._check_open()
-        try:
+        with _translate_socket_errors():
             message = await self._sock.recv(MAX_DATAGRAM + 19)
-        except OSError as exc:
-            raise trio.BrokenResourceError(
-                f"the helper's end of this UDP socket is gone: {exc}"
-            ) from exc
         if not message:
             self._check_open()
             raise trio.BrokenResourceError(

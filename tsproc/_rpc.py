@@ -15,14 +15,20 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar, overload
 
 import trio
 
 from . import _protocol as proto
-from .errors import HelperDiedError, ProtocolError, RemoteError, error_from_remote
+from .errors import (
+    HelperDiedError,
+    InvalidArgumentError,
+    ProtocolError,
+    RemoteError,
+    error_from_remote,
+)
 
-__all__ = ["Reply", "RpcChannel"]
+__all__ = ["Disposable", "Reply", "RpcChannel"]
 
 _RECV_SIZE: Final = 256 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(proto.MAX_PENDING_FDS * array.array("i").itemsize)
@@ -37,15 +43,30 @@ class Reply:
     result: dict[str, Any]
     fd: int | None
 
+    def close_now(self) -> None:
+        """Close the fd, if it carried one (the answer is not wanted)."""
+        fd, self.fd = self.fd, None
+        _close_fd(fd)
+
+
+class Disposable(Protocol):
+    """What a request's result handler makes: something that can be thrown away at once."""
+
+    def close_now(self) -> None: ...
+
+
+T = TypeVar("T", bound=Disposable)
+
 
 class _Pending:
-    __slots__ = ("abandoned", "done", "on_abandoned", "response")
+    __slots__ = ("abandoned", "done", "error", "on_result", "value")
 
-    def __init__(self, on_abandoned: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, on_result: Callable[[Reply], Disposable] | None = None) -> None:
         self.done = trio.Event()
-        self.response: proto.Response | None = None
+        self.value: Disposable | None = None
+        self.error: dict[str, str] | None = None
         self.abandoned = False
-        self.on_abandoned = on_abandoned
+        self.on_result = on_result
 
 
 class RpcChannel:
@@ -60,11 +81,9 @@ class RpcChannel:
         self,
         sock: trio.socket.SocketType,
         on_notification: Callable[[proto.Notification], None],
-        on_reply: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._sock = sock
         self._on_notification = on_notification
-        self._on_reply = on_reply
         self._decoder = proto.Decoder()
         # Every frame goes through one writer task: callers that cannot await (a stream's
         # close, a listener's accept) can still send, and queued frames leave in one write.
@@ -135,46 +154,58 @@ class RpcChannel:
             except trio.ClosedResourceError:
                 return
 
+    @overload
+    async def request(self, method: str, params: dict[str, Any]) -> Reply: ...
+
+    @overload
+    async def request(self, method: str, params: dict[str, Any], *,
+                      on_result: Callable[[Reply], T]) -> T: ...
+
     async def request(
         self,
         method: str,
         params: dict[str, Any],
         *,
-        on_abandoned: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Reply:
+        on_result: Callable[[Reply], Disposable] | None = None,
+    ) -> Disposable:
         """Send a request and wait for its response.
 
-        *on_abandoned* gets the result of a successful answer that arrives after the caller
-        stopped waiting (cancelled): whatever the helper made for it would otherwise live on
-        with nobody knowing its id. It is called from the reader task and must not block.
+        *on_result* turns a successful answer into what the caller gets (by default the
+        :class:`Reply` itself). It runs in the reader task, in order with every message around
+        the answer — before the ``accepted`` or ``conn_end`` that may follow it and before the
+        caller resumes — so the objects it registers exist when those messages are dispatched.
+        It owns the reply's fd, must not block, and raises ProtocolError for a malformed
+        result (that breaks the channel). When the caller stopped waiting (cancelled) what it
+        made is closed at once (``close_now``): whatever the helper made for it would otherwise
+        live on with nobody knowing its id.
 
         Raises:
             RemoteError (a typed subclass): the helper answered with an error.
             HelperDiedError / ProtocolError: the channel ended before the answer.
+            InvalidArgumentError: the request does not fit in a frame (nothing was sent).
         """
         if self._broken is not None:
             raise self._broken_error()
         request_id = next(self._ids) % (1 << 32)
-        pending = _Pending(on_abandoned)
+        frame = _encode_request(request_id, method, params)
+        pending = _Pending(on_result)
         self._pending[request_id] = pending
         try:
-            self._outbox_send.send_nowait(proto.encode_request(request_id, method, params))
+            self._outbox_send.send_nowait(frame)
             await pending.done.wait()
         except BaseException:
-            # Cancelled (or failed to send): a late response's fd must still be closed.
+            # Cancelled: a late answer is closed by the reader when it comes.
             pending.abandoned = True
-            if pending.response is not None:
+            if pending.value is not None:
                 # The answer came in the same scheduling round as the cancellation: the
                 # reader delivered it, and nobody will take it now.
-                self._drop_abandoned(pending, pending.response)
+                pending.value.close_now()
             raise
-        response = pending.response
-        if response is None:
+        if pending.error is not None:
+            raise _remote_error(pending.error)
+        if pending.value is None:
             raise self._broken_error()
-        if response.error is not None:
-            raise _remote_error(response.error)
-        assert response.result is not None
-        return Reply(response.result, response.fd)
+        return pending.value
 
     def notify_nowait(self, method: str, params: dict[str, Any]) -> None:
         """Queue a notification; silently dropped if the channel is gone (nobody to tell)."""
@@ -185,10 +216,11 @@ class RpcChannel:
         """Queue a request whose answer nobody waits for (any fd in it is closed)."""
         if self._broken is None:
             request_id = next(self._ids) % (1 << 32)
+            frame = _encode_request(request_id, method, params)
             pending = _Pending()
             pending.abandoned = True
             self._pending[request_id] = pending
-            self._outbox_send.send_nowait(proto.encode_request(request_id, method, params))
+            self._outbox_send.send_nowait(frame)
 
     def close(self) -> None:
         """Close the socket and fail every waiting request. Idempotent."""
@@ -218,13 +250,7 @@ class RpcChannel:
                 if pending is None:
                     _close_fd(msg.fd)
                     raise ProtocolError(f"response to unknown request id {msg.id}")
-                if pending.abandoned:
-                    self._drop_abandoned(pending, msg)
-                    continue
-                if self._on_reply is not None and msg.error is None and msg.result is not None:
-                    self._on_reply(msg.result)
-                pending.response = msg
-                pending.done.set()
+                self._deliver(pending, msg)
             elif isinstance(msg, proto.Notification):
                 self._on_notification(msg)
             else:
@@ -233,10 +259,19 @@ class RpcChannel:
                 raise ProtocolError(f"unexpected request {msg.method!r} from the helper")
 
     @staticmethod
-    def _drop_abandoned(pending: _Pending, response: proto.Response) -> None:
-        _close_fd(response.fd)
-        if pending.on_abandoned is not None and response.result is not None:
-            pending.on_abandoned(response.result)
+    def _deliver(pending: _Pending, response: proto.Response) -> None:
+        if response.error is not None:
+            _close_fd(response.fd)
+            pending.error = response.error
+        else:
+            assert response.result is not None
+            reply = Reply(response.result, response.fd)
+            value = reply if pending.on_result is None else pending.on_result(reply)
+            if pending.abandoned:
+                value.close_now()
+                return
+            pending.value = value
+        pending.done.set()
 
     def _fail(self, error: BaseException) -> None:
         if self._broken is None:
@@ -245,9 +280,7 @@ class RpcChannel:
         self._outbox_send.close()
         self._decoder.close()
         for pending in self._pending.values():
-            if pending.response is not None:
-                _close_fd(pending.response.fd)
-            pending.done.set()
+            pending.done.set()  # unanswered: the caller raises _broken_error()
         self._pending.clear()
         self.closed.set()
 
@@ -259,6 +292,17 @@ class RpcChannel:
                 return HelperDiedError(str(error).split("\n", 1)[0])
             return ProtocolError(str(error))
         return HelperDiedError("control channel closed")
+
+
+def _encode_request(request_id: int, method: str, params: dict[str, Any]) -> bytes:
+    try:
+        return proto.encode_request(request_id, method, params)
+    except ProtocolError as exc:
+        # The host's own request is too big: that call's fault, not the helper's.
+        raise InvalidArgumentError(
+            f"the {method!r} request does not fit in a protocol frame ({exc}); "
+            "pass a smaller argument"
+        ) from None
 
 
 def _remote_error(error: dict[str, str]) -> RemoteError:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from abc import ABCMeta
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import trio
 
 from .errors import ProtocolError
 
-__all__ = ["ConnState", "TailnetListener", "TailnetStream"]
+__all__ = ["ConnState", "NoPublicConstructor", "TailnetListener", "TailnetStream"]
 
 # Bigger socketpair buffers than the kernel default (about 200 KiB) let bulk transfers move in
 # larger steps; the kernel caps them at net.core.{r,w}mem_max.
@@ -53,6 +54,21 @@ class ConnState:
 
 
 Addr = tuple[str, int]
+_T = TypeVar("_T")
+
+
+class NoPublicConstructor(ABCMeta):
+    """Metaclass of the types only tsproc makes (trio's pattern): ``Type(...)`` raises
+    TypeError; tsproc calls ``Type._create(...)``. Their constructors take internals (fds,
+    the helper's ids) that an application has no business passing."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor: a Node makes them"
+        )
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
 def _adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:
@@ -83,7 +99,7 @@ def _split_addr(text: object) -> Addr:
 
 
 @final
-class TailnetStream(trio.abc.HalfCloseableStream):
+class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor):
     """A TCP connection on the tailnet, as a trio half-closeable stream.
 
     Attributes:
@@ -180,7 +196,7 @@ class TailnetStream(trio.abc.HalfCloseableStream):
 
 
 @final
-class TailnetListener(trio.abc.Listener[TailnetStream]):
+class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstructor):
     """Accepts tailnet connections to one port of a :class:`~tsproc.Node`.
 
     Use it with :func:`trio.serve_listeners`, or call :meth:`accept` yourself. At most

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _SECRET = re.compile(r"\b(tskey|hskey)-[A-Za-z0-9_-]+")
+_URL = re.compile(r"https?://\S+")
 
 
 def redact(text: str) -> str:
@@ -137,18 +138,30 @@ class NeedsLoginError(RemoteError):
     """The node needs an interactive login and none happened in time.
 
     Attributes:
-        auth_url: the URL a person must open to log the node in, if known.
+        auth_url: the URL a person must open to log the node in ('' if the helper gave none).
     """
 
     code = "needs_login"
 
     def __init__(self, message: str, *, code: str | None = None, auth_url: str = "") -> None:
         super().__init__(message, code=code)
-        self.auth_url = auth_url
+        # The helper's message ends with the URL ("… visit https://…"): docs/protocol.md §8.
+        found = _URL.search(message)
+        self.auth_url = auth_url or (found.group(0) if found else "")
 
 
-class NodeTimeoutError(RemoteError, TimeoutError):
-    """An operation did not finish within its deadline; the message includes node health."""
+class NodeTimeoutError(TsprocError, TimeoutError):
+    """An operation did not finish within its deadline, or the node was not running in time.
+
+    Raised by tsproc itself when a helper does not answer within the node's own bound (then it
+    is no :class:`RemoteError`), and by the helper when the time it was given ran out (then it
+    is also a RemoteError with ``code == "timeout"``, and the message includes the node's
+    health). A deadline the caller set with a cancel scope raises trio's own exception instead.
+    """
+
+
+class _RemoteTimeoutError(NodeTimeoutError, RemoteError):
+    """The helper's ``timeout`` answer: the time it was given ran out."""
 
     code = "timeout"
 
@@ -201,7 +214,7 @@ _BY_CODE: dict[str, type[RemoteError]] = {
     for cls in (
         AuthError,
         NeedsLoginError,
-        NodeTimeoutError,
+        _RemoteTimeoutError,
         DialError,
         AddressInUseError,
         NotFoundError,

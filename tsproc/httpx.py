@@ -45,9 +45,6 @@ from .errors import NodeTimeoutError, TsprocError
 
 __all__ = ["TailnetNetworkBackend", "TailnetTransport"]
 
-# httpcore passes timeout=None for "no timeout"; Node.dial needs a finite one.
-_UNBOUNDED_DIAL_TIMEOUT: Final = 3600.0
-
 _ExceptionMap = Mapping[type[BaseException], type[Exception]]
 
 _READ_ERRORS: Final[_ExceptionMap] = {
@@ -90,12 +87,13 @@ class _TailnetNetworkStream(httpcore.AsyncNetworkStream):
         self._stream = stream
         self._tailnet_stream = tailnet_stream
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    # httpcore's interface passes timeouts as arguments (ASYNC109 is about our own API).
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         with _map_exceptions(_READ_ERRORS), trio.fail_after(_deadline(timeout)):
             data = await self._stream.receive_some(max_bytes)
         return data if isinstance(data, bytes) else bytes(data)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         if not buffer:
             return
         with _map_exceptions(_WRITE_ERRORS), trio.fail_after(_deadline(timeout)):
@@ -108,7 +106,7 @@ class _TailnetNetworkStream(httpcore.AsyncNetworkStream):
         self,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
     ) -> httpcore.AsyncNetworkStream:
         tls = trio.SSLStream(self._stream, ssl_context, server_hostname=server_hostname,
                              https_compatible=True)
@@ -153,15 +151,17 @@ class TailnetNetworkBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         # local_address and socket_options are about host sockets; a tailnet dial has neither.
-        dial_timeout = _UNBOUNDED_DIAL_TIMEOUT if timeout is None else max(timeout, 0.001)
+        # timeout=None is httpcore's "no timeout": the dial then has its own bound (30 s).
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
         try:
-            stream = await self._node.dial(host, port, timeout=dial_timeout)
-        except NodeTimeoutError as exc:
+            with trio.fail_at(deadline):
+                stream = await self._node.dial(host, port)
+        except (NodeTimeoutError, trio.TooSlowError) as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except TsprocError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
@@ -170,7 +170,7 @@ class TailnetNetworkBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("a tailnet transport does not connect to unix sockets")

@@ -450,3 +450,33 @@ async def test_RpcChannel_write_loop_survives_a_failure_with_frames_queued():
     finally:
         helper_end.close()
         host_end.close()
+
+
+async def test_RpcChannel_result_handler_that_refuses_a_result_breaks_the_channel_not_the_caller():
+    """on_result raising ProtocolError (a malformed answer): the caller gets that error, it is
+    not left waiting, and the channel ends."""
+    host_end, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    rpc = RpcChannel(trio.socket.from_stdlib_socket(host_end), lambda msg: None)
+
+    def refuse(reply: Any) -> Any:
+        raise ProtocolError("a dial result must carry a conn id and an fd")
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    with contextlib.suppress(ProtocolError):
+                        await rpc.serve()
+
+                nursery.start_soon(serve)
+                await trio.testing.wait_all_tasks_blocked()
+                # The reader sees these bytes only at our next checkpoint, by which time the
+                # request below (id 1) is registered.
+                helper_end.sendall(proto.encode_response(1, None, {"conn": "x"}))
+                with pytest.raises(ProtocolError, match="must carry"):
+                    await rpc.request("dial", {}, on_result=refuse)
+        assert isinstance(rpc.broken, ProtocolError)
+    finally:
+        helper_end.close()
+        host_end.close()

@@ -266,7 +266,13 @@ class RpcChannel:
         else:
             assert response.result is not None
             reply = Reply(response.result, response.fd)
-            value = reply if pending.on_result is None else pending.on_result(reply)
+            try:
+                value = reply if pending.on_result is None else pending.on_result(reply)
+            except BaseException:
+                # A malformed result (ProtocolError): the channel breaks, and the caller,
+                # woken without a value, raises why.
+                pending.done.set()
+                raise
             if pending.abandoned:
                 value.close_now()
                 return

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tsproc/tsproc/helper/internal/fdtest"
 )
 
 // In these tests a loopback TCP connection stands in for the tailnet connection: the bridge
@@ -69,7 +71,7 @@ func startTestBridge(t *testing.T, tn net.Conn, rec *connEndRecord) (*bridge, *n
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := fdConn(t, b.takePassFD())
+	host := fdtest.FDConn(t, b.takePassFD())
 	t.Cleanup(func() { host.Close() })
 	finished := make(chan struct{})
 	b.start(func() { close(finished) })
@@ -207,7 +209,7 @@ func TestBridgeAbortBeforeStart(t *testing.T) {
 	fd := b.passFD
 	b.abort()
 	b.closePassFD()
-	if fdIsOpen(fd) {
+	if fdtest.FDIsOpen(fd) {
 		t.Error("host end still open")
 	}
 	if _, err := tn.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {

@@ -2,14 +2,25 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // Test-only fault injection. The host's tests set TSPROC_HELPER_FAULT to make a helper fail
 // in one precise way, so that supervision (restart, heartbeat, version refusal, protocol
 // error handling) can be tested against the real binary. It is read once, at start.
+//
+// None of it is in the control channel's code: when a fault is set, the session wraps the
+// channel's reader (faultSource, which sees every request as it is read, hello included) and
+// writer (faultSender, which every response and notification goes through). Without a fault
+// the session uses internal/wire's reader and writer directly.
 const faultEnv = "TSPROC_HELPER_FAULT"
 
 type faultKind int
@@ -92,4 +103,121 @@ func garbageBytes() []byte {
 	}
 	copy(b[4:], "tsproc-helper fault injection: this is not a frame")
 	return b
+}
+
+// errSilenced is what sends return after a hang_after fault has silenced the channel. It
+// wraps wire.ErrWithheld, so that the dispatcher does not log every withheld answer.
+var errSilenced = fmt.Errorf("control channel silenced by fault injection: %w", wire.ErrWithheld)
+
+// faultSender is the writer of a channel with a fault: every message goes through it, so that
+// garbage is never written inside a frame, and nothing at all once the channel is silenced.
+type faultSender struct {
+	f    fault
+	w    *wire.MsgWriter
+	conn *net.UnixConn // w's connection, for the garbage
+
+	mu       sync.Mutex
+	silenced bool
+	hello    map[uint32]bool // ids of hello requests, whose answers protocol:<n> rewrites
+	garbage  map[uint32]bool // ids of requests whose answers garbage_after follows
+}
+
+// Send writes m, rewriting or following it as the fault says.
+func (s *faultSender) Send(m *wire.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.silenced {
+		if m.FD >= 0 {
+			unix.Close(m.FD)
+		}
+		return errSilenced
+	}
+	isResponse := m.Kind == wire.KindResponse
+	if isResponse && s.hello[m.ID] && m.Err == nil && s.f.kind == faultProtocol {
+		m.Result["protocol"] = s.f.protocol
+	}
+	err := s.w.Send(m)
+	if isResponse && s.garbage[m.ID] {
+		delete(s.garbage, m.ID)
+		if err == nil {
+			if _, err := s.conn.Write(garbageBytes()); err != nil {
+				helperLogf("writing garbage: %v", err)
+			}
+		}
+	}
+	if isResponse {
+		delete(s.hello, m.ID)
+	}
+	return err
+}
+
+// silence makes every later send fail without writing anything.
+func (s *faultSender) silence() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.silenced = true
+}
+
+// expect notes a request as it is read, so that its answer can be rewritten or followed.
+func (s *faultSender) expect(m *wire.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.Method == "hello" {
+		s.hello[m.ID] = true
+	}
+	if s.f.kind == faultGarbageAfter && m.Method == s.f.method {
+		s.garbage[m.ID] = true
+	}
+}
+
+// faultSource is the reader of a channel with a fault: it acts on the fault's request as the
+// request is read, before the dispatcher sees it.
+type faultSource struct {
+	wire.Source
+	f    fault
+	out  *faultSender
+	exit func(code int) // os.Exit, replaced in tests
+	stop chan struct{}  // closed by close: a hung reader returns
+	once sync.Once
+}
+
+// Read returns the next message, unless the fault fires on it: exit_after exits, hang_after
+// silences the channel and stops reading, the way a wedged helper would, until close.
+func (r *faultSource) Read() (*wire.Message, error) {
+	m, err := r.Source.Read()
+	if err != nil || m.Kind != wire.KindRequest {
+		return m, err
+	}
+	if m.Method == r.f.method {
+		switch r.f.kind {
+		case faultExitAfter:
+			stderrLog.Log("error", "helper", "fault: exit_after:"+m.Method)
+			r.exit(3)
+			<-r.stop // only reached when a test replaced exit
+			return nil, errSilenced
+		case faultHangAfter:
+			stderrLog.Log("error", "helper", "fault: hang_after:"+m.Method)
+			r.out.silence()
+			<-r.stop
+			return nil, errSilenced
+		case faultGarbageAfter:
+			stderrLog.Log("error", "helper", "fault: garbage_after:"+m.Method)
+		}
+	}
+	r.out.expect(m)
+	return m, nil
+}
+
+// close ends a hung Read.
+func (r *faultSource) close() { r.once.Do(func() { close(r.stop) }) }
+
+// withFault wraps a channel's reader and writer (on conn) in f. With no fault it returns them
+// as they are, and a no-op close.
+func withFault(f fault, r *wire.MsgReader, w *wire.MsgWriter, conn *net.UnixConn) (wire.Source, wire.Sender, func()) {
+	if f.kind == faultNone {
+		return r, w, func() {}
+	}
+	out := &faultSender{f: f, w: w, conn: conn, hello: map[uint32]bool{}, garbage: map[uint32]bool{}}
+	src := &faultSource{Source: r, f: f, out: out, exit: os.Exit, stop: make(chan struct{})}
+	return src, out, src.close
 }

@@ -10,6 +10,8 @@ import (
 
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // The other kinds of TCP listener: TLS (certificates from the tailnet), Funnel (reachable from
@@ -25,42 +27,42 @@ func requireCerts(ctx context.Context, n *node) (*tsnet.Server, error) {
 		return nil, err
 	}
 	if st.BackendState != "Running" {
-		return nil, newError(codeNotRunning, "node is in state %s", st.BackendState)
+		return nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", st.BackendState)
 	}
 	// The "https" capability is how a control server says it issues certificates to this
 	// node (HTTPS enabled for the tailnet); cert domains alone are not enough.
 	if len(st.CertDomains) == 0 || st.Self == nil || !st.Self.HasCap(tailcfg.CapabilityHTTPS) {
-		return nil, newError(codeTLSUnavailable, "this tailnet has no HTTPS certificates for "+
+		return nil, wire.NewError(wire.CodeTLSUnavailable, "this tailnet has no HTTPS certificates for "+
 			"this node: enable MagicDNS and HTTPS certificates in the tailnet's admin console "+
 			"(a local test tailnet has none)")
 	}
 	return srv, nil
 }
 
-func (n *node) listenTLS(ctx context.Context, p *paramReader) (*reply, error) {
-	return n.listenWithCerts(ctx, p, codeTLSUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
+func (n *node) listenTLS(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	return n.listenWithCerts(ctx, p, wire.CodeTLSUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
 		return srv.ListenTLS("tcp", addr)
 	})
 }
 
-func (n *node) listenFunnel(ctx context.Context, p *paramReader) (*reply, error) {
+func (n *node) listenFunnel(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	var opts []tsnet.FunnelOption
-	if p.optBool("funnel_only") {
+	if p.OptBool("funnel_only") {
 		opts = append(opts, tsnet.FunnelOnly())
 	}
-	return n.listenWithCerts(ctx, p, codeFunnelUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
+	return n.listenWithCerts(ctx, p, wire.CodeFunnelUnavailable, func(srv *tsnet.Server, addr string) (net.Listener, error) {
 		return srv.ListenFunnel("tcp", addr, opts...)
 	})
 }
 
 // listenWithCerts is listen_tls and listen_funnel: the same parameters and checks, then open
 // makes the tsnet listener; its errors other than a port in use get the code unavailable.
-func (n *node) listenWithCerts(ctx context.Context, p *paramReader, unavailable string,
-	open func(srv *tsnet.Server, addr string) (net.Listener, error)) (*reply, error) {
-	port := p.uint("port", 1, 65535)
-	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) listenWithCerts(ctx context.Context, p *wire.ParamReader, unavailable string,
+	open func(srv *tsnet.Server, addr string) (net.Listener, error)) (*wire.Reply, error) {
+	port := p.Uint("port", 1, 65535)
+	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
@@ -79,19 +81,19 @@ func (n *node) listenWithCerts(ctx context.Context, p *paramReader, unavailable 
 // listenError maps tsnet's listen errors: a port in use, or the feature being unavailable.
 func listenError(port uint64, err error, unavailable string) error {
 	if strings.Contains(err.Error(), "already open") {
-		return newError(codeAddressInUse, "port %d: %v", port, err)
+		return wire.NewError(wire.CodeAddressInUse, "port %d: %v", port, err)
 	}
-	return newError(unavailable, "port %d: %v", port, err)
+	return wire.NewError(unavailable, "port %d: %v", port, err)
 }
 
-func (n *node) listenAnyPort(p *paramReader) (*reply, error) {
-	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
+	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	srv, _ := n.server()
 	if srv == nil {
-		return nil, newError(codeNotRunning, "call start first")
+		return nil, wire.NewError(wire.CodeNotRunning, "call start first")
 	}
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
@@ -101,20 +103,20 @@ func (n *node) listenAnyPort(p *paramReader) (*reply, error) {
 
 // certDomains lists the names the tailnet will issue certificates for: none without the
 // "https" capability, whatever DNS names the netmap carries.
-func (n *node) certDomains(ctx context.Context) (*reply, error) {
+func (n *node) certDomains(ctx context.Context) (*wire.Reply, error) {
 	srv, lc := n.server()
 	if srv == nil {
-		return nil, newError(codeNotStarted, "call start first")
+		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
 	}
 	st, err := lc.StatusWithoutPeers(ctx)
 	if err != nil {
-		return nil, newError(codeInternal, "status: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
 	}
 	domains := []string{}
 	if st.Self != nil && st.Self.HasCap(tailcfg.CapabilityHTTPS) {
 		domains = append(domains, st.CertDomains...)
 	}
-	return okReply(map[string]any{"domains": domains}), nil
+	return wire.OKReply(map[string]any{"domains": domains}), nil
 }
 
 // fallbackListener is a net.Listener fed by tsnet's fallback TCP handler: it gets the

@@ -8,18 +8,24 @@
 //	                       127.0.0.1 and print its control URL as one JSON line
 //
 // Logs go to stderr as JSON lines in both modes.
+//
+// The node mode is this package: node.go owns the process and the node's resources, and the
+// method handlers are in files named for what they do (start.go, listen.go, accept.go,
+// dial.go, packet.go, info.go …). The control channel itself is internal/wire, the control
+// mode internal/localtailnet; fault.go is the test-only fault injection that wraps the
+// channel when TSPROC_HELPER_FAULT is set.
 package main
 
 import (
 	"fmt"
 	"os"
+
+	"github.com/tsproc/tsproc/helper/internal/localtailnet"
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // helperVersion is reported in the hello handshake.
 const helperVersion = "0.1.0"
-
-// protocolVersion is the version of docs/protocol.md this helper speaks.
-const protocolVersion = 1
 
 func main() {
 	stopProfile := startProfile() // only with TSPROC_HELPER_PPROF set (pprof.go)
@@ -37,9 +43,9 @@ func run(args []string) int {
 	case "node":
 		return runNode(args)
 	case "control":
-		return runControl(args)
+		return localtailnet.Run(args, stderrLog, watchParent)
 	case "version":
-		fmt.Printf("tsproc-helper %s (tailscale %s, protocol %d)\n", helperVersion, tailscaleVersion(), protocolVersion)
+		fmt.Printf("tsproc-helper %s (tailscale %s, protocol %d)\n", helperVersion, tailscaleVersion(), wire.ProtocolVersion)
 		return 0
 	default:
 		fmt.Fprintf(os.Stderr, "tsproc-helper: unknown mode %q (want node, control or version)\n", mode)

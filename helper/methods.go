@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"tailscale.com/client/local"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // The method table of docs/protocol.md §4, the host's notifications, and status, whois and
@@ -27,8 +29,8 @@ const (
 	logoutTimeout = 15 * time.Second
 )
 
-func (n *node) call(ctx context.Context, method string, params map[string]any) (*reply, error) {
-	p := newParamReader(params)
+func (n *node) Call(ctx context.Context, method string, params map[string]any) (*wire.Reply, error) {
+	p := wire.NewParamReader(params)
 	switch method {
 	case "start":
 		return n.start(p)
@@ -47,7 +49,7 @@ func (n *node) call(ctx context.Context, method string, params map[string]any) (
 	case "logout":
 		return n.logout(ctx)
 	case "ping":
-		return okReply(map[string]any{}), nil
+		return wire.OKReply(map[string]any{}), nil
 	case "listen_tls":
 		return n.listenTLS(ctx, p)
 	case "listen_funnel":
@@ -64,19 +66,19 @@ func (n *node) call(ctx context.Context, method string, params map[string]any) (
 		return n.certDomains(ctx)
 	case "shutdown":
 		// Answered first; the process then closes everything and exits (runNode).
-		return &reply{result: map[string]any{}, fd: -1, after: func(bool) { n.requestShutdown() }}, nil
+		return &wire.Reply{Result: map[string]any{}, FD: -1, After: func(bool) { n.requestShutdown() }}, nil
 	}
-	return nil, newError(codeUnknownMethod, "no method %q", method)
+	return nil, wire.NewError(wire.CodeUnknownMethod, "no method %q", method)
 }
 
-func (n *node) notification(method string, params map[string]any) {
+func (n *node) Notification(method string, params map[string]any) {
 	switch method {
 	case "grant":
-		p := newParamReader(params)
-		id := p.uint("listener", 0, math.MaxUint64)
-		count := p.uint("n", 0, math.MaxUint64)
-		if p.err != nil {
-			helperLogf("ignoring grant: %s", p.err.Message)
+		p := wire.NewParamReader(params)
+		id := p.Uint("listener", 0, math.MaxUint64)
+		count := p.Uint("n", 0, math.MaxUint64)
+		if p.Err != nil {
+			helperLogf("ignoring grant: %s", p.Err.Message)
 			return
 		}
 		n.mu.Lock()
@@ -88,10 +90,10 @@ func (n *node) notification(method string, params map[string]any) {
 	case "close_conn":
 		// The application closed its stream before the tailnet side ended: drop the tailnet
 		// connection now rather than when the peer next speaks.
-		p := newParamReader(params)
-		id := p.uint("conn", 0, math.MaxUint64)
-		if p.err != nil {
-			helperLogf("ignoring close_conn: %s", p.err.Message)
+		p := wire.NewParamReader(params)
+		id := p.Uint("conn", 0, math.MaxUint64)
+		if p.Err != nil {
+			helperLogf("ignoring close_conn: %s", p.Err.Message)
 			return
 		}
 		n.mu.Lock()
@@ -123,55 +125,55 @@ func (n *node) health() string {
 	return healthSuffix(st.Health)
 }
 
-func (n *node) status(ctx context.Context) (*reply, error) {
+func (n *node) status(ctx context.Context) (*wire.Reply, error) {
 	_, lc := n.server()
 	if lc == nil {
-		return nil, newError(codeNotStarted, "call start first")
+		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
 	}
 	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
 	defer cancel()
 	st, err := lc.Status(ctx)
 	if err != nil {
-		return nil, newError(codeInternal, "status: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
 	}
-	return okReply(n.statusResult(st)), nil
+	return wire.OKReply(n.statusResult(st)), nil
 }
 
-func (n *node) whois(ctx context.Context, p *paramReader) (*reply, error) {
-	addr := p.string("addr")
-	if p.err != nil {
-		return nil, p.err
+func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	addr := p.String("addr")
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	if _, err := netip.ParseAddr(addr); err != nil {
 		if _, err := netip.ParseAddrPort(addr); err != nil {
-			return nil, newError(codeBadRequest, `"addr" must be "ip" or "ip:port"`)
+			return nil, wire.NewError(wire.CodeBadRequest, `"addr" must be "ip" or "ip:port"`)
 		}
 	}
 	_, lc := n.server()
 	if lc == nil {
-		return nil, newError(codeNotStarted, "call start first")
+		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
 	}
 	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
 	defer cancel()
 	who, err := lc.WhoIs(ctx, addr)
 	if errors.Is(err, local.ErrPeerNotFound) {
-		return nil, newError(codeNotFound, "no tailnet node has address %s", addr)
+		return nil, wire.NewError(wire.CodeNotFound, "no tailnet node has address %s", addr)
 	}
 	if err != nil {
-		return nil, newError(codeInternal, "whois: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "whois: %v", err)
 	}
-	return okReply(whoisResult(who)), nil
+	return wire.OKReply(whoisResult(who)), nil
 }
 
-func (n *node) logout(ctx context.Context) (*reply, error) {
+func (n *node) logout(ctx context.Context) (*wire.Reply, error) {
 	_, lc := n.server()
 	if lc == nil {
-		return nil, newError(codeNotStarted, "call start first")
+		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
 	}
 	ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
 	defer cancel()
 	if err := lc.Logout(ctx); err != nil {
-		return nil, newError(codeInternal, "logout: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "logout: %v", err)
 	}
-	return okReply(map[string]any{}), nil
+	return wire.OKReply(map[string]any{}), nil
 }

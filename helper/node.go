@@ -15,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 	"tailscale.com/client/local"
 	"tailscale.com/tsnet"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // node mode: one tsnet.Server driven by the host over the control channel on fds 0 and 1
@@ -52,18 +54,18 @@ func runNode(args []string) int {
 
 	flt, err := parseFault(os.Getenv(faultEnv))
 	if err != nil {
-		stderrLog.log("error", "helper", err.Error())
+		stderrLog.Log("error", "helper", err.Error())
 		return 2
 	}
 	if flt.kind == faultExitAtStart {
-		stderrLog.log("error", "helper", "fault: exit_at_start")
+		stderrLog.Log("error", "helper", "fault: exit_at_start")
 		return 3
 	}
 	// No kernel listener, ever: the only way into the node is the tailnet (nolisten_linux.go).
 	if err := forbidListen(); errors.Is(err, errors.ErrUnsupported) {
 		helperLogf("host listeners are not forbidden here: %v", err)
 	} else if err != nil {
-		stderrLog.log("warn", "helper", fmt.Sprintf("cannot forbid host listeners: %v", err))
+		stderrLog.Log("warn", "helper", fmt.Sprintf("cannot forbid host listeners: %v", err))
 	}
 
 	parentGone := make(chan string, 1)
@@ -76,7 +78,7 @@ func runNode(args []string) int {
 
 	rd, wr, err := stdioChannel()
 	if err != nil {
-		stderrLog.log("error", "helper", fmt.Sprintf("control channel: %v", err))
+		stderrLog.Log("error", "helper", fmt.Sprintf("control channel: %v", err))
 		return 1
 	}
 	sigs := make(chan os.Signal, 1)
@@ -86,12 +88,12 @@ func runNode(args []string) int {
 	served := make(chan error, 1)
 	go func() { served <- sess.serve() }()
 	helperLogf("tsproc-helper %s (tailscale %s, protocol %d) serving, pid %d",
-		helperVersion, tailscaleVersion(), protocolVersion, os.Getpid())
+		helperVersion, tailscaleVersion(), wire.ProtocolVersion, os.Getpid())
 
 	select {
 	case err := <-served:
 		if err != nil {
-			stderrLog.log("error", "helper", fmt.Sprintf("control channel: %v; exiting", err))
+			stderrLog.Log("error", "helper", fmt.Sprintf("control channel: %v; exiting", err))
 			sess.closeWithin(hostGoneGrace)
 			return 1
 		}
@@ -99,7 +101,7 @@ func runNode(args []string) int {
 		sess.closeWithin(hostGoneGrace)
 		return 0
 	case reason := <-parentGone:
-		stderrLog.log("warn", "helper", reason+"; exiting")
+		stderrLog.Log("warn", "helper", reason+"; exiting")
 		sess.closeWithin(hostGoneGrace)
 		return 1
 	case sig := <-sigs:
@@ -157,41 +159,48 @@ func unixConnFromFile(f *os.File) (*net.UnixConn, error) {
 
 // session is one control channel with its node: the unit runNode runs and the tests drive.
 type session struct {
-	rd, wr *net.UnixConn
-	r      *msgReader
-	w      *msgWriter
-	node   *node
-	disp   *dispatcher
+	rd, wr     *net.UnixConn
+	r          wire.Source
+	node       *node
+	disp       *wire.Dispatcher
+	closeFault func() // ends a hung fault reader
 }
 
 // newSession serves the protocol reading from rd and writing to wr, which may be the same
-// connection. It takes ownership of both.
+// connection. It takes ownership of both. A fault other than faultNone wraps the channel
+// (fault.go).
 func newSession(rd, wr *net.UnixConn, f fault, tsnetLogs bool) *session {
-	w := newMsgWriter(wr)
+	r, w, closeFault := withFault(f, wire.NewMsgReader(rd), wire.NewMsgWriter(wr), wr)
 	n := newNode(w, tsnetLogs)
 	return &session{
-		rd:   rd,
-		wr:   wr,
-		r:    newMsgReader(rd),
-		w:    w,
-		node: n,
-		disp: newDispatcher(n, w, f),
+		rd:         rd,
+		wr:         wr,
+		r:          r,
+		node:       n,
+		disp:       wire.NewDispatcher(n, w, dispatcherConfig()),
+		closeFault: closeFault,
 	}
 }
 
+// dispatcherConfig is what this helper says about itself in hello.
+func dispatcherConfig() wire.Config {
+	return wire.Config{HelperVersion: helperVersion, TailscaleVersion: tailscaleVersion(), Logf: helperLogf}
+}
+
 // serve reads the channel until the host closes it (nil) or breaks the protocol.
-func (s *session) serve() error { return s.disp.serve(s.r) }
+func (s *session) serve() error { return s.disp.Serve(s.r) }
 
 // close ends everything: request handlers, listeners, connections, the tsnet server and the
 // channel.
 func (s *session) close() {
-	s.disp.cancel() // unblocks handlers waiting on tsnet (up, dial) first
+	s.disp.Cancel() // unblocks handlers waiting on tsnet (up, dial) first
+	s.closeFault()
 	s.node.close()
 	// Closing the channel before waiting for the handlers unblocks any that is writing to
 	// a host that no longer reads.
 	s.rd.Close()
 	s.wr.Close()
-	s.disp.close()
+	s.disp.Close()
 }
 
 // closeWithin is close bounded by d: the process exits right after, so whatever has not
@@ -205,18 +214,13 @@ func (s *session) closeWithin(d time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(d):
-		stderrLog.log("warn", "helper", fmt.Sprintf("cleanup did not finish within %v; exiting anyway", d))
+		stderrLog.Log("warn", "helper", fmt.Sprintf("cleanup did not finish within %v; exiting anyway", d))
 	}
-}
-
-// notifier sends notifications to the host; fd (or -1) is passed and then closed.
-type notifier interface {
-	notify(method string, params map[string]any, fd int) error
 }
 
 // node is the tsnet server and everything the host made with it.
 type node struct {
-	out       notifier
+	out       wire.Sender // notifications to the host
 	tsnetLogs bool
 
 	// startMu is held across tsnet's Start and by close, because tsnet.Server.Close must
@@ -245,7 +249,7 @@ type node struct {
 	shutdownCh   chan struct{}
 }
 
-func newNode(out notifier, tsnetLogs bool) *node {
+func newNode(out wire.Sender, tsnetLogs bool) *node {
 	return &node{
 		out:        out,
 		tsnetLogs:  tsnetLogs,
@@ -289,7 +293,7 @@ func (n *node) newConn(c net.Conn) (*bridge, error) {
 	n.mu.Unlock()
 	if closed {
 		c.Close()
-		return nil, newError(codeInternal, "helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	b, err := newBridge(id, c, n.connEnded)
 	if err != nil {
@@ -301,7 +305,7 @@ func (n *node) newConn(c net.Conn) (*bridge, error) {
 	if n.closed {
 		b.abort()
 		b.closePassFD()
-		return nil, newError(codeInternal, "helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	n.conns[id] = b
 	return b, nil
@@ -333,7 +337,7 @@ func (n *node) connEnded(id uint64, clean bool, err error) {
 	if err != nil {
 		params["error"] = endError(err)
 	}
-	if err := n.out.notify("conn_end", params, -1); err != nil {
+	if err := wire.Notify(n.out, "conn_end", params, -1); err != nil {
 		helperLogf("conn %d: sending conn_end: %v", id, err)
 	}
 }

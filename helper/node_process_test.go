@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tsproc/tsproc/helper/internal/fdtest"
+	"github.com/tsproc/tsproc/helper/internal/wire/wiretest"
 )
 
 // These tests run `tsproc-helper node` as a real subprocess (this test binary; see TestMain
@@ -30,7 +33,7 @@ func startNodeProcess(t *testing.T, fault string) *nodeProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	helperEnd, hostEnd := unixPair(t)
+	helperEnd, hostEnd := fdtest.UnixPair(t)
 	helperFile, err := helperEnd.File() // a dup, inherited as fds 0 and 1
 	if err != nil {
 		t.Fatal(err)
@@ -92,27 +95,27 @@ func TestNodeProcessLifetime(t *testing.T) {
 	tests := []struct {
 		name     string
 		fault    string
-		drive    func(t *testing.T, p *nodeProcess, h *testHost)
+		drive    func(t *testing.T, p *nodeProcess, h *wiretest.Host)
 		within   time.Duration
 		wantCode int
 		wantLog  string
 	}{
 		{
 			name:     "host closes the channel",
-			drive:    func(t *testing.T, p *nodeProcess, h *testHost) { h.hello(); p.host.Close() },
+			drive:    func(t *testing.T, p *nodeProcess, h *wiretest.Host) { h.Hello(); p.host.Close() },
 			within:   time.Second,
 			wantCode: 0,
 		},
 		{
 			name: "host closes the channel of a started node",
-			drive: func(t *testing.T, p *nodeProcess, h *testHost) {
-				h.hello()
+			drive: func(t *testing.T, p *nodeProcess, h *wiretest.Host) {
+				h.Hello()
 				ln, err := net.Listen("tcp", "127.0.0.1:0") // a control server that never answers
 				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { ln.Close() })
-				h.mustCall("start", map[string]any{
+				h.MustCall("start", map[string]any{
 					"hostname": "proc", "state_dir": t.TempDir(), "ephemeral": true, "memory_state": true,
 					"control_url": "http://" + ln.Addr().String(), "auth_key": "tskey-auth-x-y",
 				})
@@ -124,9 +127,9 @@ func TestNodeProcessLifetime(t *testing.T) {
 		},
 		{
 			name: "shutdown",
-			drive: func(t *testing.T, p *nodeProcess, h *testHost) {
-				h.hello()
-				h.mustCall("shutdown", map[string]any{})
+			drive: func(t *testing.T, p *nodeProcess, h *wiretest.Host) {
+				h.Hello()
+				h.MustCall("shutdown", map[string]any{})
 			},
 			within:   5 * time.Second,
 			wantCode: 0,
@@ -134,8 +137,8 @@ func TestNodeProcessLifetime(t *testing.T) {
 		},
 		{
 			name: "SIGTERM",
-			drive: func(t *testing.T, p *nodeProcess, h *testHost) {
-				h.hello()
+			drive: func(t *testing.T, p *nodeProcess, h *wiretest.Host) {
+				h.Hello()
 				p.cmd.Process.Signal(syscall.SIGTERM)
 			},
 			within:   5 * time.Second,
@@ -143,7 +146,7 @@ func TestNodeProcessLifetime(t *testing.T) {
 		},
 		{
 			name:     "protocol error",
-			drive:    func(t *testing.T, p *nodeProcess, h *testHost) { p.host.Write([]byte{0, 0, 0, 0}) },
+			drive:    func(t *testing.T, p *nodeProcess, h *wiretest.Host) { p.host.Write([]byte{0, 0, 0, 0}) },
 			within:   time.Second,
 			wantCode: 1,
 			wantLog:  "protocol error",
@@ -151,7 +154,7 @@ func TestNodeProcessLifetime(t *testing.T) {
 		{
 			name:     "fault exit_at_start",
 			fault:    "exit_at_start",
-			drive:    func(t *testing.T, p *nodeProcess, h *testHost) {},
+			drive:    func(t *testing.T, p *nodeProcess, h *wiretest.Host) {},
 			within:   5 * time.Second,
 			wantCode: 3,
 			wantLog:  "fault: exit_at_start",
@@ -159,9 +162,9 @@ func TestNodeProcessLifetime(t *testing.T) {
 		{
 			name:  "fault exit_after",
 			fault: "exit_after:ping",
-			drive: func(t *testing.T, p *nodeProcess, h *testHost) {
-				h.hello()
-				h.start("ping", map[string]any{})
+			drive: func(t *testing.T, p *nodeProcess, h *wiretest.Host) {
+				h.Hello()
+				h.Start("ping", map[string]any{})
 			},
 			within:   5 * time.Second,
 			wantCode: 3,
@@ -170,7 +173,7 @@ func TestNodeProcessLifetime(t *testing.T) {
 		{
 			name:     "unknown fault",
 			fault:    "explode",
-			drive:    func(t *testing.T, p *nodeProcess, h *testHost) {},
+			drive:    func(t *testing.T, p *nodeProcess, h *wiretest.Host) {},
 			within:   5 * time.Second,
 			wantCode: 2,
 			wantLog:  "explode",
@@ -179,7 +182,7 @@ func TestNodeProcessLifetime(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := startNodeProcess(t, tt.fault)
-			h := newTestHost(t, p.host)
+			h := wiretest.NewHost(t, p.host)
 			tt.drive(t, p, h)
 			t0 := time.Now()
 			code := p.wait(t, tt.within)
@@ -204,7 +207,7 @@ func TestNodeProcessParentDeath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	helperEnd, hostEnd := unixPair(t)
+	helperEnd, hostEnd := fdtest.UnixPair(t)
 	helperFile, err := helperEnd.File()
 	if err != nil {
 		t.Fatal(err)
@@ -222,11 +225,11 @@ func TestNodeProcessParentDeath(t *testing.T) {
 	helperFile.Close()
 	helperEnd.Close()
 
-	h := newTestHost(t, hostEnd)
-	h.hello()
+	h := wiretest.NewHost(t, hostEnd)
+	h.Hello()
 	t0 := time.Now()
 	select {
-	case err, ok := <-h.readErr:
+	case err, ok := <-h.ReadErr:
 		if ok && err != nil {
 			t.Fatalf("control channel: %v", err)
 		}

@@ -7,13 +7,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tsproc/tsproc/helper/internal/fdtest"
+	"github.com/tsproc/tsproc/helper/internal/wire"
+	"github.com/tsproc/tsproc/helper/internal/wire/wiretest"
 )
 
 // startTestSession serves a node (without tsnet until start) on a socketpair and returns the
 // host side, already past hello.
-func startTestSession(t *testing.T) (*testHost, *session) {
+func startTestSession(t *testing.T) (*wiretest.Host, *session) {
 	t.Helper()
-	helperEnd, hostEnd := unixPair(t)
+	helperEnd, hostEnd := fdtest.UnixPair(t)
 	sess := newSession(helperEnd, helperEnd, fault{}, false)
 	served := make(chan error, 1)
 	go func() { served <- sess.serve() }()
@@ -25,8 +29,8 @@ func startTestSession(t *testing.T) (*testHost, *session) {
 			t.Error("session did not stop serving")
 		}
 	})
-	h := newTestHost(t, hostEnd)
-	h.hello()
+	h := wiretest.NewHost(t, hostEnd)
+	h.Hello()
 	return h, sess
 }
 
@@ -38,26 +42,26 @@ func TestNodeBeforeStart(t *testing.T) {
 		wantCode string
 	}{
 		{"ping", map[string]any{}, ""},
-		{"status", map[string]any{}, codeNotStarted},
-		{"up", map[string]any{"timeout_ms": 10}, codeNotStarted},
-		{"up", map[string]any{}, codeBadRequest},
-		{"logout", map[string]any{}, codeNotStarted},
-		{"whois", map[string]any{"addr": "100.64.0.1"}, codeNotStarted},
-		{"whois", map[string]any{"addr": "not an address"}, codeBadRequest},
-		{"listen", map[string]any{"network": "tcp", "port": 80}, codeNotRunning},
-		{"listen", map[string]any{"network": "udp", "port": 80}, codeBadRequest},
-		{"listen", map[string]any{"network": "tcp", "port": 80, "backlog": 0}, codeBadRequest},
-		{"listen", map[string]any{"network": "tcp", "port": 80, "backlog": 4097}, codeBadRequest},
-		{"close_listener", map[string]any{"listener": 1}, codeNotFound},
-		{"dial", map[string]any{"network": "tcp", "host": "a", "port": 1, "timeout_ms": 10}, codeNotRunning},
-		{"dial", map[string]any{"network": "tcp", "host": "", "port": 1, "timeout_ms": 10}, codeBadRequest},
-		{"dial", map[string]any{"network": "tcp", "host": "a", "port": 1}, codeBadRequest},
-		{"no_such_method", map[string]any{}, codeUnknownMethod},
+		{"status", map[string]any{}, wire.CodeNotStarted},
+		{"up", map[string]any{"timeout_ms": 10}, wire.CodeNotStarted},
+		{"up", map[string]any{}, wire.CodeBadRequest},
+		{"logout", map[string]any{}, wire.CodeNotStarted},
+		{"whois", map[string]any{"addr": "100.64.0.1"}, wire.CodeNotStarted},
+		{"whois", map[string]any{"addr": "not an address"}, wire.CodeBadRequest},
+		{"listen", map[string]any{"network": "tcp", "port": 80}, wire.CodeNotRunning},
+		{"listen", map[string]any{"network": "udp", "port": 80}, wire.CodeBadRequest},
+		{"listen", map[string]any{"network": "tcp", "port": 80, "backlog": 0}, wire.CodeBadRequest},
+		{"listen", map[string]any{"network": "tcp", "port": 80, "backlog": 4097}, wire.CodeBadRequest},
+		{"close_listener", map[string]any{"listener": 1}, wire.CodeNotFound},
+		{"dial", map[string]any{"network": "tcp", "host": "a", "port": 1, "timeout_ms": 10}, wire.CodeNotRunning},
+		{"dial", map[string]any{"network": "tcp", "host": "", "port": 1, "timeout_ms": 10}, wire.CodeBadRequest},
+		{"dial", map[string]any{"network": "tcp", "host": "a", "port": 1}, wire.CodeBadRequest},
+		{"no_such_method", map[string]any{}, wire.CodeUnknownMethod},
 	}
 	for _, tt := range tests {
-		m := h.call(tt.method, tt.params)
-		if errCode(m) != tt.wantCode {
-			t.Errorf("%s %v: got %+v, want %q", tt.method, tt.params, m.err, tt.wantCode)
+		m := h.Call(tt.method, tt.params)
+		if wiretest.ErrCode(m) != tt.wantCode {
+			t.Errorf("%s %v: got %+v, want %q", tt.method, tt.params, m.Err, tt.wantCode)
 		}
 	}
 }
@@ -117,15 +121,15 @@ func TestParseStart(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parseStart(newParamReader(tt.params))
+			_, err := parseStart(wire.NewParamReader(tt.params))
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("unexpected error %v", err)
 				}
 				return
 			}
-			re, ok := err.(*rpcError)
-			if !ok || re.Code != codeBadRequest || !strings.Contains(re.Message, tt.wantErr) {
+			re, ok := err.(*wire.Error)
+			if !ok || re.Code != wire.CodeBadRequest || !strings.Contains(re.Message, tt.wantErr) {
 				t.Fatalf("err = %v, want bad_request containing %q", err, tt.wantErr)
 			}
 		})
@@ -138,9 +142,9 @@ func TestStartStateDir(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m := h.call("start", map[string]any{"hostname": "a", "state_dir": file, "ephemeral": true})
-	if errCode(m) != codeBadRequest || !strings.Contains(m.err.Message, `"state_dir"`) {
-		t.Fatalf("start with a file as state_dir: %+v", m.err)
+	m := h.Call("start", map[string]any{"hostname": "a", "state_dir": file, "ephemeral": true})
+	if wiretest.ErrCode(m) != wire.CodeBadRequest || !strings.Contains(m.Err.Message, `"state_dir"`) {
+		t.Fatalf("start with a file as state_dir: %+v", m.Err)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // UDP: listen_packet and dial_udp. Each UDP socket on the tailnet gets an AF_UNIX packet
@@ -49,49 +51,49 @@ func (c connectedPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 
 func (c connectedPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) { return c.Write(b) }
 
-func (n *node) listenPacket(p *paramReader) (*reply, error) {
-	port := p.optUint("port", 0, 65535, 0)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
+	port := p.OptUint("port", 0, 65535, 0)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	srv, _ := n.server()
 	if srv == nil {
-		return nil, newError(codeNotRunning, "call start and up first")
+		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
 	}
 	ip4, _ := srv.TailscaleIPs()
 	if !ip4.IsValid() {
-		return nil, newError(codeNotRunning, "the node has no tailnet address yet")
+		return nil, wire.NewError(wire.CodeNotRunning, "the node has no tailnet address yet")
 	}
 	pc, err := srv.ListenPacket("udp", netip.AddrPortFrom(ip4, uint16(port)).String())
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) || strings.Contains(err.Error(), "in use") {
-			return nil, newError(codeAddressInUse, "udp port %d: %v", port, err)
+			return nil, wire.NewError(wire.CodeAddressInUse, "udp port %d: %v", port, err)
 		}
-		return nil, newError(codeInternal, "listen_packet: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "listen_packet: %v", err)
 	}
 	return n.handOverPacket(pc, map[string]any{"local": pc.LocalAddr().String()})
 }
 
-func (n *node) dialUDP(ctx context.Context, p *paramReader) (*reply, error) {
-	host := p.string("host")
-	port := p.uint("port", 1, 65535)
-	timeoutMS := p.uint("timeout_ms", 0, maxTimeoutMS)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	host := p.String("host")
+	port := p.Uint("port", 1, 65535)
+	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	srv, lc := n.server()
 	if srv == nil {
-		return nil, newError(codeNotRunning, "call start and up first")
+		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()
 	ip, err := n.resolver.resolve(dialCtx, lc, host)
 	if err != nil {
-		return nil, newError(codeDialFailed, "dial udp %s: %v", host, err)
+		return nil, wire.NewError(wire.CodeDialFailed, "dial udp %s: %v", host, err)
 	}
 	c, err := srv.Dial(dialCtx, "udp", netip.AddrPortFrom(ip, uint16(port)).String())
 	if err != nil {
-		return nil, newError(codeDialFailed, "dial udp %s:%d: %v", host, port, err)
+		return nil, wire.NewError(wire.CodeDialFailed, "dial udp %s:%d: %v", host, port, err)
 	}
 	return n.handOverPacket(connectedPacketConn{c}, map[string]any{
 		"local": c.LocalAddr().String(), "remote": c.RemoteAddr().String(),
@@ -100,11 +102,11 @@ func (n *node) dialUDP(ctx context.Context, p *paramReader) (*reply, error) {
 
 // handOverPacket makes the socketpair for pc and answers with the host's end; the relay
 // starts once the host has it. It owns pc.
-func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*reply, error) {
+func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*wire.Reply, error) {
 	fds, err := socketpairOf(packetSocketType)
 	if err != nil {
 		pc.Close()
-		return nil, newError(codeInternal, "socketpair: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "socketpair: %v", err)
 	}
 	f := os.NewFile(uintptr(fds[0]), "tsproc-packet")
 	c, err := net.FileConn(f)
@@ -112,7 +114,7 @@ func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*reply,
 	if err != nil {
 		pc.Close()
 		unix.Close(fds[1])
-		return nil, newError(codeInternal, "socketpair end: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "socketpair end: %v", err)
 	}
 	n.mu.Lock()
 	if n.closed {
@@ -120,7 +122,7 @@ func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*reply,
 		pc.Close()
 		c.Close()
 		unix.Close(fds[1])
-		return nil, newError(codeInternal, "helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	n.nextConn++
 	r := &packetRelay{id: n.nextConn, pc: pc, local: c.(*net.UnixConn), passFD: fds[1]}
@@ -130,7 +132,7 @@ func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*reply,
 	result["fd"] = true
 	fd := r.passFD
 	r.passFD = -1
-	return &reply{result: result, fd: fd, after: func(sent bool) {
+	return &wire.Reply{Result: result, FD: fd, After: func(sent bool) {
 		run := func() {
 			r.run()
 			n.forgetPacket(r.id)

@@ -4,34 +4,36 @@ import (
 	"context"
 
 	"tailscale.com/tailcfg"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // pingPeer sends a TSMP ping (through WireGuard, so it proves the whole data path) and reports
 // the latency, and the path from the peer's status: a direct endpoint, or the DERP relay.
-func (n *node) pingPeer(ctx context.Context, p *paramReader) (*reply, error) {
-	host := p.string("host")
-	timeoutMS := p.uint("timeout_ms", 1, maxTimeoutMS)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	host := p.String("host")
+	timeoutMS := p.Uint("timeout_ms", 1, maxTimeoutMS)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	srv, lc := n.server()
 	if srv == nil {
-		return nil, newError(codeNotRunning, "call start and up first")
+		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()
 	ip, err := n.resolver.resolve(pingCtx, lc, host)
 	if err != nil {
-		return nil, newError(codeNotFound, "ping %s: %v", host, err)
+		return nil, wire.NewError(wire.CodeNotFound, "ping %s: %v", host, err)
 	}
 	res, err := lc.Ping(pingCtx, ip, tailcfg.PingTSMP)
 	switch {
 	case pingCtx.Err() != nil:
-		return nil, newError(codeTimeout, "ping %s: no answer within %d ms%s", host, timeoutMS, n.health())
+		return nil, wire.NewError(wire.CodeTimeout, "ping %s: no answer within %d ms%s", host, timeoutMS, n.health())
 	case err != nil:
-		return nil, newError(codeDialFailed, "ping %s: %v", host, err)
+		return nil, wire.NewError(wire.CodeDialFailed, "ping %s: %v", host, err)
 	case res.Err != "":
-		return nil, newError(codeDialFailed, "ping %s: %s", host, res.Err)
+		return nil, wire.NewError(wire.CodeDialFailed, "ping %s: %s", host, res.Err)
 	}
 	result := map[string]any{
 		"ip":        ip.String(),
@@ -55,5 +57,5 @@ func (n *node) pingPeer(ctx context.Context, p *paramReader) (*reply, error) {
 			}
 		}
 	}
-	return okReply(result), nil
+	return wire.OKReply(result), nil
 }

@@ -25,11 +25,11 @@ func startProfile() (stop func()) {
 	path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
 	f, err := os.Create(path)
 	if err != nil {
-		stderrLog.log("warn", "helper", fmt.Sprintf("%s: %v", pprofEnv, err))
+		stderrLog.Log("warn", "helper", fmt.Sprintf("%s: %v", pprofEnv, err))
 		return func() {}
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
-		stderrLog.log("warn", "helper", fmt.Sprintf("%s: %v", pprofEnv, err))
+		stderrLog.Log("warn", "helper", fmt.Sprintf("%s: %v", pprofEnv, err))
 		f.Close()
 		return func() {}
 	}

@@ -19,6 +19,8 @@ import (
 	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // Bringing the node up: start (validation and the tsnet server), the IPN bus watch that
@@ -34,43 +36,43 @@ type startConfig struct {
 	tags                                    []string
 }
 
-func parseStart(p *paramReader) (startConfig, error) {
+func parseStart(p *wire.ParamReader) (startConfig, error) {
 	c := startConfig{
-		hostname:    p.string("hostname"),
-		stateDir:    p.string("state_dir"),
-		authKey:     p.optString("auth_key"),
-		controlURL:  p.optString("control_url"),
-		ephemeral:   p.bool("ephemeral"),
-		tags:        p.strings("tags"),
-		memoryState: p.optBool("memory_state"),
+		hostname:    p.String("hostname"),
+		stateDir:    p.String("state_dir"),
+		authKey:     p.OptString("auth_key"),
+		controlURL:  p.OptString("control_url"),
+		ephemeral:   p.Bool("ephemeral"),
+		tags:        p.Strings("tags"),
+		memoryState: p.OptBool("memory_state"),
 	}
-	if p.err != nil {
-		return c, p.err
+	if p.Err != nil {
+		return c, p.Err
 	}
 	switch {
 	case len(c.hostname) > 63 || !hostnameRE.MatchString(c.hostname):
-		return c, newError(codeBadRequest, `"hostname" must be 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen`)
+		return c, wire.NewError(wire.CodeBadRequest, `"hostname" must be 1 to 63 letters, digits or hyphens, not starting or ending with a hyphen`)
 	case !filepath.IsAbs(c.stateDir):
-		return c, newError(codeBadRequest, `"state_dir" must be an absolute path`)
+		return c, wire.NewError(wire.CodeBadRequest, `"state_dir" must be an absolute path`)
 	case c.memoryState && !c.ephemeral:
-		return c, newError(codeBadRequest, `"memory_state" is only allowed with "ephemeral"`)
+		return c, wire.NewError(wire.CodeBadRequest, `"memory_state" is only allowed with "ephemeral"`)
 	}
 	for _, t := range c.tags {
 		if err := tailcfg.CheckTag(t); err != nil {
-			return c, newError(codeBadRequest, `"tags": %q: %v`, t, err)
+			return c, wire.NewError(wire.CodeBadRequest, `"tags": %q: %v`, t, err)
 		}
 	}
 	if c.controlURL != "" {
 		u, err := url.Parse(c.controlURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return c, newError(codeBadRequest, `"control_url" must be an http:// or https:// URL`)
+			return c, wire.NewError(wire.CodeBadRequest, `"control_url" must be an http:// or https:// URL`)
 		}
 	}
 	c.stateDir = filepath.Clean(c.stateDir)
 	return c, nil
 }
 
-func (n *node) start(p *paramReader) (*reply, error) {
+func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 	cfg, err := parseStart(p)
 	if err != nil {
 		return nil, err
@@ -82,21 +84,21 @@ func (n *node) start(p *paramReader) (*reply, error) {
 	n.mu.Unlock()
 	switch {
 	case closed:
-		return nil, newError(codeInternal, "helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	case started:
-		return nil, newError(codeAlreadyStarted, "start was already called")
+		return nil, wire.NewError(wire.CodeAlreadyStarted, "start was already called")
 	}
 
 	if err := os.MkdirAll(cfg.stateDir, 0o700); err != nil {
-		return nil, newError(codeBadRequest, `"state_dir": %v`, err)
+		return nil, wire.NewError(wire.CodeBadRequest, `"state_dir": %v`, err)
 	}
 	fi, err := os.Stat(cfg.stateDir)
 	if err != nil || !fi.IsDir() {
-		return nil, newError(codeBadRequest, `"state_dir" %q is not a directory`, cfg.stateDir)
+		return nil, wire.NewError(wire.CodeBadRequest, `"state_dir" %q is not a directory`, cfg.stateDir)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		// The node key lives there. An existing directory is the host's to fix, not ours.
-		stderrLog.log("warn", "helper", fmt.Sprintf("state_dir %s has mode %v: others can read the node's key", cfg.stateDir, fi.Mode().Perm()))
+		stderrLog.Log("warn", "helper", fmt.Sprintf("state_dir %s has mode %v: others can read the node's key", cfg.stateDir, fi.Mode().Perm()))
 	}
 
 	// Never upload logs: the host's logging is the only log sink.
@@ -115,22 +117,22 @@ func (n *node) start(p *paramReader) (*reply, error) {
 		ControlURL:    cfg.controlURL,
 		Ephemeral:     cfg.ephemeral,
 		AdvertiseTags: cfg.tags,
-		UserLogf:      stderrLog.logf("info", "user"),
+		UserLogf:      stderrLog.Logf("info", "user"),
 	}
 	if n.tsnetLogs {
-		srv.Logf = stderrLog.logf("debug", "tsnet")
+		srv.Logf = stderrLog.Logf("debug", "tsnet")
 	}
 	if cfg.memoryState {
 		srv.Store = new(mem.Store)
 	}
 	if err := srv.Start(); err != nil {
 		// tsnet cleans up after a failed Start; a new start may try again.
-		return nil, newError(codeInternal, "starting tsnet: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "starting tsnet: %v", err)
 	}
 	lc, err := srv.LocalClient()
 	if err != nil {
 		srv.Close()
-		return nil, newError(codeInternal, "tsnet local client: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "tsnet local client: %v", err)
 	}
 	watchCtx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
@@ -138,7 +140,7 @@ func (n *node) start(p *paramReader) (*reply, error) {
 	n.mu.Unlock()
 	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
 		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)
-	return &reply{result: map[string]any{}, fd: -1, after: func(bool) {
+	return &wire.Reply{Result: map[string]any{}, FD: -1, After: func(bool) {
 		// Watch the bus only after start is answered, so no state notification comes
 		// before the answer that makes it meaningful.
 		n.goOwned(func() { n.watchBus(watchCtx, lc) })
@@ -196,37 +198,37 @@ func (n *node) watchBus(ctx context.Context, lc *local.Client) {
 		}
 		n.mu.Unlock()
 		if changed {
-			if err := n.out.notify("state", params, -1); err != nil {
+			if err := wire.Notify(n.out, "state", params, -1); err != nil {
 				return
 			}
 		}
 	}
 }
 
-func (n *node) up(ctx context.Context, p *paramReader) (*reply, error) {
-	timeoutMS := p.uint("timeout_ms", 0, maxTimeoutMS)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	srv, lc := n.server()
 	if srv == nil {
-		return nil, newError(codeNotStarted, "call start first")
+		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
 	}
 	upCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
 	defer cancel()
 	st, err := srv.Up(upCtx)
 	if err == nil {
-		return okReply(n.statusResult(st)), nil
+		return wire.OKReply(n.statusResult(st)), nil
 	}
 	switch {
 	case ctx.Err() != nil:
-		return nil, newError(codeInternal, "up cancelled: the helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "up cancelled: the helper is shutting down")
 	case upCtx.Err() != nil:
 		return nil, n.upTimeout(lc, timeoutMS)
 	case isAuthError(err):
-		return nil, newError(codeAuthFailed, "control server refused the login: %v", err)
+		return nil, wire.NewError(wire.CodeAuthFailed, "control server refused the login: %v", err)
 	}
-	return nil, newError(codeInternal, "up: %v", err)
+	return nil, wire.NewError(wire.CodeInternal, "up: %v", err)
 }
 
 // isAuthError reports whether an error from tsnet's Up is the control server refusing the
@@ -250,7 +252,7 @@ func (n *node) upTimeout(lc *local.Client, timeoutMS uint64) error {
 	lastErr, authURL := n.lastErr, n.authURL
 	n.mu.Unlock()
 	if err != nil {
-		return newError(codeTimeout, "node not running after %d ms (status unavailable: %v)", timeoutMS, err)
+		return wire.NewError(wire.CodeTimeout, "node not running after %d ms (status unavailable: %v)", timeoutMS, err)
 	}
 	if authURL == "" {
 		authURL = st.AuthURL
@@ -260,17 +262,17 @@ func (n *node) upTimeout(lc *local.Client, timeoutMS uint64) error {
 	case lastErr != "":
 		// The control server refused the login before up was called, or between tsnet's
 		// retries: the bus carried the reason and Up never saw it.
-		return newError(codeAuthFailed, "control server refused the login: %s%s", lastErr, health)
+		return wire.NewError(wire.CodeAuthFailed, "control server refused the login: %s%s", lastErr, health)
 	case st.BackendState == ipn.NeedsLogin.String() && authURL != "":
-		return newError(codeNeedsLogin, "node needs an interactive login: visit %s", authURL)
+		return wire.NewError(wire.CodeNeedsLogin, "node needs an interactive login: visit %s", authURL)
 	case st.BackendState == ipn.NeedsLogin.String():
 		// Logging in, but no URL to visit: control has not answered (yet), or the key is
 		// still being checked. Only time tells; the health usually says more.
-		return newError(codeTimeout, "node not running after %d ms: still logging in, no answer from the control server%s", timeoutMS, health)
+		return wire.NewError(wire.CodeTimeout, "node not running after %d ms: still logging in, no answer from the control server%s", timeoutMS, health)
 	case st.BackendState == ipn.NeedsMachineAuth.String():
-		return newError(codeTimeout, "node not running after %d ms: waiting for an admin to approve the machine%s", timeoutMS, health)
+		return wire.NewError(wire.CodeTimeout, "node not running after %d ms: waiting for an admin to approve the machine%s", timeoutMS, health)
 	}
-	return newError(codeTimeout, "node not running after %d ms (state %s)%s", timeoutMS, st.BackendState, health)
+	return wire.NewError(wire.CodeTimeout, "node not running after %d ms (state %s)%s", timeoutMS, st.BackendState, health)
 }
 
 func healthSuffix(health []string) string {

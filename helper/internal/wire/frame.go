@@ -1,4 +1,4 @@
-package main
+package wire
 
 import (
 	"bytes"
@@ -15,8 +15,8 @@ import (
 // is exactly one msgpack array of msgpack-RPC shape. It knows nothing of sockets or fds.
 
 const (
-	frameHeaderLen = 4
-	maxFrameBody   = 1 << 20 // 1 MiB
+	FrameHeaderLen = 4
+	MaxFrameBody   = 1 << 20 // 1 MiB
 
 	// maxValueDepth bounds how deeply arrays and maps may nest in a body. No message of the
 	// protocol nests more than a few levels; the bound keeps a hostile frame of a million
@@ -28,86 +28,86 @@ const (
 // maxFrameBody.
 var errFrameTooLarge = errors.New("encoding frame: message too large")
 
-type msgKind int
+type MsgKind int
 
 const (
-	kindRequest      msgKind = 0
-	kindResponse     msgKind = 1
-	kindNotification msgKind = 2
+	KindRequest      MsgKind = 0
+	KindResponse     MsgKind = 1
+	KindNotification MsgKind = 2
 )
 
-// message is one frame's body, decoded.
-type message struct {
-	kind   msgKind
-	id     uint32         // requests and responses
-	method string         // requests and notifications
-	params map[string]any // requests and notifications; never nil once decoded
-	err    *rpcError      // responses; nil on success
-	result map[string]any // responses; nil when err is set
+// Message is one frame's body, decoded.
+type Message struct {
+	Kind   MsgKind
+	ID     uint32         // requests and responses
+	Method string         // requests and notifications
+	Params map[string]any // requests and notifications; never nil once decoded
+	Err    *Error         // responses; nil on success
+	Result map[string]any // responses; nil when err is set
 
-	// fd is the file descriptor the message carries ("fd": true), or -1. On receipt it is
+	// FD is the file descriptor the message carries ("fd": true), or -1. On receipt it is
 	// filled from the fd FIFO; on sending it is passed with SCM_RIGHTS. Whoever holds the
 	// message owns the fd and must close it.
-	fd int
+	FD int
 }
 
-func newRequest(id uint32, method string, params map[string]any) *message {
-	return &message{kind: kindRequest, id: id, method: method, params: params, fd: -1}
+func NewRequest(id uint32, method string, params map[string]any) *Message {
+	return &Message{Kind: KindRequest, ID: id, Method: method, Params: params, FD: -1}
 }
 
-func newNotification(method string, params map[string]any) *message {
-	return &message{kind: kindNotification, method: method, params: params, fd: -1}
+func NewNotification(method string, params map[string]any) *Message {
+	return &Message{Kind: KindNotification, Method: method, Params: params, FD: -1}
 }
 
-func newResponse(id uint32, result map[string]any, err *rpcError) *message {
-	return &message{kind: kindResponse, id: id, result: result, err: err, fd: -1}
+func NewResponse(id uint32, result map[string]any, err *Error) *Message {
+	return &Message{Kind: KindResponse, ID: id, Result: result, Err: err, FD: -1}
 }
 
 // fields returns the map that may say "fd": true: params, or result for a response.
-func (m *message) fields() map[string]any {
-	if m.kind == kindResponse {
-		return m.result
+func (m *Message) fields() map[string]any {
+	if m.Kind == KindResponse {
+		return m.Result
 	}
-	return m.params
+	return m.Params
 }
 
 // carriesFD reports whether the message says it carries a file descriptor.
-func (m *message) carriesFD() bool {
+func (m *Message) carriesFD() bool {
 	v, _ := m.fields()["fd"].(bool)
 	return v
 }
 
 // encodeFrame returns m as a complete frame, header included.
-func encodeFrame(m *message) ([]byte, error) {
+func EncodeFrame(m *Message) ([]byte, error) {
 	var buf bytes.Buffer
-	buf.Write(make([]byte, frameHeaderLen)) // the length, filled in below
+	buf.Write(make([]byte, FrameHeaderLen)) // the length, filled in below
 	enc := msgpack.NewEncoder(&buf)
 	enc.UseCompactInts(true)
 	enc.SetSortMapKeys(true) // deterministic bytes make tests and captures comparable
 
 	var err error
-	switch m.kind {
-	case kindRequest:
-		err = encodeAll(enc, int64(kindRequest), uint64(m.id), m.method, nonNilMap(m.params))
-	case kindNotification:
-		err = encodeAll(enc, int64(kindNotification), m.method, nonNilMap(m.params))
-	case kindResponse:
-		if m.err != nil {
-			errMap := map[string]any{"code": m.err.Code, "message": m.err.Message}
-			err = encodeAll(enc, int64(kindResponse), uint64(m.id), errMap, nil)
+	switch m.Kind {
+	case KindRequest:
+		err = encodeAll(enc, int64(KindRequest), uint64(m.ID), m.Method, nonNilMap(m.Params))
+	case KindNotification:
+		err = encodeAll(enc, int64(KindNotification), m.Method, nonNilMap(m.Params))
+	case KindResponse:
+		if m.Err != nil {
+			errMap := map[string]any{"code": m.Err.Code, "message": m.Err.Message}
+			err = encodeAll(enc, int64(KindResponse), uint64(m.ID), errMap, nil)
 		} else {
-			err = encodeAll(enc, int64(kindResponse), uint64(m.id), nil, nonNilMap(m.result))
+			err = encodeAll(enc, int64(KindResponse), uint64(m.ID), nil, nonNilMap(m.Result))
 		}
 	default:
-		return nil, fmt.Errorf("encoding frame: unknown message kind %d", m.kind)
+		return nil, fmt.Errorf("encoding frame: unknown message kind %d", m.Kind)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding frame: %w", err)
 	}
 	frame := buf.Bytes()
-	bodyLen := len(frame) - frameHeaderLen
-	if bodyLen > maxFrameBody {
-		return nil, fmt.Errorf("%w: body of %d bytes exceeds the %d-byte limit", errFrameTooLarge, bodyLen, maxFrameBody)
+	bodyLen := len(frame) - FrameHeaderLen
+	if bodyLen > MaxFrameBody {
+		return nil, fmt.Errorf("%w: body of %d bytes exceeds the %d-byte limit", errFrameTooLarge, bodyLen, MaxFrameBody)
 	}
 	binary.BigEndian.PutUint32(frame, uint32(bodyLen))
 	return frame, nil
@@ -134,8 +134,8 @@ func nonNilMap(m map[string]any) map[string]any {
 
 // checkFrameLen validates a frame header's length before anything is allocated for it.
 func checkFrameLen(n uint32) error {
-	if n == 0 || n > maxFrameBody {
-		return protoErrorf("frame length %d outside 1..%d", n, maxFrameBody)
+	if n == 0 || n > MaxFrameBody {
+		return protoErrorf("frame length %d outside 1..%d", n, MaxFrameBody)
 	}
 	return nil
 }
@@ -143,7 +143,7 @@ func checkFrameLen(n uint32) error {
 // decodeBody decodes one frame body. Any deviation from docs/protocol.md §1 — not an array,
 // wrong length or kind, a field of the wrong type, bytes after the array — is a
 // protocolError. The returned message has fd -1.
-func decodeBody(body []byte) (*message, error) {
+func decodeBody(body []byte) (*Message, error) {
 	r := bytes.NewReader(body)
 	// bytes.Reader is an io.ByteScanner, so the decoder reads from it directly without
 	// buffering ahead, and r.Len() below is exactly what the array left unread.
@@ -162,50 +162,50 @@ func decodeBody(body []byte) (*message, error) {
 	if len(arr) == 0 {
 		return nil, protoErrorf("empty message array")
 	}
-	kind, ok := asUint(arr[0])
-	if !ok || kind > uint64(kindNotification) {
+	kind, ok := AsUint(arr[0])
+	if !ok || kind > uint64(KindNotification) {
 		return nil, protoErrorf("message kind %v is not 0, 1 or 2", arr[0])
 	}
-	m := &message{kind: msgKind(kind), fd: -1}
-	switch m.kind {
-	case kindRequest:
+	m := &Message{Kind: MsgKind(kind), FD: -1}
+	switch m.Kind {
+	case KindRequest:
 		if len(arr) != 4 {
 			return nil, protoErrorf("request has %d elements, want 4", len(arr))
 		}
-		if m.id, err = decodeID(arr[1]); err != nil {
+		if m.ID, err = decodeID(arr[1]); err != nil {
 			return nil, err
 		}
-		if m.method, ok = arr[2].(string); !ok {
+		if m.Method, ok = arr[2].(string); !ok {
 			return nil, protoErrorf("request method is a %T, not a string", arr[2])
 		}
-		if m.params, ok = arr[3].(map[string]any); !ok {
+		if m.Params, ok = arr[3].(map[string]any); !ok {
 			return nil, protoErrorf("request params is a %T, not a map", arr[3])
 		}
-	case kindNotification:
+	case KindNotification:
 		if len(arr) != 3 {
 			return nil, protoErrorf("notification has %d elements, want 3", len(arr))
 		}
-		if m.method, ok = arr[1].(string); !ok {
+		if m.Method, ok = arr[1].(string); !ok {
 			return nil, protoErrorf("notification method is a %T, not a string", arr[1])
 		}
-		if m.params, ok = arr[2].(map[string]any); !ok {
+		if m.Params, ok = arr[2].(map[string]any); !ok {
 			return nil, protoErrorf("notification params is a %T, not a map", arr[2])
 		}
-	case kindResponse:
+	case KindResponse:
 		if len(arr) != 4 {
 			return nil, protoErrorf("response has %d elements, want 4", len(arr))
 		}
-		if m.id, err = decodeID(arr[1]); err != nil {
+		if m.ID, err = decodeID(arr[1]); err != nil {
 			return nil, err
 		}
 		if arr[2] != nil {
-			if m.err, err = decodeErrorValue(arr[2]); err != nil {
+			if m.Err, err = decodeErrorValue(arr[2]); err != nil {
 				return nil, err
 			}
 			if arr[3] != nil {
 				return nil, protoErrorf("response has both an error and a result")
 			}
-		} else if m.result, ok = arr[3].(map[string]any); !ok {
+		} else if m.Result, ok = arr[3].(map[string]any); !ok {
 			return nil, protoErrorf("response result is a %T, not a map", arr[3])
 		}
 	}
@@ -218,14 +218,14 @@ func decodeBody(body []byte) (*message, error) {
 }
 
 func decodeID(v any) (uint32, error) {
-	id, ok := asUint(v)
+	id, ok := AsUint(v)
 	if !ok || id > math.MaxUint32 {
 		return 0, protoErrorf("id %v is not an unsigned integer below 2^32", v)
 	}
 	return uint32(id), nil
 }
 
-func decodeErrorValue(v any) (*rpcError, error) {
+func decodeErrorValue(v any) (*Error, error) {
 	m, ok := v.(map[string]any)
 	if !ok {
 		return nil, protoErrorf("response error is a %T, not a map", v)
@@ -235,11 +235,11 @@ func decodeErrorValue(v any) (*rpcError, error) {
 	if !ok1 || !ok2 {
 		return nil, protoErrorf("response error needs string code and message")
 	}
-	return &rpcError{Code: code, Message: msg}, nil
+	return &Error{Code: code, Message: msg}, nil
 }
 
 // asUint returns v as an unsigned integer if it is a non-negative msgpack integer.
-func asUint(v any) (uint64, bool) {
+func AsUint(v any) (uint64, bool) {
 	switch n := v.(type) {
 	case uint64:
 		return n, true

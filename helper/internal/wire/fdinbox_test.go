@@ -1,20 +1,20 @@
-package main
+package wire
 
 import (
 	"errors"
 	"io"
-	"net"
-	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tsproc/tsproc/helper/internal/fdtest"
 )
 
 // encodedFrame encodes m or fails the test.
-func encodedFrame(t *testing.T, m *message) []byte {
+func encodedFrame(t *testing.T, m *Message) []byte {
 	t.Helper()
-	f, err := encodeFrame(m)
+	f, err := EncodeFrame(m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,9 +23,9 @@ func encodedFrame(t *testing.T, m *message) []byte {
 
 func TestFDInboxOrdering(t *testing.T) {
 	withFD := func(name string) []byte {
-		return encodedFrame(t, newNotification(name, map[string]any{"fd": true}))
+		return encodedFrame(t, NewNotification(name, map[string]any{"fd": true}))
 	}
-	plain := func(name string) []byte { return encodedFrame(t, newNotification(name, nil)) }
+	plain := func(name string) []byte { return encodedFrame(t, NewNotification(name, nil)) }
 
 	// A step pushes bytes and a number of fresh fds, then collects every message next
 	// yields, as "name" or "name+fdN" (N: the index of the fd among all pushed so far).
@@ -77,7 +77,7 @@ func TestFDInboxOrdering(t *testing.T) {
 			for i, st := range tt.steps {
 				var fds []int
 				for range st.fds {
-					w, r := pipeFD(t)
+					w, r := fdtest.PipeFD(t)
 					r.Close()
 					fds = append(fds, w)
 					pushed = append(pushed, w)
@@ -92,16 +92,16 @@ func TestFDInboxOrdering(t *testing.T) {
 					if m == nil {
 						break
 					}
-					s := m.method
-					if m.fd >= 0 {
+					s := m.Method
+					if m.FD >= 0 {
 						idx := -1
 						for j, fd := range pushed {
-							if fd == m.fd {
+							if fd == m.FD {
 								idx = j
 							}
 						}
 						s += "+fd" + string(rune('0'+idx))
-						unix.Close(m.fd)
+						unix.Close(m.FD)
 					}
 					got = append(got, s)
 				}
@@ -117,8 +117,8 @@ func TestFDInboxOrdering(t *testing.T) {
 }
 
 func TestFDInboxErrors(t *testing.T) {
-	withFD := encodedFrame(t, newNotification("a", map[string]any{"fd": true}))
-	plain := encodedFrame(t, newNotification("b", nil))
+	withFD := encodedFrame(t, NewNotification("a", map[string]any{"fd": true}))
+	plain := encodedFrame(t, NewNotification("b", nil))
 	tests := []struct {
 		name    string
 		data    []byte
@@ -137,7 +137,7 @@ func TestFDInboxErrors(t *testing.T) {
 			var in fdInbox
 			var fds []int
 			for range tt.fds {
-				w, r := pipeFD(t)
+				w, r := fdtest.PipeFD(t)
 				r.Close()
 				fds = append(fds, w)
 			}
@@ -157,7 +157,7 @@ func TestFDInboxErrors(t *testing.T) {
 			}
 			in.closeAll()
 			for _, fd := range fds {
-				if fdIsOpen(fd) {
+				if fdtest.FDIsOpen(fd) {
 					t.Errorf("fd %d still open after closeAll", fd)
 				}
 			}
@@ -166,35 +166,35 @@ func TestFDInboxErrors(t *testing.T) {
 }
 
 func TestSendFrameWithFD(t *testing.T) {
-	helperEnd, hostEnd := unixPair(t)
-	pw, pr := pipeFD(t)
+	helperEnd, hostEnd := fdtest.UnixPair(t)
+	pw, pr := fdtest.PipeFD(t)
 	defer pr.Close()
 
-	m := newNotification("accepted", map[string]any{"conn": uint64(1), "fd": true})
-	m.fd = pw
-	if err := newMsgWriter(helperEnd).send(m); err != nil {
+	m := NewNotification("accepted", map[string]any{"conn": uint64(1), "fd": true})
+	m.FD = pw
+	if err := NewMsgWriter(helperEnd).Send(m); err != nil {
 		t.Fatal(err)
 	}
-	if fdIsOpen(pw) {
+	if fdtest.FDIsOpen(pw) {
 		t.Error("the writer did not close the fd it passed")
 	}
 
-	got, err := newMsgReader(hostEnd).read()
+	got, err := NewMsgReader(hostEnd).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.method != "accepted" || got.fd < 0 {
+	if got.Method != "accepted" || got.FD < 0 {
 		t.Fatalf("got %+v", got)
 	}
-	flags, err := unix.FcntlInt(uintptr(got.fd), unix.F_GETFD, 0)
+	flags, err := unix.FcntlInt(uintptr(got.FD), unix.F_GETFD, 0)
 	if err != nil || flags&unix.FD_CLOEXEC == 0 {
 		t.Errorf("received fd flags %#x, %v: want close-on-exec", flags, err)
 	}
 	// The received fd is the pipe's write end: what goes in comes out of the read end.
-	if _, err := unix.Write(got.fd, []byte("through the fd")); err != nil {
+	if _, err := unix.Write(got.FD, []byte("through the fd")); err != nil {
 		t.Fatal(err)
 	}
-	unix.Close(got.fd)
+	unix.Close(got.FD)
 	b, err := io.ReadAll(pr)
 	if err != nil || string(b) != "through the fd" {
 		t.Fatalf("read %q, %v", b, err)
@@ -204,7 +204,7 @@ func TestSendFrameWithFD(t *testing.T) {
 // TestSendFrameLargeWithFD sends a frame bigger than the socket buffer, so sendmsg writes
 // only part of it: the rest must follow without a second fd.
 func TestSendFrameLargeWithFD(t *testing.T) {
-	helperEnd, hostEnd := unixPair(t)
+	helperEnd, hostEnd := fdtest.UnixPair(t)
 	raw, err := helperEnd.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -215,23 +215,23 @@ func TestSendFrameLargeWithFD(t *testing.T) {
 	errc := make(chan error, 2)
 	for i := range 2 {
 		go func() {
-			pw, pr := pipeFD(t)
+			pw, pr := fdtest.PipeFD(t)
 			pr.Close()
-			m := newResponse(uint32(i), map[string]any{"big": big, "fd": true}, nil)
-			m.fd = pw
-			errc <- newMsgWriter(helperEnd).send(m)
+			m := NewResponse(uint32(i), map[string]any{"big": big, "fd": true}, nil)
+			m.FD = pw
+			errc <- NewMsgWriter(helperEnd).Send(m)
 		}()
 	}
-	r := newMsgReader(hostEnd)
+	r := NewMsgReader(hostEnd)
 	for range 2 {
-		got, err := r.read()
+		got, err := r.Read()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.result["big"] != big || got.fd < 0 {
-			t.Fatalf("got a broken message (fd %d)", got.fd)
+		if got.Result["big"] != big || got.FD < 0 {
+			t.Fatalf("got a broken message (fd %d)", got.FD)
 		}
-		unix.Close(got.fd)
+		unix.Close(got.FD)
 	}
 	for range 2 {
 		if err := <-errc; err != nil {
@@ -239,7 +239,7 @@ func TestSendFrameLargeWithFD(t *testing.T) {
 		}
 	}
 	helperEnd.Close()
-	if _, err := r.read(); !errors.Is(err, io.EOF) {
+	if _, err := r.Read(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after both frames: %v, want EOF and no stray fd", err)
 	}
 	if len(r.in.fds) != 0 {
@@ -250,44 +250,44 @@ func TestSendFrameLargeWithFD(t *testing.T) {
 func TestMsgReaderErrors(t *testing.T) {
 	tests := []struct {
 		name    string
-		send    func(t *testing.T, c *rawSender)
+		send    func(t *testing.T, c *fdtest.RawSender)
 		wantErr string // "" means io.EOF
 	}{
-		{"clean end", func(t *testing.T, c *rawSender) {
-			c.write(encodedFrame(t, newNotification("a", nil)), 0)
+		{"clean end", func(t *testing.T, c *fdtest.RawSender) {
+			c.Write(encodedFrame(t, NewNotification("a", nil)), 0)
 		}, ""},
-		{"end with a message waiting for its fd", func(t *testing.T, c *rawSender) {
-			c.write(encodedFrame(t, newNotification("a", map[string]any{"fd": true})), 0)
+		{"end with a message waiting for its fd", func(t *testing.T, c *fdtest.RawSender) {
+			c.Write(encodedFrame(t, NewNotification("a", map[string]any{"fd": true})), 0)
 		}, "waits for its fd"},
-		{"end inside a frame", func(t *testing.T, c *rawSender) {
-			c.write(encodedFrame(t, newNotification("a", nil))[:7], 0)
+		{"end inside a frame", func(t *testing.T, c *fdtest.RawSender) {
+			c.Write(encodedFrame(t, NewNotification("a", nil))[:7], 0)
 		}, "inside a frame"},
-		{"more fds than ancillary room", func(t *testing.T, c *rawSender) {
-			c.write([]byte{0}, maxFDsPerRead+1)
+		{"more fds than ancillary room", func(t *testing.T, c *fdtest.RawSender) {
+			c.Write([]byte{0}, maxFDsPerRead+1)
 		}, "truncated"},
-		{"too many unclaimed fds", func(t *testing.T, c *rawSender) {
+		{"too many unclaimed fds", func(t *testing.T, c *fdtest.RawSender) {
 			for range 2 {
-				c.write(encodedFrame(t, newNotification("a", nil)), 40)
+				c.Write(encodedFrame(t, NewNotification("a", nil)), 40)
 			}
 		}, "no message to claim"},
-		{"oversized length", func(t *testing.T, c *rawSender) {
-			c.write([]byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3}, 1)
+		{"oversized length", func(t *testing.T, c *fdtest.RawSender) {
+			c.Write([]byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3}, 1)
 		}, "outside"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sender, receiver := unixPair(t)
-			rs := &rawSender{t: t, c: sender}
+			sender, receiver := fdtest.UnixPair(t)
+			rs := &fdtest.RawSender{T: t, C: sender}
 			tt.send(t, rs)
 			sender.Close()
 
-			r := newMsgReader(receiver)
+			r := NewMsgReader(receiver)
 			var err error
 			for err == nil {
-				var m *message
-				m, err = r.read()
-				if m != nil && m.fd >= 0 {
-					unix.Close(m.fd)
+				var m *Message
+				m, err = r.Read()
+				if m != nil && m.FD >= 0 {
+					unix.Close(m.FD)
 				}
 			}
 			if tt.wantErr == "" {
@@ -299,52 +299,11 @@ func TestMsgReaderErrors(t *testing.T) {
 			}
 			// Every fd that arrived was closed: by the reader, or by the kernel if it did not
 			// fit.
-			for i, r := range rs.readEnds {
-				if !writeEndClosed(t, r) {
+			for i, r := range rs.ReadEnds {
+				if !fdtest.WriteEndClosed(t, r) {
 					t.Errorf("passed fd %d is still open in the receiver", i)
 				}
 			}
 		})
 	}
-}
-
-// rawSender writes bytes with any number of fds, bypassing the protocol's rules.
-type rawSender struct {
-	t        *testing.T
-	c        *net.UnixConn
-	readEnds []*os.File // the read ends of the pipes whose write ends were passed
-}
-
-// write sends data with nfds fresh pipe write ends, and closes its own copies.
-func (s *rawSender) write(data []byte, nfds int) {
-	s.t.Helper()
-	var fds []int
-	for range nfds {
-		w, r := pipeFD(s.t)
-		fds = append(fds, w)
-		s.t.Cleanup(func() { r.Close() })
-		s.readEnds = append(s.readEnds, r)
-	}
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	if _, _, err := s.c.WriteMsgUnix(data, oob, nil); err != nil {
-		s.t.Fatal(err)
-	}
-	for _, fd := range fds {
-		unix.Close(fd)
-	}
-}
-
-// writeEndClosed reports whether every copy of the pipe's write end is closed: a
-// non-blocking read of the read end then sees EOF instead of EAGAIN.
-func writeEndClosed(t *testing.T, r *os.File) bool {
-	t.Helper()
-	fd := int(r.Fd())
-	if err := unix.SetNonblock(fd, true); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.Read(fd, make([]byte, 1))
-	return n == 0 && err == nil
 }

@@ -13,23 +13,25 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
 // Connections: listen with its accept hand-over, close_listener, and dial.
 
-func (n *node) listen(p *paramReader) (*reply, error) {
-	network := p.string("network")
-	port := p.uint("port", 1, 65535)
-	backlog := p.optUint("backlog", 1, maxBacklog, defaultBacklog)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) listen(p *wire.ParamReader) (*wire.Reply, error) {
+	network := p.String("network")
+	port := p.Uint("port", 1, 65535)
+	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	if network != "tcp" {
-		return nil, newError(codeBadRequest, `"network" must be "tcp"`)
+		return nil, wire.NewError(wire.CodeBadRequest, `"network" must be "tcp"`)
 	}
 	srv, _ := n.server()
 	if srv == nil {
-		return nil, newError(codeNotRunning, "call start first")
+		return nil, wire.NewError(wire.CodeNotRunning, "call start first")
 	}
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
@@ -37,9 +39,9 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 	ln, err := srv.Listen("tcp", ":"+strconv.FormatUint(port, 10))
 	if err != nil {
 		if strings.Contains(err.Error(), "already open") {
-			return nil, newError(codeAddressInUse, "port %d: %v", port, err)
+			return nil, wire.NewError(wire.CodeAddressInUse, "port %d: %v", port, err)
 		}
-		return nil, newError(codeInternal, "listen: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "listen: %v", err)
 	}
 	return n.openListener(ln, int(backlog))
 }
@@ -47,17 +49,17 @@ func (n *node) listen(p *paramReader) (*reply, error) {
 // openListener registers ln and, once the host has the listener id, runs its grant-based
 // accept pump. Every kind of listener (plain, TLS, Funnel, any-port) goes through here. It
 // owns ln: on error ln is closed.
-func (n *node) openListener(ln net.Listener, backlog int) (*reply, error) {
+func (n *node) openListener(ln net.Listener, backlog int) (*wire.Reply, error) {
 	n.mu.Lock()
 	switch {
 	case n.closed:
 		n.mu.Unlock()
 		ln.Close()
-		return nil, newError(codeInternal, "helper is shutting down")
+		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	case len(n.listeners) >= maxListeners: // lost a race with another listen
 		n.mu.Unlock()
 		ln.Close()
-		return nil, newError(codeLimit, "a node has at most %d listeners", maxListeners)
+		return nil, wire.NewError(wire.CodeLimit, "a node has at most %d listeners", maxListeners)
 	}
 	n.nextListener++
 	l := newTSListener(n.nextListener, ln, backlog)
@@ -65,10 +67,10 @@ func (n *node) openListener(ln net.Listener, backlog int) (*reply, error) {
 	n.mu.Unlock()
 
 	hooks := listenerHooks{handOver: n.handOver, ended: n.listenerEnded}
-	return &reply{
-		result: map[string]any{"listener": l.id, "addr": ln.Addr().String()},
-		fd:     -1,
-		after: func(bool) {
+	return &wire.Reply{
+		Result: map[string]any{"listener": l.id, "addr": ln.Addr().String()},
+		FD:     -1,
+		After: func(bool) {
 			// Accept only once the host knows the listener id the accepted notifications
 			// will name.
 			if !n.goOwned(func() { l.run(hooks) }) {
@@ -84,11 +86,11 @@ func (n *node) openListener(ln net.Listener, backlog int) (*reply, error) {
 func (n *node) startedStatus(ctx context.Context) (*tsnet.Server, *local.Client, *ipnstate.Status, error) {
 	srv, lc := n.server()
 	if srv == nil {
-		return nil, nil, nil, newError(codeNotRunning, "call start and up first")
+		return nil, nil, nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
 	}
 	st, err := lc.StatusWithoutPeers(ctx)
 	if err != nil {
-		return nil, nil, nil, newError(codeInternal, "status: %v", err)
+		return nil, nil, nil, wire.NewError(wire.CodeInternal, "status: %v", err)
 	}
 	return srv, lc, st, nil
 }
@@ -98,7 +100,7 @@ func (n *node) checkListenerRoom() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if len(n.listeners) >= maxListeners {
-		return newError(codeLimit, "a node has at most %d listeners", maxListeners)
+		return wire.NewError(wire.CodeLimit, "a node has at most %d listeners", maxListeners)
 	}
 	return nil
 }
@@ -110,7 +112,7 @@ func (n *node) handOver(l *tsListener, c net.Conn) bool {
 		helperLogf("listener %d: dropping a connection: %v", l.id, err)
 		return false
 	}
-	err = n.out.notify("accepted", map[string]any{
+	err = wire.Notify(n.out, "accepted", map[string]any{
 		"listener": l.id,
 		"conn":     b.id,
 		"local":    c.LocalAddr().String(),
@@ -126,41 +128,41 @@ func (n *node) listenerEnded(l *tsListener, reason string) {
 	n.mu.Lock()
 	delete(n.listeners, l.id)
 	n.mu.Unlock()
-	err := n.out.notify("listener_closed", map[string]any{"listener": l.id, "reason": reason}, -1)
+	err := wire.Notify(n.out, "listener_closed", map[string]any{"listener": l.id, "reason": reason}, -1)
 	if err != nil {
 		helperLogf("listener %d: sending listener_closed: %v", l.id, err)
 	}
 }
 
-func (n *node) closeListener(p *paramReader) (*reply, error) {
-	id := p.uint("listener", 0, math.MaxUint64)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) closeListener(p *wire.ParamReader) (*wire.Reply, error) {
+	id := p.Uint("listener", 0, math.MaxUint64)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	n.mu.Lock()
 	l := n.listeners[id]
 	delete(n.listeners, id)
 	n.mu.Unlock()
 	if l == nil {
-		return nil, newError(codeNotFound, "no listener %d", id)
+		return nil, wire.NewError(wire.CodeNotFound, "no listener %d", id)
 	}
 	l.close()
-	return okReply(map[string]any{}), nil
+	return wire.OKReply(map[string]any{}), nil
 }
 
-func (n *node) dial(ctx context.Context, p *paramReader) (*reply, error) {
-	network := p.string("network")
-	host := p.string("host")
-	port := p.uint("port", 1, 65535)
-	timeoutMS := p.uint("timeout_ms", 0, maxTimeoutMS)
-	if p.err != nil {
-		return nil, p.err
+func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	network := p.String("network")
+	host := p.String("host")
+	port := p.Uint("port", 1, 65535)
+	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
+	if p.Err != nil {
+		return nil, p.Err
 	}
 	switch {
 	case network != "tcp":
-		return nil, newError(codeBadRequest, `"network" must be "tcp"`)
+		return nil, wire.NewError(wire.CodeBadRequest, `"network" must be "tcp"`)
 	case host == "" || len(host) > 253:
-		return nil, newError(codeBadRequest, `"host" must be 1 to 253 characters`)
+		return nil, wire.NewError(wire.CodeBadRequest, `"host" must be 1 to 253 characters`)
 	}
 	srv, lc, st, err := n.startedStatus(ctx)
 	if err != nil {
@@ -168,14 +170,14 @@ func (n *node) dial(ctx context.Context, p *paramReader) (*reply, error) {
 	}
 	// Starting is let through: tsnet's Dial waits for Running within the timeout.
 	if st.BackendState != ipn.Running.String() && st.BackendState != ipn.Starting.String() {
-		return nil, newError(codeNotRunning, "node is in state %s", st.BackendState)
+		return nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", st.BackendState)
 	}
 
 	dialCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
 	defer cancel()
 	ip, err := n.resolver.resolve(dialCtx, lc, host)
 	if err != nil {
-		return nil, newError(codeDialFailed, "dial %s: %v", host, err)
+		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", host, err)
 	}
 	// Dial the resolved IP, never the name: tsnet would resolve an unknown name with the
 	// system's DNS (see resolve.go).
@@ -184,24 +186,24 @@ func (n *node) dial(ctx context.Context, p *paramReader) (*reply, error) {
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
-			return nil, newError(codeInternal, "dial cancelled: the helper is shutting down")
+			return nil, wire.NewError(wire.CodeInternal, "dial cancelled: the helper is shutting down")
 		case dialCtx.Err() != nil:
-			return nil, newError(codeTimeout, "dial %s: no connection after %d ms%s", addr, timeoutMS, n.health())
+			return nil, wire.NewError(wire.CodeTimeout, "dial %s: no connection after %d ms%s", addr, timeoutMS, n.health())
 		}
-		return nil, newError(codeDialFailed, "dial %s: %v", addr, err)
+		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", addr, err)
 	}
 	b, err := n.newConn(c)
 	if err != nil {
 		return nil, err
 	}
-	return &reply{
-		result: map[string]any{
+	return &wire.Reply{
+		Result: map[string]any{
 			"conn":   b.id,
 			"local":  c.LocalAddr().String(),
 			"remote": c.RemoteAddr().String(),
 			"fd":     true,
 		},
-		fd:    b.takePassFD(),
-		after: func(sent bool) { n.startConn(b, sent) },
+		FD:    b.takePassFD(),
+		After: func(sent bool) { n.startConn(b, sent) },
 	}, nil
 }

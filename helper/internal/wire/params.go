@@ -1,31 +1,32 @@
-package main
+package wire
 
 import "fmt"
 
-// paramReader reads typed fields from a request's params. The first problem it finds is kept
+// ParamReader reads typed fields from a request's params. The first problem it finds is kept
 // as a bad_request error that names the field and the rule; later reads return zero values,
 // so a handler reads every field and then checks err once.
-type paramReader struct {
+type ParamReader struct {
 	p   map[string]any
-	err *rpcError
+	Err *Error // the first problem found, or nil
 }
 
-func newParamReader(p map[string]any) *paramReader { return &paramReader{p: p} }
+// NewParamReader reads p.
+func NewParamReader(p map[string]any) *ParamReader { return &ParamReader{p: p} }
 
-func (r *paramReader) fail(key, format string, args ...any) {
-	if r.err == nil {
-		r.err = newError(codeBadRequest, "%q %s", key, fmt.Sprintf(format, args...))
+func (r *ParamReader) fail(key, format string, args ...any) {
+	if r.Err == nil {
+		r.Err = NewError(CodeBadRequest, "%q %s", key, fmt.Sprintf(format, args...))
 	}
 }
 
 // lookup returns the field, treating nil like a missing field.
-func (r *paramReader) lookup(key string) (any, bool) {
+func (r *ParamReader) lookup(key string) (any, bool) {
 	v, ok := r.p[key]
 	return v, ok && v != nil
 }
 
-// string reads a required string.
-func (r *paramReader) string(key string) string {
+// String reads a required string.
+func (r *ParamReader) String(key string) string {
 	v, ok := r.lookup(key)
 	if !ok {
 		r.fail(key, "is required")
@@ -38,16 +39,16 @@ func (r *paramReader) string(key string) string {
 	return s
 }
 
-// optString reads an optional string; missing or nil gives "".
-func (r *paramReader) optString(key string) string {
+// OptString reads an optional string; missing or nil gives "".
+func (r *ParamReader) OptString(key string) string {
 	if _, ok := r.lookup(key); !ok {
 		return ""
 	}
-	return r.string(key)
+	return r.String(key)
 }
 
-// bool reads a required bool.
-func (r *paramReader) bool(key string) bool {
+// Bool reads a required bool.
+func (r *ParamReader) Bool(key string) bool {
 	v, ok := r.lookup(key)
 	if !ok {
 		r.fail(key, "is required")
@@ -60,22 +61,22 @@ func (r *paramReader) bool(key string) bool {
 	return b
 }
 
-// optBool reads an optional bool; missing or nil gives false.
-func (r *paramReader) optBool(key string) bool {
+// OptBool reads an optional bool; missing or nil gives false.
+func (r *ParamReader) OptBool(key string) bool {
 	if _, ok := r.lookup(key); !ok {
 		return false
 	}
-	return r.bool(key)
+	return r.Bool(key)
 }
 
-// uint reads a required unsigned integer in [min, max].
-func (r *paramReader) uint(key string, min, max uint64) uint64 {
+// Uint reads a required unsigned integer in [min, max].
+func (r *ParamReader) Uint(key string, min, max uint64) uint64 {
 	v, ok := r.lookup(key)
 	if !ok {
 		r.fail(key, "is required")
 		return 0
 	}
-	n, ok := asUint(v)
+	n, ok := AsUint(v)
 	if !ok || n < min || n > max {
 		r.fail(key, "must be an integer in %d..%d", min, max)
 		return 0
@@ -83,16 +84,16 @@ func (r *paramReader) uint(key string, min, max uint64) uint64 {
 	return n
 }
 
-// optUint reads an optional unsigned integer in [min, max]; missing or nil gives def.
-func (r *paramReader) optUint(key string, min, max, def uint64) uint64 {
+// OptUint reads an optional unsigned integer in [min, max]; missing or nil gives def.
+func (r *ParamReader) OptUint(key string, min, max, def uint64) uint64 {
 	if _, ok := r.lookup(key); !ok {
 		return def
 	}
-	return r.uint(key, min, max)
+	return r.Uint(key, min, max)
 }
 
-// strings reads a list of strings; missing or nil gives an empty list.
-func (r *paramReader) strings(key string) []string {
+// Strings reads a list of strings; missing or nil gives an empty list.
+func (r *ParamReader) Strings(key string) []string {
 	v, ok := r.lookup(key)
 	if !ok {
 		return nil

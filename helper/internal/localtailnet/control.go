@@ -1,11 +1,14 @@
-package main
-
-// The control mode: a complete local tailnet on a loopback address.
+// Package localtailnet is the helper's control mode: a complete local tailnet on a loopback
+// address.
 //
 // It runs Tailscale's own testcontrol server (the control plane Tailscale's tsnet and
 // integration tests use), a DERP relay and a STUN server, prints one JSON line describing them
 // on stdout, and serves until stdin reaches EOF or the process gets SIGTERM/SIGINT. The tsproc
 // Python library uses it for its test fixture and its offline demo.
+//
+// It knows nothing of the node mode or the control channel: Run gets the logger and the
+// parent watch it needs from the caller.
+package localtailnet
 
 import (
 	"bufio"
@@ -40,6 +43,8 @@ import (
 	"tailscale.com/types/key"
 	"tailscale.com/types/logger"
 	"tailscale.com/util/dnsname"
+
+	"github.com/tsproc/tsproc/helper/internal/jsonlog"
 )
 
 // controlShutdownTimeout bounds how long a clean shutdown may take before connections are
@@ -48,15 +53,16 @@ const controlShutdownTimeout = 1500 * time.Millisecond
 
 // controlConfig configures a local tailnet.
 type controlConfig struct {
-	listenAddr       netip.Addr // loopback address for control (HTTP), DERP (HTTPS) and STUN (UDP)
-	authKey          string     // if non-empty, nodes must log in with this key
-	interactiveLogin bool       // new nodes must complete an auth URL (testcontrol's RequireAuth)
-	magicDNSDomain   string     // MagicDNS suffix, e.g. "tailnet.test"
-	verbose          bool       // log control, DERP and STUN debug messages
+	jl               *jsonlog.Logger // where every line goes (redacting auth keys)
+	listenAddr       netip.Addr      // loopback address for control (HTTP), DERP (HTTPS) and STUN (UDP)
+	authKey          string          // if non-empty, nodes must log in with this key
+	interactiveLogin bool            // new nodes must complete an auth URL (testcontrol's RequireAuth)
+	magicDNSDomain   string          // MagicDNS suffix, e.g. "tailnet.test"
+	verbose          bool            // log control, DERP and STUN debug messages
 }
 
-// controlInfo is the JSON line the control mode prints once everything listens.
-type controlInfo struct {
+// Info is the JSON line the control mode prints once everything listens.
+type Info struct {
 	ControlURL       string `json:"control_url"`
 	DERPPort         int    `json:"derp_port"`
 	STUNPort         int    `json:"stun_port"`
@@ -69,7 +75,9 @@ type controlInfo struct {
 // errStdinClosed is the cancellation cause when the parent closes our stdin.
 var errStdinClosed = errors.New("stdin closed")
 
-func runControl(args []string) int {
+// Run is `tsproc-helper control args...`: it serves until stdin reaches EOF, a signal
+// arrives or watchParent reports the parent gone, logs to jl, and returns the exit code.
+func Run(args []string, jl *jsonlog.Logger, watchParent func(gone func(reason string))) int {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	// Die with the parent even if it cannot close our stdin (SIGKILL, crash) or something else
@@ -103,7 +111,7 @@ func runControl(args []string) int {
 		return 2 // fs.Parse has printed the error and the usage
 	}
 	usageError := func(format string, args ...any) int {
-		stderrLog.log("error", "control", fmt.Sprintf(format, args...))
+		jl.Log("error", "control", fmt.Sprintf(format, args...))
 		fs.Usage()
 		return 2
 	}
@@ -136,6 +144,7 @@ func runControl(args []string) int {
 	}
 
 	cfg := controlConfig{
+		jl:               jl,
 		listenAddr:       addr,
 		authKey:          *authKey,
 		interactiveLogin: *interactive,
@@ -154,7 +163,7 @@ func runControl(args []string) int {
 	// A shutdown that hangs must not leave a process behind.
 	context.AfterFunc(ctx, func() {
 		time.AfterFunc(controlShutdownTimeout+time.Second, func() {
-			stderrLog.log("error", "control", "shutdown did not finish in time; exiting anyway")
+			jl.Log("error", "control", "shutdown did not finish in time; exiting anyway")
 			os.Exit(1)
 		})
 	})
@@ -164,16 +173,16 @@ func runControl(args []string) int {
 		cancel(errStdinClosed)
 	}()
 
-	err = serveLocalTailnet(ctx, cfg, func(info controlInfo) {
+	err = serveLocalTailnet(ctx, cfg, func(info Info) {
 		b, _ := json.Marshal(info)
 		// os.Stdout is unbuffered: the line reaches the pipe in one write, no flush needed.
 		if _, err := os.Stdout.Write(append(b, '\n')); err != nil {
-			stderrLog.log("error", "control", fmt.Sprintf("writing the JSON line to stdout: %v", err))
+			jl.Log("error", "control", fmt.Sprintf("writing the JSON line to stdout: %v", err))
 			cancel(err)
 		}
 	})
 	if err != nil {
-		stderrLog.log("error", "control", err.Error())
+		jl.Log("error", "control", err.Error())
 		return 1
 	}
 	return 0
@@ -201,7 +210,7 @@ func (cfg controlConfig) logf(level, source string) logger.Logf {
 	if level == "debug" && !cfg.verbose {
 		return logger.Discard
 	}
-	logf := stderrLog.logf(level, source)
+	logf := cfg.jl.Logf(level, source)
 	if cfg.authKey == "" {
 		return logf
 	}
@@ -214,7 +223,7 @@ func (cfg controlConfig) logf(level, source string) logger.Logf {
 // until ctx is done, then shuts them down within about controlShutdownTimeout. It calls ready,
 // once, when all three are listening. It returns an error if one cannot start or stops
 // serving early; cancellation of ctx is a clean stop and returns nil.
-func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(controlInfo)) error {
+func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(Info)) error {
 	infof := cfg.logf("info", "control")
 	errorf := cfg.logf("error", "control")
 	// Requests, including the long-lived hijacked ones (DERP, the Noise channel to control)
@@ -323,7 +332,7 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(contro
 	if ctx.Err() != nil {
 		return nil
 	}
-	info := controlInfo{
+	info := Info{
 		ControlURL:       controlURL,
 		DERPPort:         derpPort,
 		STUNPort:         stunSrv.port(),

@@ -1,4 +1,4 @@
-package main
+package wire
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
+
+	"github.com/tsproc/tsproc/helper/internal/fdtest"
 )
 
 // mp marshals v with the msgpack library, for building test bodies.
@@ -32,13 +34,13 @@ func TestDecodeBody(t *testing.T) {
 		name    string
 		body    func(t *testing.T) []byte
 		wantErr string // substring of the protocol error; "" for success
-		check   func(t *testing.T, m *message)
+		check   func(t *testing.T, m *Message)
 	}{
 		{
 			name: "request",
 			body: func(t *testing.T) []byte { return mp(t, []any{0, 7, "ping", map[string]any{}}) },
-			check: func(t *testing.T, m *message) {
-				if m.kind != kindRequest || m.id != 7 || m.method != "ping" || len(m.params) != 0 || m.fd != -1 {
+			check: func(t *testing.T, m *Message) {
+				if m.Kind != KindRequest || m.ID != 7 || m.Method != "ping" || len(m.Params) != 0 || m.FD != -1 {
 					t.Errorf("got %+v", m)
 				}
 			},
@@ -48,20 +50,20 @@ func TestDecodeBody(t *testing.T) {
 			body: func(t *testing.T) []byte {
 				return mp(t, []any{2, "grant", map[string]any{"listener": 3, "n": 2}})
 			},
-			check: func(t *testing.T, m *message) {
-				if m.kind != kindNotification || m.method != "grant" {
+			check: func(t *testing.T, m *Message) {
+				if m.Kind != KindNotification || m.Method != "grant" {
 					t.Errorf("got %+v", m)
 				}
-				if n, _ := asUint(m.params["n"]); n != 2 {
-					t.Errorf("n = %#v", m.params["n"])
+				if n, _ := AsUint(m.Params["n"]); n != 2 {
+					t.Errorf("n = %#v", m.Params["n"])
 				}
 			},
 		},
 		{
 			name: "response result",
 			body: func(t *testing.T) []byte { return mp(t, []any{1, 4294967295, nil, map[string]any{"fd": true}}) },
-			check: func(t *testing.T, m *message) {
-				if m.kind != kindResponse || m.id != 4294967295 || m.err != nil || !m.carriesFD() {
+			check: func(t *testing.T, m *Message) {
+				if m.Kind != KindResponse || m.ID != 4294967295 || m.Err != nil || !m.carriesFD() {
 					t.Errorf("got %+v", m)
 				}
 			},
@@ -71,8 +73,8 @@ func TestDecodeBody(t *testing.T) {
 			body: func(t *testing.T) []byte {
 				return mp(t, []any{1, 1, map[string]any{"code": "limit", "message": "x"}, nil})
 			},
-			check: func(t *testing.T, m *message) {
-				if m.err == nil || m.err.Code != "limit" || m.result != nil {
+			check: func(t *testing.T, m *Message) {
+				if m.Err == nil || m.Err.Code != "limit" || m.Result != nil {
 					t.Errorf("got %+v", m)
 				}
 			},
@@ -157,7 +159,7 @@ func TestDecodeBody(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m, err := decodeBody(tt.body(t))
 			if tt.wantErr != "" {
-				var pe *protocolError
+				var pe *ProtocolError
 				if !errors.As(err, &pe) {
 					t.Fatalf("err = %v (%T), want a protocolError", err, err)
 				}
@@ -177,19 +179,19 @@ func TestDecodeBody(t *testing.T) {
 }
 
 func TestFrameRoundTrip(t *testing.T) {
-	msgs := []*message{
-		newRequest(1, "hello", map[string]any{"protocol": uint64(1)}),
-		newRequest(4294967295, "start", map[string]any{
+	msgs := []*Message{
+		NewRequest(1, "hello", map[string]any{"protocol": uint64(1)}),
+		NewRequest(4294967295, "start", map[string]any{
 			"hostname": "a", "tags": []string{"tag:x", "tag:y"}, "ephemeral": true, "nested": map[string]any{"k": []any{}},
 		}),
-		newNotification("grant", map[string]any{"listener": uint64(3), "n": uint64(300000)}),
-		newNotification("empty", nil),
-		newResponse(9, map[string]any{"fd": true, "conn": uint64(1 << 40), "neg": int64(-5), "f": 2.5}, nil),
-		newResponse(10, nil, &rpcError{Code: "timeout", Message: "slow"}),
-		newResponse(11, nil, nil),
+		NewNotification("grant", map[string]any{"listener": uint64(3), "n": uint64(300000)}),
+		NewNotification("empty", nil),
+		NewResponse(9, map[string]any{"fd": true, "conn": uint64(1 << 40), "neg": int64(-5), "f": 2.5}, nil),
+		NewResponse(10, nil, &Error{Code: "timeout", Message: "slow"}),
+		NewResponse(11, nil, nil),
 	}
 	for _, m := range msgs {
-		frame, err := encodeFrame(m)
+		frame, err := EncodeFrame(m)
 		if err != nil {
 			t.Fatalf("encode %+v: %v", m, err)
 		}
@@ -199,7 +201,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		var in fdInbox
 		var fds []int
 		if m.carriesFD() {
-			w, r := pipeFD(t)
+			w, r := fdtest.PipeFD(t)
 			r.Close()
 			fds = []int{w}
 		}
@@ -208,18 +210,18 @@ func TestFrameRoundTrip(t *testing.T) {
 		if err != nil || got == nil {
 			t.Fatalf("decode %+v: %v, %v", m, got, err)
 		}
-		if got.fd >= 0 {
-			unix.Close(got.fd)
+		if got.FD >= 0 {
+			unix.Close(got.FD)
 		}
 		// Decoding widens integer types, so compare by re-encoding.
-		again, err := encodeFrame(got)
+		again, err := EncodeFrame(got)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(frame, again) {
 			t.Errorf("round trip of %+v changed the bytes:\n%x\n%x", m, frame, again)
 		}
-		if got.kind != m.kind || got.id != m.id || got.method != m.method || got.carriesFD() != m.carriesFD() {
+		if got.Kind != m.Kind || got.ID != m.ID || got.Method != m.Method || got.carriesFD() != m.carriesFD() {
 			t.Errorf("round trip: got %+v, want %+v", got, m)
 		}
 	}
@@ -232,12 +234,12 @@ func TestEncodeFrameSizeCap(t *testing.T) {
 		wantErr bool
 	}{
 		{"small", 100, false},
-		{"just under", maxFrameBody - 64, false},
-		{"over", maxFrameBody + 1, true},
+		{"just under", MaxFrameBody - 64, false},
+		{"over", MaxFrameBody + 1, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := encodeFrame(newResponse(1, map[string]any{"s": strings.Repeat("x", tt.size)}, nil))
+			_, err := EncodeFrame(NewResponse(1, map[string]any{"s": strings.Repeat("x", tt.size)}, nil))
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
 			}

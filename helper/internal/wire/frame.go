@@ -86,6 +86,9 @@ func EncodeFrame(m *Message) ([]byte, error) {
 	enc.SetSortMapKeys(true) // deterministic bytes make tests and captures comparable
 
 	var err error
+	if m.Kind != KindRequest && m.Kind != KindNotification && m.Kind != KindResponse {
+		return nil, fmt.Errorf("encoding frame: unknown message kind %d", m.Kind)
+	}
 	switch m.Kind {
 	case KindRequest:
 		err = encodeAll(enc, int64(KindRequest), uint64(m.ID), m.Method, nonNilMap(m.Params))
@@ -98,8 +101,6 @@ func EncodeFrame(m *Message) ([]byte, error) {
 		} else {
 			err = encodeAll(enc, int64(KindResponse), uint64(m.ID), nil, nonNilMap(m.Result))
 		}
-	default:
-		return nil, fmt.Errorf("encoding frame: unknown message kind %d", m.Kind)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("encoding frame: %w", err)
@@ -324,8 +325,7 @@ func decodeValue(dec *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) 
 			return nil, err
 		}
 		return b, nil
-	default:
-		// The remaining scalars; the loose form yields int64, uint64 and float64 for numbers.
-		return dec.DecodeInterfaceLoose()
 	}
+	// The remaining scalars; the loose form yields int64, uint64 and float64 for numbers.
+	return dec.DecodeInterfaceLoose()
 }

@@ -140,7 +140,8 @@ func checkRoundTrip(t *testing.T, m *Message) {
 		if (m.Err == nil) == (m.Result == nil) {
 			t.Fatalf("decoded response with error %v and result %v", m.Err, m.Result)
 		}
-	default:
+	}
+	if m.Kind < KindRequest || m.Kind > KindNotification {
 		t.Fatalf("decoded message of kind %d", m.Kind)
 	}
 	// The body was at most maxFrameBody; re-encoding may widen small floats and ints a

@@ -26,12 +26,11 @@ func SeedFile(name string, vals ...any) Seed {
 	var b bytes.Buffer
 	b.WriteString("go test fuzz v1\n")
 	for _, v := range vals {
-		switch v := v.(type) {
-		case []byte:
-			b.WriteString("[]byte(" + strconv.Quote(string(v)) + ")\n")
-		case byte:
-			b.WriteString("byte(" + strconv.QuoteRune(rune(v)) + ")\n")
-		default:
+		if bs, ok := v.([]byte); ok {
+			b.WriteString("[]byte(" + strconv.Quote(string(bs)) + ")\n")
+		} else if c, ok := v.(byte); ok {
+			b.WriteString("byte(" + strconv.QuoteRune(rune(c)) + ")\n")
+		} else {
 			panic("unsupported seed type")
 		}
 	}

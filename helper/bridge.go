@@ -64,24 +64,14 @@ type bridge struct {
 // newBridge makes the socketpair for tn. Until start is called nothing is pumped; the caller
 // hands passFD to the host and then calls start, or abort if the hand-over failed.
 func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
-	fds, err := socketpair()
+	local, passFD, err := newSocketpair(unix.SOCK_STREAM, "tsproc-conn", hostSendBuf)
 	if err != nil {
-		return nil, fmt.Errorf("socketpair: %w", err)
+		return nil, err
 	}
-	// Best effort: without it the bridge works, with smaller steps.
-	_ = unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, hostSendBuf)
-	f := os.NewFile(uintptr(fds[0]), "tsproc-conn")
-	c, err := net.FileConn(f) // dups the fd into the runtime poller
-	f.Close()
-	if err != nil {
-		unix.Close(fds[1])
-		return nil, fmt.Errorf("socketpair end: %w", err)
-	}
-	local := c.(*net.UnixConn)
 	rc, err := local.SyscallConn()
 	if err != nil {
 		local.Close()
-		unix.Close(fds[1])
+		unix.Close(passFD)
 		return nil, fmt.Errorf("socketpair end: %w", err)
 	}
 	return &bridge{
@@ -89,7 +79,7 @@ func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
 		tn:      tn,
 		local:   local,
 		localRC: rc,
-		passFD:  fds[1],
+		passFD:  passFD,
 		onEnd:   onEnd,
 	}, nil
 }

@@ -2,16 +2,90 @@ package main
 
 import (
 	"cmp"
+	"context"
+	"errors"
 	"net/netip"
 	"runtime"
 	"slices"
 
+	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
-// Mapping of tsnet's status and WhoIs answers to the result maps of docs/protocol.md §4.
+// What the node knows: status, whois and logout, and the mapping of tsnet's status and
+// WhoIs answers to the result maps of docs/protocol.md §4.
 // Lists are never nil, so the host always sees a list, never nil.
+
+// health returns the node's health warnings as a message suffix.
+func (n *node) health() string {
+	_, lc := n.server()
+	if lc == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), localCallTimeout)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return "; health: unavailable (" + err.Error() + ")"
+	}
+	return healthSuffix(st.Health)
+}
+
+func (n *node) status(ctx context.Context) (*wire.Reply, error) {
+	_, lc, err := n.requireStarted()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	defer cancel()
+	st, err := lc.Status(ctx)
+	if err != nil {
+		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
+	}
+	return wire.OKReply(n.statusResult(st)), nil
+}
+
+func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	addr := p.String("addr")
+	if p.Err != nil {
+		return nil, p.Err
+	}
+	if _, err := netip.ParseAddr(addr); err != nil {
+		if _, err := netip.ParseAddrPort(addr); err != nil {
+			return nil, wire.NewError(wire.CodeBadRequest, `"addr" must be "ip" or "ip:port"`)
+		}
+	}
+	_, lc, err := n.requireStarted()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	defer cancel()
+	who, err := lc.WhoIs(ctx, addr)
+	if errors.Is(err, local.ErrPeerNotFound) {
+		return nil, wire.NewError(wire.CodeNotFound, "no tailnet node has address %s", addr)
+	}
+	if err != nil {
+		return nil, wire.NewError(wire.CodeInternal, "whois: %v", err)
+	}
+	return wire.OKReply(whoisResult(who)), nil
+}
+
+func (n *node) logout(ctx context.Context) (*wire.Reply, error) {
+	_, lc, err := n.requireStarted()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
+	defer cancel()
+	if err := lc.Logout(ctx); err != nil {
+		return nil, wire.NewError(wire.CodeInternal, "logout: %v", err)
+	}
+	return wire.OKReply(map[string]any{}), nil
+}
 
 // statusResult is the status map, with the helper's own counts.
 func (n *node) statusResult(st *ipnstate.Status) map[string]any {

@@ -1,23 +1,16 @@
 package main
 
 import (
-	"context"
 	"math"
 	"net"
-	"net/netip"
 	"strconv"
-	"strings"
-	"time"
-
-	"tailscale.com/client/local"
-	"tailscale.com/ipn"
-	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/tsnet"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
-// Connections: listen with its accept hand-over, close_listener, and dial.
+// TCP listeners: listen, the registration every kind of listener goes through, the
+// hand-over of accepted connections (the accept pump itself is in accept.go), and
+// close_listener.
 
 func (n *node) listen(p *wire.ParamReader) (*wire.Reply, error) {
 	network := p.String("network")
@@ -29,16 +22,16 @@ func (n *node) listen(p *wire.ParamReader) (*wire.Reply, error) {
 	if network != "tcp" {
 		return nil, wire.NewError(wire.CodeBadRequest, `"network" must be "tcp"`)
 	}
-	srv, _ := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotRunning, "call start first")
+	srv, _, err := n.requireRunning()
+	if err != nil {
+		return nil, err
 	}
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
 	}
 	ln, err := srv.Listen("tcp", ":"+strconv.FormatUint(port, 10))
 	if err != nil {
-		if strings.Contains(err.Error(), "already open") {
+		if isPortInUse(err) {
 			return nil, wire.NewError(wire.CodeAddressInUse, "port %d: %v", port, err)
 		}
 		return nil, wire.NewError(wire.CodeInternal, "listen: %v", err)
@@ -79,20 +72,6 @@ func (n *node) openListener(ln net.Listener, backlog int) (*wire.Reply, error) {
 			}
 		},
 	}, nil
-}
-
-// startedStatus returns the started server, its local client and its status without peers,
-// or not_running before start.
-func (n *node) startedStatus(ctx context.Context) (*tsnet.Server, *local.Client, *ipnstate.Status, error) {
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, nil, nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
-	}
-	st, err := lc.StatusWithoutPeers(ctx)
-	if err != nil {
-		return nil, nil, nil, wire.NewError(wire.CodeInternal, "status: %v", err)
-	}
-	return srv, lc, st, nil
 }
 
 // checkListenerRoom reports a limit error when the node has all the listeners it may have.
@@ -148,62 +127,4 @@ func (n *node) closeListener(p *wire.ParamReader) (*wire.Reply, error) {
 	}
 	l.close()
 	return wire.OKReply(map[string]any{}), nil
-}
-
-func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
-	network := p.String("network")
-	host := p.String("host")
-	port := p.Uint("port", 1, 65535)
-	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
-	if p.Err != nil {
-		return nil, p.Err
-	}
-	switch {
-	case network != "tcp":
-		return nil, wire.NewError(wire.CodeBadRequest, `"network" must be "tcp"`)
-	case host == "" || len(host) > 253:
-		return nil, wire.NewError(wire.CodeBadRequest, `"host" must be 1 to 253 characters`)
-	}
-	srv, lc, st, err := n.startedStatus(ctx)
-	if err != nil {
-		return nil, err
-	}
-	// Starting is let through: tsnet's Dial waits for Running within the timeout.
-	if st.BackendState != ipn.Running.String() && st.BackendState != ipn.Starting.String() {
-		return nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", st.BackendState)
-	}
-
-	dialCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
-	defer cancel()
-	ip, err := n.resolver.resolve(dialCtx, lc, host)
-	if err != nil {
-		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", host, err)
-	}
-	// Dial the resolved IP, never the name: tsnet would resolve an unknown name with the
-	// system's DNS (see resolve.go).
-	addr := netip.AddrPortFrom(ip, uint16(port)).String()
-	c, err := srv.Dial(dialCtx, "tcp", addr)
-	if err != nil {
-		switch {
-		case ctx.Err() != nil:
-			return nil, wire.NewError(wire.CodeInternal, "dial cancelled: the helper is shutting down")
-		case dialCtx.Err() != nil:
-			return nil, wire.NewError(wire.CodeTimeout, "dial %s: no connection after %d ms%s", addr, timeoutMS, n.health())
-		}
-		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", addr, err)
-	}
-	b, err := n.newConn(c)
-	if err != nil {
-		return nil, err
-	}
-	return &wire.Reply{
-		Result: map[string]any{
-			"conn":   b.id,
-			"local":  c.LocalAddr().String(),
-			"remote": c.RemoteAddr().String(),
-			"fd":     true,
-		},
-		FD:    b.takePassFD(),
-		After: func(sent bool) { n.startConn(b, sent) },
-	}, nil
 }

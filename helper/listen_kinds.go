@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 
 	"tailscale.com/tailcfg"
@@ -80,7 +79,7 @@ func (n *node) listenWithCerts(ctx context.Context, p *wire.ParamReader, unavail
 
 // listenError maps tsnet's listen errors: a port in use, or the feature being unavailable.
 func listenError(port uint64, err error, unavailable string) error {
-	if strings.Contains(err.Error(), "already open") {
+	if isPortInUse(err) {
 		return wire.NewError(wire.CodeAddressInUse, "port %d: %v", port, err)
 	}
 	return wire.NewError(unavailable, "port %d: %v", port, err)
@@ -91,9 +90,9 @@ func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	srv, _ := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotRunning, "call start first")
+	srv, _, err := n.requireRunning()
+	if err != nil {
+		return nil, err
 	}
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
@@ -104,9 +103,9 @@ func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
 // certDomains lists the names the tailnet will issue certificates for: none without the
 // "https" capability, whatever DNS names the netmap carries.
 func (n *node) certDomains(ctx context.Context) (*wire.Reply, error) {
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
+	_, lc, err := n.requireStarted()
+	if err != nil {
+		return nil, err
 	}
 	st, err := lc.StatusWithoutPeers(ctx)
 	if err != nil {

@@ -2,18 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"math"
-	"net/netip"
 	"time"
-
-	"tailscale.com/client/local"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
-// The method table of docs/protocol.md §4, the host's notifications, and status, whois and
-// logout. start and up are in start.go, the connection methods in connect.go.
+// The method table of docs/protocol.md §4 and the host's notifications. The handlers are in
+// files named for what they do: start.go (start, up), listen.go, listen_kinds.go, dial.go,
+// packet.go, ping.go and info.go (status, whois, logout; cert_domains is with the TLS listeners).
 
 const (
 	maxListeners   = 256
@@ -108,72 +105,4 @@ func (n *node) Notification(method string, params map[string]any) {
 		}
 	}
 	// Unknown notifications are ignored (docs/protocol.md §1).
-}
-
-// health returns the node's health warnings as a message suffix.
-func (n *node) health() string {
-	_, lc := n.server()
-	if lc == nil {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), localCallTimeout)
-	defer cancel()
-	st, err := lc.StatusWithoutPeers(ctx)
-	if err != nil {
-		return "; health: unavailable (" + err.Error() + ")"
-	}
-	return healthSuffix(st.Health)
-}
-
-func (n *node) status(ctx context.Context) (*wire.Reply, error) {
-	_, lc := n.server()
-	if lc == nil {
-		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
-	}
-	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
-	defer cancel()
-	st, err := lc.Status(ctx)
-	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
-	}
-	return wire.OKReply(n.statusResult(st)), nil
-}
-
-func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
-	addr := p.String("addr")
-	if p.Err != nil {
-		return nil, p.Err
-	}
-	if _, err := netip.ParseAddr(addr); err != nil {
-		if _, err := netip.ParseAddrPort(addr); err != nil {
-			return nil, wire.NewError(wire.CodeBadRequest, `"addr" must be "ip" or "ip:port"`)
-		}
-	}
-	_, lc := n.server()
-	if lc == nil {
-		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
-	}
-	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
-	defer cancel()
-	who, err := lc.WhoIs(ctx, addr)
-	if errors.Is(err, local.ErrPeerNotFound) {
-		return nil, wire.NewError(wire.CodeNotFound, "no tailnet node has address %s", addr)
-	}
-	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "whois: %v", err)
-	}
-	return wire.OKReply(whoisResult(who)), nil
-}
-
-func (n *node) logout(ctx context.Context) (*wire.Reply, error) {
-	_, lc := n.server()
-	if lc == nil {
-		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
-	}
-	ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
-	defer cancel()
-	if err := lc.Logout(ctx); err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "logout: %v", err)
-	}
-	return wire.OKReply(map[string]any{}), nil
 }

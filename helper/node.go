@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"tailscale.com/client/local"
+	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
@@ -270,6 +271,43 @@ func (n *node) server() (*tsnet.Server, *local.Client) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.srv, n.lc
+}
+
+// requireStarted returns the started tsnet server and its local client, or not_started
+// before start. The methods that talk to tsnet's LocalAPI (up, status, whois, logout,
+// cert_domains) use it.
+func (n *node) requireStarted() (*tsnet.Server, *local.Client, error) {
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, nil, wire.NewError(wire.CodeNotStarted, "call start first")
+	}
+	return srv, lc, nil
+}
+
+// requireRunning is requireStarted for the methods that need the tailnet itself (listen,
+// dial, ping_peer, the UDP ones): before start they answer not_running, the code that the
+// same methods give later when the node is started but not (yet) Running. Whether the
+// backend is Running is each method's own check, because tsnet's Dial waits for it.
+func (n *node) requireRunning() (*tsnet.Server, *local.Client, error) {
+	srv, lc := n.server()
+	if srv == nil {
+		return nil, nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
+	}
+	return srv, lc, nil
+}
+
+// startedStatus returns the started server, its local client and its status without peers,
+// or not_running before start.
+func (n *node) startedStatus(ctx context.Context) (*tsnet.Server, *local.Client, *ipnstate.Status, error) {
+	srv, lc, err := n.requireRunning()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, nil, nil, wire.NewError(wire.CodeInternal, "status: %v", err)
+	}
+	return srv, lc, st, nil
 }
 
 // goOwned runs f in a goroutine that close waits for, unless the node is already closed.

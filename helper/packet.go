@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -56,9 +54,9 @@ func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	srv, _ := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
+	srv, _, err := n.requireRunning()
+	if err != nil {
+		return nil, err
 	}
 	ip4, _ := srv.TailscaleIPs()
 	if !ip4.IsValid() {
@@ -66,7 +64,7 @@ func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
 	}
 	pc, err := srv.ListenPacket("udp", netip.AddrPortFrom(ip4, uint16(port)).String())
 	if err != nil {
-		if errors.Is(err, unix.EADDRINUSE) || strings.Contains(err.Error(), "in use") {
+		if isUDPPortInUse(err) {
 			return nil, wire.NewError(wire.CodeAddressInUse, "udp port %d: %v", port, err)
 		}
 		return nil, wire.NewError(wire.CodeInternal, "listen_packet: %v", err)
@@ -81,9 +79,9 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
+	srv, lc, err := n.requireRunning()
+	if err != nil {
+		return nil, err
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()
@@ -103,29 +101,21 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 // handOverPacket makes the socketpair for pc and answers with the host's end; the relay
 // starts once the host has it. It owns pc.
 func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*wire.Reply, error) {
-	fds, err := socketpairOf(packetSocketType)
+	local, passFD, err := newSocketpair(packetSocketType, "tsproc-packet", 0)
 	if err != nil {
 		pc.Close()
-		return nil, wire.NewError(wire.CodeInternal, "socketpair: %v", err)
-	}
-	f := os.NewFile(uintptr(fds[0]), "tsproc-packet")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		pc.Close()
-		unix.Close(fds[1])
-		return nil, wire.NewError(wire.CodeInternal, "socketpair end: %v", err)
+		return nil, wire.NewError(wire.CodeInternal, "%v", err)
 	}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
 		pc.Close()
-		c.Close()
-		unix.Close(fds[1])
+		local.Close()
+		unix.Close(passFD)
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	n.nextConn++
-	r := &packetRelay{id: n.nextConn, pc: pc, local: c.(*net.UnixConn), passFD: fds[1]}
+	r := &packetRelay{id: n.nextConn, pc: pc, local: local, passFD: passFD}
 	n.packets[r.id] = r
 	n.mu.Unlock()
 	result["packet"] = r.id

@@ -16,9 +16,9 @@ func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, 
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotRunning, "call start and up first")
+	_, lc, err := n.requireRunning()
+	if err != nil {
+		return nil, err
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()

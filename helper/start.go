@@ -210,9 +210,9 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	srv, lc := n.server()
-	if srv == nil {
-		return nil, wire.NewError(wire.CodeNotStarted, "call start first")
+	srv, lc, err := n.requireStarted()
+	if err != nil {
+		return nil, err
 	}
 	upCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
 	defer cancel()
@@ -229,18 +229,6 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 		return nil, wire.NewError(wire.CodeAuthFailed, "control server refused the login: %v", err)
 	}
 	return nil, wire.NewError(wire.CodeInternal, "up: %v", err)
-}
-
-// isAuthError reports whether an error from tsnet's Up is the control server refusing the
-// login. Up reports the backend's ErrMessage (for example "invalid authkey") as "backend:".
-func isAuthError(err error) bool {
-	msg := strings.ToLower(err.Error())
-	for _, s := range []string{"backend:", "authkey", "auth key", "invalid key", "unauthorized"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // upTimeout explains why up did not reach Running in time.

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"tailscale.com/ipn"
+
+	"github.com/tsproc/tsproc/helper/internal/wire"
+)
+
+// dial: a TCP connection to a tailnet address, handed to the host with the response.
+
+func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	network := p.String("network")
+	host := p.String("host")
+	port := p.Uint("port", 1, 65535)
+	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
+	if p.Err != nil {
+		return nil, p.Err
+	}
+	switch {
+	case network != "tcp":
+		return nil, wire.NewError(wire.CodeBadRequest, `"network" must be "tcp"`)
+	case host == "" || len(host) > 253:
+		return nil, wire.NewError(wire.CodeBadRequest, `"host" must be 1 to 253 characters`)
+	}
+	srv, lc, st, err := n.startedStatus(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Starting is let through: tsnet's Dial waits for Running within the timeout.
+	if st.BackendState != ipn.Running.String() && st.BackendState != ipn.Starting.String() {
+		return nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", st.BackendState)
+	}
+
+	dialCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
+	defer cancel()
+	ip, err := n.resolver.resolve(dialCtx, lc, host)
+	if err != nil {
+		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", host, err)
+	}
+	// Dial the resolved IP, never the name: tsnet would resolve an unknown name with the
+	// system's DNS (see resolve.go).
+	addr := netip.AddrPortFrom(ip, uint16(port)).String()
+	c, err := srv.Dial(dialCtx, "tcp", addr)
+	if err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return nil, wire.NewError(wire.CodeInternal, "dial cancelled: the helper is shutting down")
+		case dialCtx.Err() != nil:
+			return nil, wire.NewError(wire.CodeTimeout, "dial %s: no connection after %d ms%s", addr, timeoutMS, n.health())
+		}
+		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", addr, err)
+	}
+	b, err := n.newConn(c)
+	if err != nil {
+		return nil, err
+	}
+	return &wire.Reply{
+		Result: map[string]any{
+			"conn":   b.id,
+			"local":  c.LocalAddr().String(),
+			"remote": c.RemoteAddr().String(),
+			"fd":     true,
+		},
+		FD:    b.takePassFD(),
+		After: func(sent bool) { n.startConn(b, sent) },
+	}, nil
+}

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HELPER := tsproc/_bin/tsproc-helper
-GO_SOURCES := $(wildcard helper/*.go) helper/go.mod helper/go.sum
+GO_SOURCES := $(shell find helper -name '*.go') helper/go.mod helper/go.sum
 # Evaluated when used, once the venv exists.
 GO = $(shell $(PY) hatch_build.py --print-go)
 export GOTOOLCHAIN := local
@@ -37,12 +37,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check tsproc tests examples wheels benchmarks hatch_build.py
 	$(VENV)/bin/mypy
 
-# Then a short fuzz run of each target (helper/protocol_fuzz_test.go); FUZZTIME=5m fuzzes longer.
+# Then a short fuzz run of each target (helper/internal/wire/fuzz_test.go, helper/protocol_fuzz_test.go); FUZZTIME=5m fuzzes longer.
 # The first fuzz run builds an instrumented copy of every dependency (minutes), then it is cached.
 FUZZTIME ?= 10s
 gotest: $(VENV)/.installed
 	cd helper && $(GO) test -count=1 ./...
-	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) .
+	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/wire
 	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDispatch$$' -fuzztime=$(FUZZTIME) .
 
 pytest: $(HELPER) headscale

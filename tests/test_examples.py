@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -106,6 +107,47 @@ async def test_http_service_admits_by_login_and_the_client_example_fetches(tailn
             assert "GET http://web/admin -> 403\n" in text
             assert "may not see this page" in text
             assert '"host_name": "bob"' in text
+        finally:
+            await stop(service)
+        nursery.cancel_scope.cancel()
+
+
+async def test_fastapi_greeter_under_asyncio_and_the_requests_client(tailnet):
+    async with trio.open_nursery() as nursery:
+        service, out = await start(nursery, "fastapi_greeter.py", "--control-url",
+                                   tailnet.control_url)
+        try:
+            await out.wait_for("ready: serving http://greeter:80/")
+            with trio.fail_after(90):
+                result = await trio.run_process(
+                    [sys.executable, str(EXAMPLES / "requests_client.py"), "--control-url",
+                     tailnet.control_url, "--hostname", "fetcher", "http://greeter/"],
+                    capture_stdout=True, capture_stderr=True, env=cli_env(), check=False,
+                )
+            assert result.returncode == 0, result.stderr.decode()
+            text = result.stdout.decode()
+            assert text.startswith("GET http://greeter/ -> 200\n"), text
+            body = json.loads(text.split("\n", 1)[1])
+            assert body["host_name"] == "fetcher"
+            assert body["greeting"].startswith("hello ")
+            assert body["greeting"].endswith(", on fetcher")
+        finally:
+            await stop(service)
+        nursery.cancel_scope.cancel()
+
+
+async def test_fastapi_greeter_with_its_own_local_tailnet():
+    async with trio.open_nursery() as nursery:
+        service, out = await start(nursery, "fastapi_greeter.py", "--local", "--port", "8000")
+        try:
+            url = (await out.wait_for("local tailnet: ")).split(": ", 1)[1]
+            await out.wait_for("ready: serving http://greeter:8000/")
+            async with Node("visitor", control_url=url, ephemeral=True) as visitor, \
+                    httpx.AsyncClient(transport=TailnetTransport(visitor)) as client:
+                response = await client.get(
+                    "http://greeter:8000/", headers={"Tailscale-User-Login": "root@x"})
+            assert response.status_code == 200
+            assert response.json()["host_name"] == "visitor"
         finally:
             await stop(service)
         nursery.cancel_scope.cancel()

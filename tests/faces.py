@@ -1,0 +1,124 @@
+"""Shared by the asyncio and blocking face tests: resource snapshots, and a Python subprocess
+that is interrupted with Ctrl-C (SIGINT) the way a person would."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from tests.conftest import child_pids, fd_targets, open_fds, pid_alive
+from tests.test_cli import cli_env
+
+
+@dataclass
+class Snapshot:
+    """This process's fds, threads and children at one moment."""
+
+    fds: set[int]
+    threads: set[int]
+    children: set[int]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(open_fds(), {t.ident for t in threading.enumerate() if t.ident},
+                   child_pids())
+
+    def leaks(self) -> str:
+        """What was opened since this snapshot and is still open ('' for nothing)."""
+        now = Snapshot.take()
+        extra_threads = [t.name for t in threading.enumerate() if t.ident not in self.threads]
+        extra_children = {p for p in now.children - self.children if pid_alive(p)}
+        extra_fds = now.fds - self.fds
+        if not (extra_threads or extra_children or extra_fds):
+            return ""
+        return (f"threads {extra_threads}, children {extra_children}, "
+                f"fds {fd_targets(extra_fds)}")
+
+    def assert_nothing_leaked(self, timeout: float = 30.0) -> None:
+        """Everything opened since this snapshot is gone (waiting, boundedly, for threads and
+        processes that are on their way out)."""
+        deadline = time.monotonic() + timeout
+        while leaks := self.leaks():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"leaked: {leaks}")
+            time.sleep(0.05)
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Script:
+    """``python -c SOURCE`` with its stdout read line by line."""
+
+    def __init__(self, source: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", source, *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=cli_env(), text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float = 90.0) -> str:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.process.poll() is not None and not select.select(
+                    [self.process.stdout], [], [], 0)[0]):
+                self.kill()
+                raise AssertionError(f"no {prefix!r} line; stderr:\n{self.stderr()}")
+            if select.select([self.process.stdout], [], [], min(remaining, 1.0))[0]:
+                line = self.process.stdout.readline()
+                if line:
+                    self.lines.append(line)
+
+    def interrupt(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Ctrl-C: SIGINT, then the exit status and stderr."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            message = f"still running {timeout} s after Ctrl-C:\n{self.stderr()}"
+            raise AssertionError(message) from None
+        return code, self.stderr()
+
+    def stderr(self) -> str:
+        assert self.process.stderr is not None
+        if self.process.poll() is None:
+            return "(still running)"
+        return self.process.stderr.read()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self) -> None:
+        self.kill()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def assert_gone(pid: int, timeout: float = 30.0) -> None:
+    """Process *pid* (not ours: the script's helper) has exited."""
+    wait_until(lambda: not pid_alive(pid), timeout, f"helper {pid} to exit")
+
+
+def kill(pid: int | None) -> None:
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)

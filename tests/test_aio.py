@@ -56,6 +56,12 @@ def test_dial_serve_whois_status_events_and_half_close(net):
                 assert reader.at_eof()
                 writer.close()
                 await writer.wait_closed()
+                # Closed here before the peer ended: a read says so, it does not look like EOF.
+                reader, writer = await client.dial("aserver", 7)
+                writer.close()
+                await writer.wait_closed()
+                with pytest.raises(ConnectionAbortedError):
+                    await reader.read()
             assert not tcp.is_serving()
 
             status = await client.status()
@@ -240,20 +246,25 @@ async def main():
         print("helper:", node.helper_pid, flush=True)
         server = await tsproc.aio.serve(lambda r, w: None, node, 7)
         print("ready:", flush=True)
-        await server.serve_forever()
+        if sys.argv[2] == "serve_forever":
+            await server.serve_forever()
+        else:
+            async for event in node.events():  # a call waiting in the trio thread
+                pass
 
 asyncio.run(main())
 """
 
 
-def test_ctrl_c_under_asyncio_run_exits_with_keyboardinterrupt(net):
-    script = Script(CTRL_C_SCRIPT, net.control_url)
+@pytest.mark.parametrize("blocked_in", ["serve_forever", "events"])
+def test_ctrl_c_under_asyncio_run_exits_with_keyboardinterrupt(net, blocked_in):
+    script = Script(CTRL_C_SCRIPT, net.control_url, blocked_in)
     try:
         helper = int(script.wait_for("helper:"))
         script.wait_for("ready:")
         code, stderr = script.interrupt()
         assert "KeyboardInterrupt" in stderr, stderr
         assert code != 0
-        assert_gone(helper)
+        assert_gone(helper)  # leaving async with closed the node: its helper is gone
     finally:
         script.close()

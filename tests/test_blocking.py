@@ -183,20 +183,27 @@ CTRL_C_SCRIPT = """
 import sys, tsproc.blocking
 with tsproc.blocking.Node("bctrlc", control_url=sys.argv[1], ephemeral=True) as node:
     print("helper:", node.helper_pid, flush=True)
-    with node.listen(7) as listener:
+    with node.listen(7) as listener, node.events() as events:
         print("ready:", flush=True)
-        listener.accept()
+        if sys.argv[2] == "accept":
+            listener.accept()       # a select() on the listener's wake-up socket
+        elif sys.argv[2] == "events":
+            next(events)            # a wait for the trio thread's answer
+        else:
+            sock = node.dial("bctrlc", 7, timeout=30)
+            sock.recv(1)            # a plain recv(2) on the connection
 """
 
 
-def test_ctrl_c_while_blocked_exits_with_keyboardinterrupt(net):
-    script = Script(CTRL_C_SCRIPT, net.control_url)
+@pytest.mark.parametrize("blocked_in", ["accept", "events", "recv"])
+def test_ctrl_c_while_blocked_exits_with_keyboardinterrupt(net, blocked_in):
+    script = Script(CTRL_C_SCRIPT, net.control_url, blocked_in)
     try:
         helper = int(script.wait_for("helper:"))
         script.wait_for("ready:")
         code, stderr = script.interrupt()
         assert "KeyboardInterrupt" in stderr, stderr
         assert code != 0
-        assert_gone(helper)
+        assert_gone(helper)  # the with block closed the node: its helper is gone
     finally:
         script.close()

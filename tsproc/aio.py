@@ -141,7 +141,6 @@ def _dispose(result: outcome.Outcome[T], dispose: Callable[[T], None] | None) ->
         dispose(result.value)
 
 
-@final
 class TailnetStreamWriter(asyncio.StreamWriter):
     """The :class:`asyncio.StreamWriter` of a tailnet connection.
 
@@ -546,7 +545,7 @@ class _TailnetSocketInfo:
 
 
 @final
-class _HypercornWriter(TailnetStreamWriter):  # type: ignore[misc]
+class _HypercornWriter(TailnetStreamWriter):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":
             return _TailnetSocketInfo(self)

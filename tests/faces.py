@@ -78,8 +78,11 @@ class Script:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (self.process.poll() is not None and not select.select(
                     [self.process.stdout], [], [], 0)[0]):
+                exited = self.process.poll()
                 self.kill()
-                raise AssertionError(f"no {prefix!r} line; stderr:\n{self.stderr()}")
+                raise AssertionError(
+                    f"no {prefix!r} line (exit status {exited}, stdout {self.lines}); "
+                    f"stderr:\n{self.stderr()}")
             if select.select([self.process.stdout], [], [], min(remaining, 1.0))[0]:
                 line = self.process.stdout.readline()
                 if line:

@@ -13,6 +13,10 @@ connection's bookkeeping (the helper's ``conn_end`` word, and ``close_conn`` whe
 application lets go). When fd B's owner closes, it tells us (:meth:`BridgedConn.close_soon`)
 and fd A closes too, which ends the tailnet connection at once.
 
+Blocking mode is a property of the open file, so fd A follows whatever fd B's owner sets
+(asyncio: non-blocking; a blocking socket: blocking). That is harmless: the trio side reads fd A
+only once it is at EOF, which never blocks, and never writes to it.
+
 **Honest EOF.** A socketpair reads EOF both when the peer ended cleanly and when the helper
 died. When the other world reads EOF on fd B, it asks :meth:`BridgedConn.verify_eof`, which
 reads the (equally ended, and empty) stream here: the TailnetStream then waits for the
@@ -188,6 +192,10 @@ class NodeRuntime(HostedContext[Node]):
     def after_exit(self) -> None:
         # A dial that finished while the node was closing bridged one more.
         self.before_exit()
+
+    def close_listener_soon(self, listener: TailnetListener) -> None:
+        """For a listen whose caller stopped waiting: release the port (from any thread)."""
+        self.thread.run_sync_soon(lambda: listener.close_now("nobody took the listener"))
 
     def bridge(self, stream: TailnetStream) -> BridgedConn:
         """Hand *stream* over: a BridgedConn with a duplicate of its fd (trio thread)."""

@@ -386,8 +386,9 @@ class Node:
         return EventStream(self._runtime)
 
     async def _listen(self, port: int, backlog: int) -> TailnetListener:
-        return await _call_in(self._runtime, partial(self._runtime.node.listen, port,
-                                                     backlog=backlog))
+        runtime = self._runtime
+        return await _call_in(runtime, partial(runtime.node.listen, port, backlog=backlog),
+                              dispose=runtime.close_listener_soon)
 
 
 @final

@@ -208,10 +208,6 @@ class TailnetSocket(socket.socket):
         raise OSError("a tailnet socket cannot be detached (its node must see it close)")
 
 
-def _close_listener_soon(thread: TrioThread, listener: Any) -> None:
-    thread.run_sync_soon(lambda: listener.close_now("nobody took the listener"))
-
-
 @final
 class Listener:
     """Accepts tailnet connections to one port (:meth:`Node.listen`), like a listening socket:
@@ -415,7 +411,7 @@ class Node:
         """
         runtime = self._runtime
         listener = _call(runtime.thread, partial(runtime.node.listen, port, backlog=backlog),
-                         dispose=partial(_close_listener_soon, runtime.thread))
+                         dispose=runtime.close_listener_soon)
         return Listener(self, port, listener)
 
     def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:

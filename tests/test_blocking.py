@@ -168,14 +168,21 @@ def test_node_close_leaves_no_thread_fd_or_process(net):
             net.node("bclosing") as node:
         sock = node.dial("bother", 7, timeout=60)
         accepted, _ = listener.accept(timeout=60)
-        accepted.sendall(b"bye")
-        assert "tsproc node bclosing" in {t.name for t in threading.enumerate()}
-    # The node's sockets (here: not closed by the user) read the end, not a clean EOF.
-    assert sock.recv(3) == b"bye"
-    with pytest.raises(ConnectionResetError):
-        sock.recv(3)
-    sock.close()
-    accepted.close()
+        try:
+            accepted.sendall(b"bye")
+            assert sock.recv(3) == b"bye"
+            assert "tsproc node bclosing" in {t.name for t in threading.enumerate()}
+        except BaseException:
+            sock.close()
+            accepted.close()
+            raise
+    try:
+        # A socket the user kept open past its node's close reads the end as an error.
+        with pytest.raises(ConnectionResetError):
+            sock.recv(3)
+    finally:
+        sock.close()
+        accepted.close()
     before.assert_nothing_leaked()
 
 

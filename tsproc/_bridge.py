@@ -26,6 +26,7 @@ helper's ``conn_end`` and reports EOF only if that says clean, else raises, whic
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 from contextlib import AbstractAsyncContextManager
@@ -33,16 +34,16 @@ from typing import Final, Generic, TypeVar, final
 
 import trio
 
-from ._node import Node
-from ._streams import TailnetListener, TailnetStream
+from . import Node, TailnetListener, TailnetStream
 from ._trio_thread import TrioThread
 from .errors import InvalidArgumentError, NodeClosedError, NodeTimeoutError
 
-__all__ = ["BridgedConn", "HostedContext", "NodeRuntime", "check_timeout"]
+__all__ = ["BridgedConn", "HostedContext", "IPAddress", "NodeRuntime", "check_timeout"]
 
 T = TypeVar("T")
 
 Addr = tuple[str, int]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # How long a face waits for the node's thread to end after it closed the node (the close itself
 # is bounded by RestartPolicy.shutdown_grace, twice).

@@ -14,9 +14,9 @@ nothing of asyncio, of blocking sockets or of tailnets:
   already ending) fails with :class:`~tsproc.NodeClosedError`, so no caller waits forever.
 
 Why a thread with ``trio.run`` rather than ``trio.lowlevel.start_guest_run`` on the caller's
-event loop: a guest run needs a host loop, and a blocking caller has none; the node's helper
-must be forked from a thread that outlives it (``PR_SET_PDEATHSIG``, docs/design.md); and a
-busy or blocked asyncio loop (a slow request handler, ``time.sleep`` in a coroutine) would then
+event loop: a guest run needs a host loop, and a blocking caller has none; tsproc forks its
+children from the trio thread, and a parent-death signal is tied to the thread that forked
+(docs/design.md), so that thread must live as long as the node; and a busy or blocked asyncio loop (a slow request handler, ``time.sleep`` in a coroutine) would then
 also stall the heartbeat, the supervisor and every connection's bookkeeping. A thread of its
 own keeps the node's promises independent of the code that uses it.
 """

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 import outcome
 import trio
 
-from . import _node, testing
-from ._bridge import BridgedConn, HostedContext, NodeRuntime
-from ._streams import TailnetListener
-from ._types import Event, IPAddress, NodeState, PingResult, Status, WhoIs
+from . import Event, NodeState, PingResult, Status, TailnetListener, WhoIs, testing
+from . import EventStream as TrioEventStream
+from . import Node as TrioNode
+from ._bridge import BridgedConn, HostedContext, IPAddress, NodeRuntime
 from .errors import NodeClosedError, TsprocError
 from .testing import local_tailnet as trio_local_tailnet
 
@@ -245,7 +245,7 @@ class EventStream:
 
     def __init__(self, runtime: NodeRuntime) -> None:
         self._runtime = runtime
-        self._stream: _node.EventStream | None = None
+        self._stream: TrioEventStream | None = None
         self._closed = False
 
     def __aiter__(self) -> EventStream:
@@ -262,7 +262,7 @@ class EventStream:
         except NodeClosedError:
             raise StopAsyncIteration from None
 
-    async def _subscribe(self) -> _node.EventStream:
+    async def _subscribe(self) -> TrioEventStream:
         return self._runtime.node.events()
 
     @property
@@ -297,7 +297,7 @@ class Node:
     """
 
     def __init__(self, hostname: str, **kwargs: Any) -> None:
-        self._runtime = NodeRuntime(_node.Node(hostname, **kwargs))
+        self._runtime = NodeRuntime(TrioNode(hostname, **kwargs))
         self._entered = False
         self._ended: asyncio.Future[None] | None = None
 

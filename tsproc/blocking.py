@@ -44,10 +44,11 @@ from typing import Any, Final, TypeVar, final
 import outcome
 import trio
 
-from . import _node, testing
-from ._bridge import JOIN_TIMEOUT, BridgedConn, HostedContext, NodeRuntime, check_timeout
+from . import Event, NodeState, PingResult, Status, WhoIs, testing
+from . import EventStream as TrioEventStream
+from . import Node as TrioNode
+from ._bridge import JOIN_TIMEOUT, BridgedConn, HostedContext, IPAddress, NodeRuntime, check_timeout
 from ._trio_thread import TrioThread
-from ._types import Event, IPAddress, NodeState, PingResult, Status, WhoIs
 from .errors import InvalidArgumentError, NodeClosedError, NodeTimeoutError, TsprocError
 from .testing import local_tailnet as trio_local_tailnet
 
@@ -328,7 +329,7 @@ class Node:
     """
 
     def __init__(self, hostname: str, **kwargs: Any) -> None:
-        self._runtime = NodeRuntime(_node.Node(hostname, **kwargs))
+        self._runtime = NodeRuntime(TrioNode(hostname, **kwargs))
         self._started = False
 
     def __repr__(self) -> str:
@@ -436,7 +437,7 @@ class Node:
         stream = _call(self._runtime.thread, self._subscribe)
         return EventIterator(self._runtime.thread, stream)
 
-    async def _subscribe(self) -> _node.EventStream:
+    async def _subscribe(self) -> TrioEventStream:
         return self._runtime.node.events()
 
 
@@ -444,7 +445,7 @@ class Node:
 class EventIterator:
     """A node's events for a ``for`` loop (:meth:`Node.events`)."""
 
-    def __init__(self, thread: TrioThread, stream: _node.EventStream) -> None:
+    def __init__(self, thread: TrioThread, stream: TrioEventStream) -> None:
         self._thread = thread
         self._stream = stream
 

@@ -131,6 +131,8 @@ def test_listener_accept_timeout_and_dial_errors(pair):
         client.dial("no-such-node", 9, timeout=60)
     with pytest.raises(tsproc.InvalidArgumentError):
         client.dial("bserver", 9, timeout=-1)
+    with pytest.raises(tsproc.NodeTimeoutError, match="no connection to bserver:9 within"):
+        client.dial("bserver", 9, timeout=1e-6)  # a trio cancel scope that has already expired
 
 
 def test_helper_sigkill_mid_read_raises_not_eof(net):

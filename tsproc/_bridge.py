@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Generic, TypeVar, final
 
@@ -38,7 +39,7 @@ from . import Node, TailnetListener, TailnetStream
 from ._trio_thread import TrioThread
 from .errors import InvalidArgumentError, NodeClosedError, NodeTimeoutError
 
-__all__ = ["BridgedConn", "HostedContext", "IPAddress", "NodeRuntime", "check_timeout"]
+__all__ = ["BridgedConn", "HostedContext", "IPAddress", "NodeRuntime", "check_timeout", "within"]
 
 T = TypeVar("T")
 
@@ -48,6 +49,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # How long a face waits for the node's thread to end after it closed the node (the close itself
 # is bounded by RestartPolicy.shutdown_grace, twice).
 JOIN_TIMEOUT: Final = 60.0
+
+
+async def within(seconds: float | None, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """``await fn()`` under a deadline of *seconds* (None: none); NodeTimeoutError saying
+    *what* did not happen in time. How a face's ``timeout=`` becomes a trio cancel scope."""
+    if seconds is None:
+        return await fn()
+    with trio.move_on_after(seconds):
+        return await fn()
+    raise NodeTimeoutError(f"{what} within {seconds:g} s")
 
 
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
@@ -209,13 +220,10 @@ class NodeRuntime(HostedContext[Node]):
         self.conns.add(conn)
         return conn
 
-    async def dial(self, host: str, port: int, timeout: float | None) -> BridgedConn:
-        """node.dial within *timeout* (None: the node's own bound), bridged."""
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-            stream = await self.node.dial(host, port)
-            return self.bridge(stream)
-        assert scope.cancelled_caught
-        raise NodeTimeoutError(f"no connection to {host}:{port} within {timeout:g} s")
+    async def dial(self, host: str, port: int) -> BridgedConn:
+        """node.dial, bridged (trio thread; bounded by the caller's cancel scope, else by the
+        node's own bound on a dial)."""
+        return self.bridge(await self.node.dial(host, port))
 
     async def accept(self, listener: TailnetListener) -> BridgedConn:
         """The next connection of *listener*, bridged (trio thread)."""

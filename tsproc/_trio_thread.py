@@ -16,9 +16,10 @@ nothing of asyncio, of blocking sockets or of tailnets:
 Why a thread with ``trio.run`` rather than ``trio.lowlevel.start_guest_run`` on the caller's
 event loop: a guest run needs a host loop, and a blocking caller has none; tsproc forks its
 children from the trio thread, and a parent-death signal is tied to the thread that forked
-(docs/design.md), so that thread must live as long as the node; and a busy or blocked asyncio loop (a slow request handler, ``time.sleep`` in a coroutine) would then
-also stall the heartbeat, the supervisor and every connection's bookkeeping. A thread of its
-own keeps the node's promises independent of the code that uses it.
+(docs/design.md), so that thread must live as long as the node; and a busy or blocked
+asyncio loop (a slow request handler, ``time.sleep`` in a coroutine) would then also stall the
+heartbeat, the supervisor and every connection's bookkeeping. A thread of its own keeps the
+node's promises independent of the code that uses it.
 """
 
 from __future__ import annotations

@@ -360,7 +360,7 @@ class Node:
             NodeClosedError: the node is closed.
         """
         runtime = self._runtime
-        conn = await _call_in(runtime, partial(runtime.dial, host, port, None),
+        conn = await _call_in(runtime, partial(runtime.dial, host, port),
                               dispose=BridgedConn.close_soon)
         return await _open_streams(runtime, conn, limit)
 

@@ -47,7 +47,15 @@ import trio
 from . import Event, NodeState, PingResult, Status, WhoIs, testing
 from . import EventStream as TrioEventStream
 from . import Node as TrioNode
-from ._bridge import JOIN_TIMEOUT, BridgedConn, HostedContext, IPAddress, NodeRuntime, check_timeout
+from ._bridge import (
+    JOIN_TIMEOUT,
+    BridgedConn,
+    HostedContext,
+    IPAddress,
+    NodeRuntime,
+    check_timeout,
+    within,
+)
 from ._trio_thread import TrioThread
 from .errors import InvalidArgumentError, NodeClosedError, NodeTimeoutError, TsprocError
 from .testing import local_tailnet as trio_local_tailnet
@@ -391,7 +399,9 @@ class Node:
         """
         timeout = check_timeout(timeout)
         runtime = self._runtime
-        conn = _call(runtime.thread, partial(runtime.dial, host, port, timeout),
+        dial = partial(within, timeout, f"no connection to {host}:{port}",
+                       partial(runtime.dial, host, port))
+        conn = _call(runtime.thread, dial,
                      dispose=BridgedConn.close_soon)
         return TailnetSocket._adopt(conn, runtime.thread)
 

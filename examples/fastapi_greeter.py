@@ -34,7 +34,7 @@ async def greet(request: Request) -> dict[str, Any]:
     return {
         "greeting": f"hello {name}, on {who.node.host_name}",
         "login_name": who.user.login_name,
-        "host_name": who.node.host_name,
+        "hostname": who.node.host_name,
         "address": request.client.host if request.client else None,
     }
 

@@ -205,7 +205,7 @@ def test_asgi_app_sees_the_callers_identity(net):
             return
         who = scope["extensions"]["tsproc.whois"]
         body = json.dumps({"client": list(scope["client"]), "login": who["login_name"],
-                           "host_name": who["host_name"],
+                           "hostname": who["host_name"],
                            "forged": [k.decode() for k, _ in scope["headers"]
                                       if k.lower().startswith(b"tailscale")]}).encode()
         await send({"type": "http.response.start", "status": 200,
@@ -234,7 +234,7 @@ def test_asgi_app_sees_the_callers_identity(net):
 
     result = asyncio.run(main())
     assert result["client"][0] == result["visitor_ip"]
-    assert result["host_name"] == "avisitor"
+    assert result["hostname"] == "avisitor"
     assert result["forged"] == []
 
 

@@ -78,7 +78,7 @@ def test_requests_through_the_adapter_and_http_server(pair):
     class Hello(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             who = self.server.node.whois(self.client_address)
-            body = json.dumps({"path": self.path, "host_name": who.node.host_name,
+            body = json.dumps({"path": self.path, "hostname": who.node.host_name,
                                "forged": self.headers.get("X-Anything")}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -100,7 +100,7 @@ def test_requests_through_the_adapter_and_http_server(pair):
                 for path in ("/a", "/b"):  # the second request reuses the kept-alive connection
                     response = session.get(f"http://bserver:8080{path}", timeout=60)
                     assert response.status_code == 200
-                    assert response.json() == {"path": path, "host_name": "bclient",
+                    assert response.json() == {"path": path, "hostname": "bclient",
                                                "forged": None}
                 with pytest.raises(requests.ConnectionError):
                     session.get("http://no-such-node:8080/", timeout=60)

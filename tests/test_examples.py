@@ -128,7 +128,7 @@ async def test_fastapi_greeter_under_asyncio_and_the_requests_client(tailnet):
             text = result.stdout.decode()
             assert text.startswith("GET http://greeter/ -> 200\n"), text
             body = json.loads(text.split("\n", 1)[1])
-            assert body["host_name"] == "fetcher"
+            assert body["hostname"] == "fetcher"
             assert body["greeting"].startswith("hello ")
             assert body["greeting"].endswith(", on fetcher")
         finally:
@@ -147,7 +147,7 @@ async def test_fastapi_greeter_with_its_own_local_tailnet():
                 response = await client.get(
                     "http://greeter:8000/", headers={"Tailscale-User-Login": "root@x"})
             assert response.status_code == 200
-            assert response.json()["host_name"] == "visitor"
+            assert response.json()["hostname"] == "visitor"
         finally:
             await stop(service)
         nursery.cancel_scope.cancel()

@@ -34,11 +34,12 @@ class Snapshot:
         now = Snapshot.take()
         extra_threads = [t.name for t in threading.enumerate() if t.ident not in self.threads]
         extra_children = {p for p in now.children - self.children if pid_alive(p)}
-        extra_fds = now.fds - self.fds
+        # Only fds still open when looked at: the listing itself opens one (listdir's), whose
+        # number need not be the one it had when this snapshot was taken.
+        extra_fds = fd_targets(now.fds - self.fds)
         if not (extra_threads or extra_children or extra_fds):
             return ""
-        return (f"threads {extra_threads}, children {extra_children}, "
-                f"fds {fd_targets(extra_fds)}")
+        return f"threads {extra_threads}, children {extra_children}, fds {extra_fds}"
 
     def assert_nothing_leaked(self, timeout: float = 30.0) -> None:
         """Everything opened since this snapshot is gone (waiting, boundedly, for threads and

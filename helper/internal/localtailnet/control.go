@@ -59,6 +59,7 @@ type controlConfig struct {
 	interactiveLogin bool            // new nodes must complete an auth URL (testcontrol's RequireAuth)
 	magicDNSDomain   string          // MagicDNS suffix, e.g. "tailnet.test"
 	verbose          bool            // log control, DERP and STUN debug messages
+	https            bool            // also issue certificates and play Funnel's ingress (https.go)
 }
 
 // Info is the JSON line the control mode prints once everything listens.
@@ -70,6 +71,7 @@ type Info struct {
 	RequireAuthKey   bool   `json:"require_auth_key"`
 	InteractiveLogin bool   `json:"interactive_login"`
 	PID              int    `json:"pid"`
+	*HTTPSInfo              // with --https only
 }
 
 // errStdinClosed is the cancellation cause when the parent closes our stdin.
@@ -97,6 +99,8 @@ func Run(args []string, jl *jsonlog.Logger, watchParent func(gone func(reason st
 		"new nodes get an auth URL <control_url>/auth/<id>; a plain HTTP GET of it completes their login (with --require-auth-key, nodes need the key and the login)")
 	magicDNS := fs.String("magic-dns-domain", "tailnet.test", "MagicDNS `suffix` of the tailnet's node names")
 	verbose := fs.Bool("verbose", false, "log control, DERP and STUN debug messages to stderr")
+	https := fs.Bool("https", false,
+		"also run an ACME server and its DNS server, so that nodes get HTTPS certificates for <host>.<magic-dns-domain>, and a Funnel ingress node with loopback ports standing for the internet; nodes get the https and funnel capabilities")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tsproc-helper control [flags]\n\n"+
 			"Runs a local tailnet (control server, DERP relay, STUN server) on a loopback address,\n"+
@@ -150,6 +154,7 @@ func Run(args []string, jl *jsonlog.Logger, watchParent func(gone func(reason st
 		interactiveLogin: *interactive,
 		magicDNSDomain:   domain,
 		verbose:          *verbose,
+		https:            *https,
 	}
 	// testcontrol and the HTTP/2 server inside its Noise channel log through the standard log
 	// package; make those lines JSON like all others, and keep the auth key out of them.
@@ -315,6 +320,13 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(Info))
 		// control server grants "https" only when HTTPS is enabled for the tailnet.
 		DefaultNodeCapabilities: &tailcfg.NodeCapMap{},
 	}
+	var https *localHTTPS
+	if cfg.https {
+		if https, err = startLocalHTTPS(cfg, control); err != nil {
+			return err
+		}
+		cleanups = append(cleanups, https.closeCA)
+	}
 	controlHTTP := &http.Server{
 		Handler:           recoverPanics(controlRoutes(control), errorf),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -327,6 +339,20 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(Info))
 		}
 	}()
 	cleanups = append(cleanups, func(ctx context.Context) { shutdownHTTP(ctx, controlHTTP) })
+	// Advertised subnet routes are approved as they come, like a tailnet whose policy
+	// auto-approves every route (routes.go).
+	approveCtx, stopApprover := context.WithCancel(baseCtx)
+	approverDone := make(chan struct{})
+	go func() { defer close(approverDone); runRouteApprover(approveCtx, control) }()
+	cleanups = append(cleanups, func(context.Context) { stopApprover(); <-approverDone })
+	var hinfo *HTTPSInfo
+	if https != nil {
+		// The ingress node needs the control server, so it comes last.
+		if hinfo, err = https.startIngress(ctx, controlURL, control); err != nil {
+			return err
+		}
+		cleanups = append(cleanups, https.closeIngress)
+	}
 
 	// Everything listens already (the listeners exist); the servers merely accept later.
 	if ctx.Err() != nil {
@@ -340,6 +366,7 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(Info))
 		RequireAuthKey:   cfg.authKey != "",
 		InteractiveLogin: cfg.interactiveLogin,
 		PID:              os.Getpid(),
+		HTTPSInfo:        hinfo,
 	}
 	infof("local tailnet up: control %s, DERP %v (HTTPS), STUN %v (UDP), auth key required: %v, interactive login: %v",
 		controlURL, derpLn.Addr(), stunSrv.pc.LocalAddr(), info.RequireAuthKey, info.InteractiveLogin)

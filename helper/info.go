@@ -11,6 +11,8 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/net/tsaddr"
+	"tailscale.com/types/views"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -61,6 +63,12 @@ func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, err
 	_, lc, err := n.requireStarted()
 	if err != nil {
 		return nil, err
+	}
+	if ip := addrIP(addr); !tsaddr.IsTailscaleIP(ip) {
+		// Never ask tsnet: it may map such an address to the peer that relayed the
+		// connection (Funnel's ingress node), which is not who is behind it.
+		return nil, wire.NewError(wire.CodeNotFound, "%s is not a tailnet address: no tailnet node "+
+			"has it (a connection through Funnel comes from the internet and has no tailnet identity)", addr)
 	}
 	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
 	defer cancel()
@@ -127,14 +135,42 @@ func peerResult(ps *ipnstate.PeerStatus) map[string]any {
 		ps = new(ipnstate.PeerStatus)
 	}
 	return map[string]any{
-		"id":            string(ps.ID),
-		"hostname":      ps.HostName,
-		"dns_name":      ps.DNSName,
-		"tailscale_ips": addrStrings(ps.TailscaleIPs),
-		"online":        ps.Online,
-		"relay":         ps.Relay,
-		"cur_addr":      ps.CurAddr,
+		"id":             string(ps.ID),
+		"hostname":       ps.HostName,
+		"dns_name":       ps.DNSName,
+		"tailscale_ips":  addrStrings(ps.TailscaleIPs),
+		"online":         ps.Online,
+		"relay":          ps.Relay,
+		"cur_addr":       ps.CurAddr,
+		"tags":           viewStrings(ps.Tags),
+		"primary_routes": prefixStrings(ps.PrimaryRoutes),
 	}
+}
+
+func viewStrings(v *views.Slice[string]) []string {
+	out := []string{}
+	if v != nil {
+		out = append(out, v.AsSlice()...)
+	}
+	return out
+}
+
+func prefixStrings(v *views.Slice[netip.Prefix]) []string {
+	out := []string{}
+	if v != nil {
+		for _, p := range v.All() {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+// addrIP is the IP of "ip" or "ip:port" (already validated).
+func addrIP(addr string) netip.Addr {
+	if ip, err := netip.ParseAddr(addr); err == nil {
+		return ip.Unmap()
+	}
+	return netip.MustParseAddrPort(addr).Addr().Unmap()
 }
 
 // whoisResult is the whois map.

@@ -91,13 +91,18 @@ func (n *node) handOver(l *tsListener, c net.Conn) bool {
 		helperLogf("listener %d: dropping a connection: %v", l.id, err)
 		return false
 	}
-	err = wire.Notify(n.out, "accepted", map[string]any{
+	params := map[string]any{
 		"listener": l.id,
 		"conn":     b.id,
 		"local":    c.LocalAddr().String(),
 		"remote":   c.RemoteAddr().String(),
 		"fd":       true,
-	}, b.takePassFD())
+	}
+	if src, ok := funnelSource(c); ok {
+		// The peer is the ingress node; the connection's real origin is the public client.
+		params["remote"], params["funnel"] = src.String(), true
+	}
+	err = wire.Notify(n.out, "accepted", params, b.takePassFD())
 	n.startConn(b, err == nil)
 	return err == nil
 }

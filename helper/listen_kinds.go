@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
@@ -34,6 +36,16 @@ func requireCerts(ctx context.Context, n *node) (*tsnet.Server, error) {
 		return nil, wire.NewError(wire.CodeTLSUnavailable, "this tailnet has no HTTPS certificates for "+
 			"this node: enable MagicDNS and HTTPS certificates in the tailnet's admin console "+
 			"(a local test tailnet has none)")
+	}
+	n.mu.Lock()
+	localNoACME := n.localNoACME
+	n.mu.Unlock()
+	if localNoACME {
+		// tsnet would ask Let's Encrypt (and the system's DNS) for a name only our loopback
+		// control server knows.
+		return nil, wire.NewError(wire.CodeTLSUnavailable, "this node is on a local control server but "+
+			"has no ACME server to get certificates from: create it with LocalTailnet.node() "+
+			"(start's acme_directory_url)")
 	}
 	return srv, nil
 }
@@ -100,6 +112,29 @@ func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
 	return n.openListener(newFallbackListener(srv, int(backlog)), int(backlog))
 }
 
+// certPairTimeout bounds cert_pair: a new certificate takes a few round trips to the ACME
+// server (the Python side waits a little longer).
+const certPairTimeout = 50 * time.Second
+
+// certPair returns the certificate chain and key for a cert domain, issuing one if needed.
+func (n *node) certPair(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	domain := p.String("domain")
+	if p.Err != nil {
+		return nil, p.Err
+	}
+	if _, err := requireCerts(ctx, n); err != nil {
+		return nil, err
+	}
+	_, lc := n.server()
+	ctx, cancel := context.WithTimeout(ctx, certPairTimeout)
+	defer cancel()
+	certPEM, keyPEM, err := lc.CertPair(ctx, domain)
+	if err != nil {
+		return nil, wire.NewError(wire.CodeTLSUnavailable, "no certificate for %q: %v", domain, err)
+	}
+	return wire.OKReply(map[string]any{"cert_pem": certPEM, "key_pem": keyPEM}), nil
+}
+
 // certDomains lists the names the tailnet will issue certificates for: none without the
 // "https" capability, whatever DNS names the netmap carries.
 func (n *node) certDomains(ctx context.Context) (*wire.Reply, error) {
@@ -143,11 +178,17 @@ func newFallbackListener(srv *tsnet.Server, queue int) *fallbackListener {
 			return nil, false
 		}
 		return func(c net.Conn) {
+			// netstack removes a subnet-routed destination address from its stack when this
+			// handler returns (wgengine/netstack acceptTCP), which breaks the connection: hold
+			// the handler until the connection is closed.
+			hc := &heldConn{Conn: c, closed: make(chan struct{})}
 			select {
-			case fl.conns <- c:
+			case fl.conns <- hc:
 			case <-fl.closed:
 				c.Close()
+				return
 			}
+			<-hc.closed
 		}, true
 	})
 	return fl
@@ -185,3 +226,24 @@ type anyPortAddr struct{}
 
 func (anyPortAddr) Network() string { return "tcp" }
 func (anyPortAddr) String() string  { return ":*" }
+
+// heldConn is a connection whose Close releases the fallback handler that holds it.
+type heldConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *heldConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.closed) })
+	return err
+}
+
+// CloseWrite half-closes, as the bridge needs, when the connection can.
+func (c *heldConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}

@@ -265,6 +265,7 @@ func dispatchSeeds(t *testing.T) []wiretest.Seed {
 		"dial_udp":        {"host": "peer", "port": 53, "timeout_ms": 10},
 		"ping_peer":       {"host": "peer", "timeout_ms": 10},
 		"cert_domains":    {},
+		"cert_pair":       {"domain": "fuzz.tailnet.test"},
 	}
 	bad := map[string]map[string]any{
 		"up":             {"timeout_ms": "soon"},
@@ -277,6 +278,7 @@ func dispatchSeeds(t *testing.T) []wiretest.Seed {
 		"hello":         {"protocol": 2},
 		"listen_tls":    {"port": 0, "backlog": -1},
 		"listen_funnel": {"port": "443", "funnel_only": 1},
+		"cert_pair":     {"domain": 5},
 		"listen_packet": {"port": 70000},
 		"dial_udp":      {"host": 5, "port": 0},
 		"ping_peer":     {"host": "", "timeout_ms": "x"},

@@ -34,6 +34,8 @@ type startConfig struct {
 	hostname, stateDir, authKey, controlURL string
 	ephemeral, memoryState                  bool
 	tags                                    []string
+	advertiseRoutes                         []netip.Prefix
+	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -45,9 +47,24 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 		ephemeral:   p.Bool("ephemeral"),
 		tags:        p.Strings("tags"),
 		memoryState: p.OptBool("memory_state"),
+		acme: acmeConfig{
+			directoryURL: p.OptString("acme_directory_url"),
+			roots:        p.OptString("acme_roots"),
+		},
 	}
+	routes := p.Strings("advertise_routes")
 	if p.Err != nil {
 		return c, p.Err
+	}
+	for _, r := range routes {
+		pfx, err := netip.ParsePrefix(r)
+		if err != nil || pfx != pfx.Masked() {
+			return c, wire.NewError(wire.CodeBadRequest, `"advertise_routes": %q is not a network prefix like 10.0.0.0/24 (address bits beyond the prefix length must be zero)`, r)
+		}
+		c.advertiseRoutes = append(c.advertiseRoutes, pfx)
+	}
+	if err := c.acme.check(); err != nil {
+		return c, err
 	}
 	switch {
 	case len(c.hostname) > 63 || !hostnameRE.MatchString(c.hostname):
@@ -110,6 +127,10 @@ func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 		netns.SetEnabled(false)
 	}
 
+	if err := cfg.acme.apply(cfg.stateDir); err != nil {
+		return nil, err
+	}
+
 	srv := &tsnet.Server{
 		Hostname:      cfg.hostname,
 		Dir:           cfg.stateDir,
@@ -134,9 +155,22 @@ func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 		srv.Close()
 		return nil, wire.NewError(wire.CodeInternal, "tsnet local client: %v", err)
 	}
+	// Accept peers' subnet routes (dial reaches addresses inside them), and advertise ours.
+	prefsCtx, cancelPrefs := context.WithTimeout(context.Background(), localCallTimeout)
+	_, err = lc.EditPrefs(prefsCtx, &ipn.MaskedPrefs{
+		Prefs:              ipn.Prefs{RouteAll: true, AdvertiseRoutes: cfg.advertiseRoutes},
+		RouteAllSet:        true,
+		AdvertiseRoutesSet: true,
+	})
+	cancelPrefs()
+	if err != nil {
+		srv.Close()
+		return nil, wire.NewError(wire.CodeInternal, "setting the node's routes: %v", err)
+	}
 	watchCtx, cancel := context.WithCancel(context.Background())
 	n.mu.Lock()
 	n.srv, n.lc, n.watchCancel = srv, lc, cancel
+	n.localNoACME = isLoopbackURL(cfg.controlURL) && cfg.acme.directoryURL == ""
 	n.mu.Unlock()
 	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
 		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)

@@ -1,11 +1,14 @@
-"""Shared test set-up: the helper binary must exist (``make test`` builds it), and resource
-counters for the "nothing leaks" checks."""
+"""Shared test set-up: the helper binary must exist (``make test`` builds it), the offline
+network namespace of the ``offline`` tests (tests/netns.py), and resource counters for the
+"nothing leaks" checks."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import netns
 import pytest
 
 from tsproc._helper import find_helper
@@ -21,6 +24,35 @@ def _helper_built() -> Path:
         return find_helper()
     except HelperNotFoundError as exc:
         pytest.exit(f"{exc}\n(run the tests with `make test`, which builds it)", returncode=2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before any test runs (the process has one thread still): if an ``offline`` test will
+    run and the network is not offline, move the whole run into a namespace that is."""
+    if not any(item.get_closest_marker("offline") for item in items):
+        return
+    if netns.problems() and netns.can_enter() and os.environ.get("TSPROC_TEST_NETNS") != "0":
+        netns.enter()
+
+
+@pytest.fixture(autouse=True)
+def _offline(request: pytest.FixtureRequest) -> Iterator[None]:
+    """For an ``offline`` test: the network is offline, and the test sent nothing that could
+    have left — no packet through the namespace's only non-loopback interface."""
+    if request.node.get_closest_marker("offline") is None:
+        yield
+        return
+    found = netns.problems()
+    if found:
+        reason = "; ".join(found)
+        if os.geteuid() != 0:
+            pytest.skip(f"needs an offline network namespace, which only root can make: {reason}")
+        pytest.fail(f"the network is not offline: {reason}")
+    before = netns.dead_end_tx_packets()
+    yield
+    sent = netns.dead_end_tx_packets() - before
+    assert sent == 0, f"{sent} packets left through {netns.DEAD_END} towards a non-loopback address"
+    assert netns.problems() == []
 
 
 def open_fds() -> set[int]:

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -131,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
                          "environment, never the command line)")
     control.add_argument("--interactive-login", action="store_true",
                          help="nodes without a key get a login URL to open")
+    control.add_argument("--https", action="store_true",
+                         help="also issue HTTPS certificates (an ACME server on 127.0.0.1; its "
+                         "CA certificate is written to a file named on stderr) and relay Funnel "
+                         "through a local ingress node")
 
     serve = commands.add_parser(
         "serve",
@@ -424,13 +429,23 @@ async def _control(args: argparse.Namespace) -> None:
         key = os.environ.get(AUTH_KEY_ENV) or None
         if key is None:
             raise _UsageError(f"--require-auth-key needs the key in ${AUTH_KEY_ENV}")
-    async with local_tailnet(require_auth_key=key,
-                             interactive_login=args.interactive_login) as tailnet:
+    async with local_tailnet(require_auth_key=key, interactive_login=args.interactive_login,
+                             https=args.https) as tailnet:
         print(tailnet.control_url, flush=True)
         print(f"tsproc: local tailnet running on 127.0.0.1 (DNS suffix "
-              f"{tailnet.magic_dns_suffix}); join with --control-url {tailnet.control_url}\n"
-              "tsproc: press Ctrl-C to stop", file=sys.stderr, flush=True)
-        await trio.sleep_forever()
+              f"{tailnet.magic_dns_suffix}); join with --control-url {tailnet.control_url}",
+              file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="tsproc-control-") as tmp:
+            if tailnet.https:
+                ca_file = trio.Path(tmp, "ca.pem")
+                await ca_file.write_text(tailnet.ca_cert)
+                ports = ", ".join(f"{public} on 127.0.0.1:{local}" for public, local
+                                  in sorted(tailnet.info["funnel_ports"].items()))
+                print(f"tsproc: HTTPS certificates from a local CA: trust {ca_file}\n"
+                      f"tsproc: Funnel ports (connect with SNI <node>.{tailnet.magic_dns_suffix}): "
+                      f"{ports}", file=sys.stderr, flush=True)
+            print("tsproc: press Ctrl-C to stop", file=sys.stderr, flush=True)
+            await trio.sleep_forever()
 
 
 _COMMANDS: Final[dict[str, tuple[Callable[[argparse.Namespace], Awaitable[None]], bool]]] = {

@@ -69,6 +69,18 @@ def check_timeout(timeout: object, what: str) -> float:
     return float(timeout)
 
 
+def _check_route(route: object) -> str:
+    try:
+        net = ipaddress.ip_network(route) if isinstance(route, str) else None
+    except ValueError:
+        net = None
+    if net is None:
+        raise InvalidArgumentError(
+            f"invalid route {route!r}: routes are network prefixes such as '10.77.0.0/24' "
+            "(host bits zero)")
+    return str(net)
+
+
 def _is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -100,6 +112,9 @@ class NodeConfig:
     memory_limit: int | None = None
     helper_env: Mapping[str, str] | None = None
     helper_path: str | os.PathLike[str] | None = None
+    advertise_routes: Iterable[str] = ()
+    acme_directory_url: str | None = None
+    acme_roots: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         hostname, auth_key, control_url = self.hostname, self.auth_key, self.control_url
@@ -134,8 +149,20 @@ class NodeConfig:
                     f"helper_env[{key!r}] looks like a credential: pass auth keys as auth_key, "
                     "never through the environment"
                 )
+        routes = tuple(_check_route(r) for r in self.advertise_routes)
+        acme_url, acme_roots = self.acme_directory_url, self.acme_roots
+        if acme_url is not None and (
+            not isinstance(acme_url, str) or urlsplit(acme_url).scheme != "https"
+        ):
+            raise InvalidArgumentError(
+                f"acme_directory_url must be an https:// URL, got {acme_url!r}")
+        if acme_roots is not None and (
+            not isinstance(acme_roots, str) or "-----BEGIN CERTIFICATE-----" not in acme_roots
+        ):
+            raise InvalidArgumentError("acme_roots must be PEM certificates")
         # Frozen: normalised values are set the way dataclasses' own __init__ does.
         object.__setattr__(self, "tags", tags)
+        object.__setattr__(self, "advertise_routes", routes)
         object.__setattr__(self, "helper_env", MappingProxyType(helper_env))
         object.__setattr__(self, "restart", self.restart or RestartPolicy())
 
@@ -174,6 +201,12 @@ class NodeConfig:
             params["auth_key"] = self.auth_key
         if self.control_url:
             params["control_url"] = self.control_url
+        if self.advertise_routes:
+            params["advertise_routes"] = list(self.advertise_routes)
+        if self.acme_directory_url:
+            params["acme_directory_url"] = self.acme_directory_url
+        if self.acme_roots:
+            params["acme_roots"] = self.acme_roots
         return params
 
 

@@ -283,7 +283,8 @@ class Generation:
     def _register_stream(self, fd: int, conn: int, fields: dict[str, Any]) -> TailnetStream:
         state = ConnState(conn, self.number)
         stream = TailnetStream._create(fd, state, fields.get("local"), fields.get("remote"),
-                                       on_close=self.stream_closed)
+                                       on_close=self.stream_closed,
+                                       via_funnel=fields.get("funnel") is True)
         self.conns[conn] = state
         return stream
 

@@ -34,7 +34,7 @@ from ._packet import TailnetPacketConn
 from ._streams import TailnetListener, TailnetStream
 from ._supervisor import RestartPolicy
 from ._types import IPAddress, NodeState, PingResult, Status, WhoIs
-from .errors import HelperDiedError, InvalidArgumentError
+from .errors import HelperDiedError, InvalidArgumentError, ProtocolError
 
 __all__ = ["EventStream", "Node"]
 
@@ -71,6 +71,12 @@ class Node(NodeLifecycle):
             such as ``TS_DEBUG_USE_DERP_HTTP``; never secrets (a value that looks like an auth
             key is refused: the helper's environment is visible to the machine's other users).
         helper_path: the helper binary (default: ``$TSPROC_HELPER`` or the packaged one).
+        advertise_routes: subnet routes (``"10.77.0.0/24"``) this node offers to the tailnet;
+            once approved, connections to addresses inside them arrive at
+            :meth:`listen_any_port` with the original destination as ``local_addr``.
+        acme_directory_url: the ACME server that issues this node's certificates instead of
+            Let's Encrypt (a local tailnet's own, set by ``LocalTailnet.node``).
+        acme_roots: PEM certificates the node trusts for that ACME server (and only those).
 
     Raises (from ``__aenter__``):
         InvalidArgumentError, AuthError, NodeTimeoutError (with the node's health),
@@ -93,12 +99,16 @@ class Node(NodeLifecycle):
         memory_limit: int | None = None,
         helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
+        advertise_routes: Iterable[str] = (),
+        acme_directory_url: str | None = None,
+        acme_roots: str | None = None,
     ) -> None:
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
             ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
             restart=restart, memory_limit=memory_limit, helper_env=helper_env,
-            helper_path=helper_path,
+            helper_path=helper_path, advertise_routes=advertise_routes,
+            acme_directory_url=acme_directory_url, acme_roots=acme_roots,
         ))
         self.control_url = control_url
         self.ephemeral = ephemeral
@@ -312,6 +322,27 @@ class Node(NodeLifecycle):
         domains = reply.result.get("domains")
         return tuple(str(d) for d in domains) if isinstance(domains, list) else ()
 
+    async def cert_pair(self, domain: str) -> tuple[bytes, bytes]:
+        """The certificate chain and private key for *domain* (one of :meth:`cert_domains`),
+        both PEM, from the node's cache or issued through the tailnet (tsnet's
+        ``LocalClient.CertPair``): for a server that terminates TLS itself, such as hypercorn
+        (``tsproc.asgi.serve`` with ``certfile``/``keyfile`` in its config).
+
+        The key is a secret: keep it out of logs, and files holding it private (0600).
+
+        Raises:
+            TlsUnavailableError: the tailnet issues no certificates to this node, or not for
+                *domain*.
+        """
+        if not isinstance(domain, str) or not domain:
+            raise InvalidArgumentError("cert_pair needs a domain, one of cert_domains()")
+        gen = await self._live_generation()
+        reply = await gen.request("cert_pair", {"domain": domain})
+        cert, key = reply.result.get("cert_pem"), reply.result.get("key_pem")
+        if not isinstance(cert, bytes) or not isinstance(key, bytes):
+            raise ProtocolError("cert_pair answer without cert_pem and key_pem bytes")
+        return cert, key
+
     async def dial(self, host: str, port: int) -> TailnetStream:
         """Open a TCP connection to *host*:*port* over the tailnet.
 
@@ -354,7 +385,8 @@ class Node(NodeLifecycle):
         ``stream.remote_addr``.
 
         Raises:
-            NotFoundError: no tailnet node has that address.
+            NotFoundError: no tailnet node has that address; for the ``remote_addr`` of a
+                stream that came through Funnel, whose client is on the internet, always.
         """
         if isinstance(addr, tuple):
             ip, port = addr

@@ -103,8 +103,13 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
     """A TCP connection on the tailnet, as a trio half-closeable stream.
 
     Attributes:
-        local_addr: this node's tailnet (ip, port).
-        remote_addr: the peer's tailnet (ip, port); pass it to :meth:`Node.whois`.
+        local_addr: this node's (ip, port) the peer connected to: for a connection to a subnet
+            route this node advertises (:meth:`Node.listen_any_port`), the original destination.
+        remote_addr: the peer's tailnet (ip, port); pass it to :meth:`Node.whois`. For a
+            connection that came through Funnel, the public client's (ip, port), which no
+            tailnet identity belongs to.
+        via_funnel: the connection came from the internet through Funnel
+            (:meth:`Node.listen_funnel`), not from a tailnet peer.
         socket_stream: the underlying :class:`trio.SocketStream` (an AF_UNIX socket).
 
     Raises :class:`trio.BrokenResourceError` from ``receive_some``/``send_all`` when the
@@ -118,6 +123,8 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         local_addr: object,
         remote_addr: object,
         on_close: Callable[[ConnState], None] | None = None,
+        *,
+        via_funnel: bool = False,
     ) -> None:
         sock = _adopt_socket(fd, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
@@ -126,6 +133,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         self.socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.local_addr = _split_addr(local_addr)
         self.remote_addr = _split_addr(remote_addr)
+        self.via_funnel = via_funnel
         self._state = state
         self._on_close = on_close
         self._receiving = False

@@ -83,6 +83,11 @@ class PeerStatus:
     """The DERP region code the node uses (home relay)."""
     cur_addr: str
     """The direct ip:port the path uses now, or '' when traffic goes through DERP."""
+    tags: tuple[str, ...] = ()
+    """The node's ACL tags (a local ``https`` tailnet's Funnel ingress node has
+    ``tag:funnel-ingress``)."""
+    primary_routes: tuple[str, ...] = ()
+    """The subnet routes the tailnet sends through this node (approved ``advertise_routes``)."""
 
     @property
     def direct(self) -> bool:
@@ -98,7 +103,13 @@ class PeerStatus:
             online=bool(m.get("online")),
             relay=_str(m, "relay"),
             cur_addr=_str(m, "cur_addr"),
+            tags=_strs(m.get("tags")),
+            primary_routes=_strs(m.get("primary_routes")),
         )
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,11 +32,12 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import socket
+import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from random import randint
-from typing import Any, Final, cast, final
+from typing import Any, Final, final
 
 import trio
 
@@ -128,7 +129,7 @@ class _PeerApp:
     """The application as hypercorn calls it (its AppWrapper protocol) for one tailnet
     connection: forged identity headers out, the verified identity in."""
 
-    def __init__(self, app: AppWrapper, identity: dict[str, Any]) -> None:
+    def __init__(self, app: AppWrapper, identity: dict[str, Any] | None) -> None:
         self._app = app
         self._identity = identity
 
@@ -147,9 +148,12 @@ class _PeerApp:
                 if not _is_identity_header(name)
             ]
             extensions = dict(scope.get("extensions") or {})
-            # Each request gets its own copy: one request's app cannot edit the next one's.
-            extensions[WHOIS_EXTENSION] = dict(self._identity, tags=list(self._identity["tags"]),
-                                               addresses=list(self._identity["addresses"]))
+            extensions.pop(WHOIS_EXTENSION, None)
+            if self._identity is not None:
+                # Each request gets its own copy: one request's app cannot edit the next one's.
+                extensions[WHOIS_EXTENSION] = dict(
+                    self._identity, tags=list(self._identity["tags"]),
+                    addresses=list(self._identity["addresses"]))
             scope["extensions"] = extensions
         await self._app(scope, receive, send, sync_spawn, call_soon)
 
@@ -199,29 +203,39 @@ class _ConnectionHandler:
     """Serves one tailnet connection with hypercorn, as its peer's identity allows."""
 
     def __init__(self, app: AppWrapper, config: Config, context: WorkerContext,
-                 state: ConnectionState, node: Node) -> None:
+                 state: ConnectionState, node: Node, *,
+                 ssl_context: ssl.SSLContext | None) -> None:
         self._app = app
         self._config = config
         self._context = context
         self._state = state
         self._node = node
+        self._ssl_context = ssl_context
 
     async def __call__(self, stream: TailnetStream) -> None:
-        who: WhoIs | None = None
-        with trio.move_on_after(_WHOIS_TIMEOUT):
-            try:
-                who = await self._node.whois(stream.remote_addr)
-            except TsprocError as exc:
-                _log.warning("closing connection from %s: WhoIs failed: %s",
-                             stream.remote_addr, exc)
-        if who is None:
-            # No verified identity, no request: the app may rely on the extension being there.
-            await trio.aclose_forcefully(stream)
-            return
-        server = TCPServer(
-            _PeerApp(self._app, _identity(who)), self._config, self._context, self._state,
-            cast(Any, _HypercornStream(stream)),
-        )
+        app: AppWrapper
+        if not stream.via_funnel:
+            who: WhoIs | None = None
+            with trio.move_on_after(_WHOIS_TIMEOUT):
+                try:
+                    who = await self._node.whois(stream.remote_addr)
+                except TsprocError as exc:
+                    _log.warning("closing connection from %s: WhoIs failed: %s",
+                                 stream.remote_addr, exc)
+            if who is None:
+                # No verified identity, no request: the app may rely on the extension.
+                await trio.aclose_forcefully(stream)
+                return
+            app = _PeerApp(self._app, _identity(who))
+        else:
+            # From the internet through Funnel: no tailnet identity, so no extension; the
+            # identity headers are still removed, for nobody on the internet may forge them.
+            app = _PeerApp(self._app, None)
+        transport: Any = _HypercornStream(stream)
+        if self._ssl_context is not None:
+            # hypercorn terminates TLS itself (config certfile/keyfile, e.g. from cert_pair).
+            transport = trio.SSLStream(transport, self._ssl_context, server_side=True)
+        server = TCPServer(app, self._config, self._context, self._state, transport)
         try:
             await server.run()
         finally:
@@ -237,6 +251,7 @@ async def serve(
     *,
     config: Config | None = None,
     backlog: int = 128,
+    funnel: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -257,8 +272,13 @@ async def serve(
         app: an ASGI 3 application.
         node: the entered :class:`~tsproc.Node` to serve on.
         port: the tailnet TCP port.
-        config: hypercorn settings (timeouts, limits, h11/h2 options, logs); bind addresses,
-            TLS and worker settings in it do not apply.
+        config: hypercorn settings (timeouts, limits, h11/h2 options, logs, and TLS:
+            with ``certfile``/``keyfile`` — for example written from
+            :meth:`~tsproc.Node.cert_pair` — hypercorn terminates TLS itself and serves
+            ``https://``); bind addresses and worker settings in it do not apply.
+        funnel: listen with :meth:`~tsproc.Node.listen_funnel` instead (TLS terminated by the
+            helper, certificates from the tailnet): requests from the internet have
+            ``scope["client"]`` set to the public client and no ``tsproc.whois`` extension.
         backlog: connections that may wait to be accepted.
         shutdown_trigger: an async function whose return starts a graceful shutdown.
 
@@ -278,14 +298,19 @@ async def serve(
 
     # The port opens before the app starts up, so a port conflict is a plain error before any
     # of the app's code runs; connections that arrive during startup wait in the backlog.
-    listener = await node.listen(port, backlog=backlog)
+    ssl_context = config.create_ssl_context() if config.ssl_enabled and not funnel else None
+    if funnel:
+        listener = await node.listen_funnel(port, backlog=backlog)
+    else:
+        listener = await node.listen(port, backlog=backlog)
     try:
         async with trio.open_nursery() as lifespan_nursery:
             await lifespan_nursery.start(lifespan.handle_lifespan)
             await lifespan.wait_for_startup()
             async with trio.open_nursery() as connections:
                 handler = _ConnectionHandler(wrapped, config, context,
-                                             ConnectionState(lifespan_state.copy()), node)
+                                             ConnectionState(lifespan_state.copy()), node,
+                                             ssl_context=ssl_context)
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(partial(
                         trio.serve_listeners, handler, [listener], handler_nursery=connections,
@@ -295,7 +320,8 @@ async def serve(
                     if shutdown_trigger is not None:
                         accepting.start_soon(_cancel_when, shutdown_trigger,
                                              accepting.cancel_scope)
-                    task_status.started(f"http://{node.hostname}:{port}/")
+                    scheme = "https" if ssl_context is not None or funnel else "http"
+                    task_status.started(f"{scheme}://{node.hostname}:{port}/")
                 # Graceful shutdown: refuse new connections, let idle ones close (hypercorn
                 # watches `terminated`) and give the busy ones graceful_timeout.
                 await listener.aclose()

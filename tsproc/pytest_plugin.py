@@ -7,7 +7,11 @@ Installed as a ``pytest11`` plugin with tsproc:
             ...
 
 ``tailnet`` is a :class:`tsproc.testing.LocalTailnet`; ``tailnet_node(hostname, **kwargs)`` makes
-a :class:`tsproc.Node` on it (ephemeral by default).
+a :class:`tsproc.Node` on it (ephemeral by default). The ``tailnet`` marker passes options to
+:func:`tsproc.testing.local_tailnet`, for example certificates and Funnel:
+
+    @pytest.mark.tailnet(https=True)
+    async def test_tls(tailnet, tailnet_node): ...
 """
 
 from __future__ import annotations
@@ -21,10 +25,19 @@ from ._node import Node
 from .testing import LocalTailnet, local_tailnet
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tailnet(**options): options of the tailnet fixture's local_tailnet() "
+        "(https=True, require_auth_key=..., interactive_login=True)")
+
+
 @pytest.fixture
-async def tailnet() -> AsyncIterator[LocalTailnet]:
-    """A fresh local tailnet (control server, DERP, STUN on 127.0.0.1) for one test."""
-    async with local_tailnet() as net:
+async def tailnet(request: pytest.FixtureRequest) -> AsyncIterator[LocalTailnet]:
+    """A fresh local tailnet (control server, DERP, STUN on 127.0.0.1) for one test; the
+    ``tailnet`` marker's keyword arguments go to :func:`~tsproc.testing.local_tailnet`."""
+    marker = request.node.get_closest_marker("tailnet")
+    options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
+    async with local_tailnet(**options) as net:
         yield net
 
 

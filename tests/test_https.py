@@ -95,6 +95,26 @@ async def test_listen_tls_certificate_from_the_local_ca(tailnet, tailnet_node):
             nursery.cancel_scope.cancel()
 
 
+async def test_a_certificate_from_an_earlier_tailnet_is_never_served(tmp_path):
+    """Same state directory, a new tailnet (so a new CA): the node gets a new certificate
+    instead of serving the one cached in <state_dir>/certs."""
+    state = tmp_path / "web"
+    leaves = []
+    for _ in range(2):
+        async with local_tailnet(https=True) as tailnet, \
+                tailnet.node("web", state_dir=state, ephemeral=False) as web, \
+                tailnet.node("client") as client, trio.open_nursery() as nursery:
+            listener = await web.listen_tls(443)
+            nursery.start_soon(trio.serve_listeners, echo_upper, [listener])
+            with trio.fail_after(30):
+                tls = await tls_client(tailnet, await client.dial("web", 443), "web.tailnet.test")
+            leaves.append(tls.getpeercert(binary_form=True))
+            assert await exchange(tls, b"fresh") == b"FRESH"
+            await tls.aclose()
+            nursery.cancel_scope.cancel()
+    assert leaves[0] != leaves[1]
+
+
 async def test_httpx_https_through_the_tailnet(tailnet, tailnet_node):
     async with tailnet_node("web") as web, tailnet_node("client") as client:
         listener = await web.listen_tls(443)

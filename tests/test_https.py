@@ -186,8 +186,8 @@ async def test_funnel_from_a_plain_loopback_client(tailnet, tailnet_node):
     async with tailnet_node("web") as web, tailnet_node("client") as client:
         status = await web.status()
         # The ingress node is a peer, and says what it is.
-        ingress = [p for p in status.peers if p.hostname == tailnet.ingress_hostname]
-        assert len(ingress) == 1
+        (ingress,) = [p for p in status.peers if p.hostname == tailnet.ingress_hostname]
+        assert ingress.tags == ("tag:funnel-ingress",)
 
         listener = await web.listen_funnel(443)
         only = await web.listen_funnel(8443, funnel_only=True)

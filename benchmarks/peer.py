@@ -1,17 +1,23 @@
 """One side of a Python benchmark line: trio over tsproc, or trio over loopback TCP.
 
-    python -m benchmarks.peer server --net tsproc|tcp [--control URL --hostname H]
-    python -m benchmarks.peer client --net tsproc|tcp --target IP --bulk-port P --echo-port P
-                                     --config JSON [--control URL --hostname H]
+    python -m benchmarks.peer server --net tsproc|tcp|hop [--control URL --hostname H]
+    python -m benchmarks.peer client --net tsproc|tcp|hop --target IP --bulk-port P
+                                     --echo-port P --config JSON [--control URL --hostname H]
 
 The same JSON-lines conversation with benchmarks/run.py as gobench (see its package comment):
 ``ready`` (server), ``hello``, ``mark`` (then wait for a line on stdin), ``result``, ``error``.
 Every workload mirrors gobench's function of the same name.
+
+``--net hop`` is the "helper hop" line: one helper with no tailnet (TSPROC_HELPER_BENCH=1),
+whose ``bench_echo`` connections go through the same bridge and hand-over as a dialled one but
+echo inside the helper. Its server does nothing; its client runs the round-trip and set-up
+workloads only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +28,10 @@ from typing import Any
 import trio
 
 import tsproc
+from tsproc import _protocol as proto
+from tsproc._helper import HelperProcess, find_helper, helper_environment
+from tsproc._rpc import Reply, RpcChannel
+from tsproc._streams import ConnState, TailnetStream
 
 TAILNET_BULK_PORT = 5001
 TAILNET_ECHO_PORT = 5002
@@ -56,31 +66,111 @@ class Stdin:
             pass
 
 
+class HopHelper:
+    """A helper without a tailnet, for the "helper hop" line: hello, then bench_echo
+    connections (see helper/benchhop.go), with the same conn_end/close_conn bookkeeping as a
+    node's generation (tsproc/_node.py)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[int, ConnState] = {}
+        self.process: HelperProcess | None = None
+        self.rpc: RpcChannel | None = None
+
+    @property
+    def helper_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        env = helper_environment({"TSPROC_HELPER_BENCH": "1"})
+        self.process = HelperProcess.spawn(find_helper(), ["node", "-tsnet-logs=false"], env)
+        self.rpc = RpcChannel(trio.socket.from_stdlib_socket(self.process.control),
+                              self._on_notification)
+        nursery.start_soon(self.process.watch)
+        nursery.start_soon(self.rpc.serve)
+        await self.rpc.request("hello", {"protocol": proto.PROTOCOL_VERSION})
+
+    async def close(self) -> None:
+        assert self.rpc is not None and self.process is not None
+        with contextlib.suppress(tsproc.TsprocError):
+            await self.rpc.request("shutdown", {})
+        with trio.move_on_after(10):
+            await self.process.exited.wait()
+        self.process.kill()
+        await self.process.exited.wait()
+        self.rpc.close()
+
+    def _new_stream(self, reply: Reply) -> TailnetStream:
+        # In the reader task, before any conn_end for it is dispatched.
+        conn = int(reply.result["conn"])
+        assert reply.fd is not None
+        state = self._conns[conn] = ConnState(conn, 1)
+        fd, reply.fd = reply.fd, None
+        return TailnetStream._create(fd, state, reply.result.get("local"),
+                                     reply.result.get("remote"), on_close=self._closed)
+
+    def _on_notification(self, msg: proto.Notification) -> None:
+        if msg.fd is not None:
+            os.close(msg.fd)
+        if msg.method == "conn_end":
+            state = self._conns.pop(int(msg.params.get("conn", -1)), None)
+            if state is not None:
+                state.finish(msg.params.get("clean") is True, str(msg.params.get("error", "")))
+
+    def _closed(self, state: ConnState) -> None:
+        assert self.rpc is not None
+        if self._conns.pop(state.conn_id, None) is not None:
+            self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
+
+    async def dial(self) -> TailnetStream:
+        assert self.rpc is not None
+        return await self.rpc.request("bench_echo", {}, on_result=self._new_stream)
+
+
 class Net:
-    """Where connections come from: a tsproc node, or the host's loopback."""
+    """Where connections come from: a tsproc node, the host's loopback, or a bare helper."""
 
     def __init__(self, kind: str, control_url: str) -> None:
         self.kind = kind
         self.control_url = control_url
         self.node: tsproc.Node | None = None
+        self.hop: HopHelper | None = None
+        self.nursery: trio.Nursery | None = None  # for the hop line's helper tasks
 
-    async def start(self, hostname: str) -> float:
-        """Start the node (tsproc only); returns seconds from Node() to running."""
+    async def start(self, hostname: str, *, client: bool = False) -> float:
+        """Start the node (tsproc only; the hop line's client starts its bare helper);
+        returns seconds from Node() to running."""
+        if self.kind == "hop" and client:
+            assert self.nursery is not None
+            self.hop = HopHelper()
+            await self.hop.start(self.nursery)
         if self.kind != "tsproc":
             return 0.0
         self.node, took = await start_node(self.control_url, hostname)
         return took
 
+    @property
+    def helper_pid(self) -> int | None:
+        if self.node is not None:
+            return self.node.helper_pid
+        return self.hop.helper_pid if self.hop is not None else None
+
     async def close(self) -> None:
         if self.node is not None:
             await stop_node(self.node)
+        if self.hop is not None:
+            await self.hop.close()
 
     async def dial(self, host: str, port: int) -> Stream:
         if self.node is not None:
             return await self.node.dial(host, port)
+        if self.hop is not None:
+            return await self.hop.dial()
         return await trio.open_tcp_stream(host, port)
 
-    async def listen(self, port: int) -> trio.abc.Listener[Any]:
+    async def listen(self, port: int) -> trio.abc.Listener[Any] | None:
+        if self.kind == "hop":
+            return None
         if self.node is not None:
             return await self.node.listen(port)
         (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -89,7 +179,7 @@ class Net:
     async def peer(self, ip: str) -> tuple[bool, str, str]:
         """(found, home relay, current direct address) of the peer with address *ip*."""
         if self.node is None:
-            return True, "", "loopback"
+            return True, "", "loopback" if self.hop is None else "pipe"
         status = await self.node.status()
         for peer in status.peers:
             if ip in {str(a) for a in peer.tailscale_ips}:
@@ -145,7 +235,9 @@ async def serve_echo(stream: Stream) -> None:
         await stream.aclose()
 
 
-def _port(listener: trio.abc.Listener[Any]) -> int:
+def _port(listener: trio.abc.Listener[Any] | None) -> int:
+    if listener is None:
+        return 0
     if isinstance(listener, trio.SocketListener):
         port: int = listener.socket.getsockname()[1]
         return port
@@ -164,8 +256,9 @@ async def run_server(net: Net, hostname: str) -> None:
         ready["target"] = "127.0.0.1"
     ready["bulk_port"], ready["echo_port"] = _port(bulk), _port(echo)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, serve_bulk, [bulk])
-        nursery.start_soon(trio.serve_listeners, serve_echo, [echo])
+        for listener, handler in ((bulk, serve_bulk), (echo, serve_echo)):
+            if listener is not None:
+                nursery.start_soon(trio.serve_listeners, handler, [listener])
         emit(ready)
         await Stdin().wait_eof()
         nursery.cancel_scope.cancel()
@@ -286,10 +379,10 @@ class Client:
 
 async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_port: int,
                      cfg: dict[str, Any]) -> None:
-    took = await net.start(hostname)
+    took = await net.start(hostname, client=True)
     hello: dict[str, Any] = {"event": "hello", "pid": os.getpid(), "startup_s": took}
-    if net.node is not None:
-        hello["helper_pid"] = net.node.helper_pid
+    if net.helper_pid is not None:
+        hello["helper_pid"] = net.helper_pid
     emit(hello)
     c = Client(net, target, bulk_port, echo_port, cfg)
     result: dict[str, Any] = {"event": "result"}
@@ -297,6 +390,8 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
     await c.mark("idle")
 
     phases = cfg["phases"]
+    if net.hop is not None:  # no tailnet behind it: only what one connection costs
+        phases = [p for p in phases if p in ("rr", "setup")]
     # Idle connections first, on fresh processes: after bulk the heaps have room to spare, and
     # the growth of RSS would say little.
     if "idle" in phases:
@@ -340,7 +435,7 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer")
     parser.add_argument("mode", choices=["server", "client"])
-    parser.add_argument("--net", choices=["tsproc", "tcp"], default="tsproc")
+    parser.add_argument("--net", choices=["tsproc", "tcp", "hop"], default="tsproc")
     parser.add_argument("--control", default="")
     parser.add_argument("--hostname", default="pybench")
     parser.add_argument("--target", default="")
@@ -357,8 +452,11 @@ def main() -> None:
         cfg = json.loads(args.config)
 
         async def entry() -> None:
-            await run_client(net, args.hostname, args.target, args.bulk_port,
-                             args.echo_port, cfg)
+            async with trio.open_nursery() as nursery:
+                net.nursery = nursery
+                await run_client(net, args.hostname, args.target, args.bulk_port,
+                                 args.echo_port, cfg)
+                nursery.cancel_scope.cancel()
     try:
         trio.run(entry)
     except Exception as exc:

@@ -37,6 +37,8 @@ METRICS: list[Metric] = [
     Metric("bulk8_MBps", "bulk, 8 streams", "MB/s", True),
     Metric("rr_median_us", "64 B round trip, median", "µs", False),
     Metric("rr_p99_us", "64 B round trip, p99", "µs", False),
+    Metric("rr_cpu_us", "CPU per round trip, all processes³", "µs", False),
+    Metric("rr_host_cpu_us", "CPU per round trip, Python hosts³", "µs", False),
     Metric("setup_per_s", "connection set-up (sequential)", "conn/s", True),
     Metric("setup_median_us", "connection set-up latency, median", "µs", False),
     Metric("setup_p99_us", "connection set-up latency, p99", "µs", False),
@@ -60,13 +62,19 @@ FOOTNOTES = [
     "² RSS growth of the client and server processes together while 1,000 connections "
     "between them are open and idle (both ends counted), scaled to 1,000.",
     "³ utime+stime of the client and server processes (both ends), over both bulk runs per "
-    "GiB delivered, or over the set-up run per connection.",
+    "GiB delivered, over the round-trip run per round trip, or over the set-up run per "
+    "connection.",
+    "⁴ The helper hop line: one Python host and its helper, no tailnet; each connection is "
+    "bridged to an echo inside the helper (helper/benchhop.go), so a round trip is host → "
+    "helper → host.",
 ]
 LINE_LABELS = {
     "tsproc": "tsproc",
     "go": "pure Go",
     "kernel": "kernel (Go TCP)",
     "trio-tcp": "trio TCP",
+    "hop": "helper hop⁴",
+    "base": "baseline",
 }
 PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
 
@@ -82,8 +90,10 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def _roles(trial: Trial) -> tuple[list[str], list[str]]:
     """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
-    if trial.line.name == "tsproc":
+    if trial.line.name in ("tsproc", "base"):
         return ["client_helper", "server_helper"], ["client_host", "server_host"]
+    if trial.line.name == "hop":  # its server process does nothing
+        return ["client_helper"], ["client_host"]
     return ["client_host", "server_host"], []
 
 
@@ -123,6 +133,15 @@ def summarize_trial(trial: Trial) -> dict[str, Any]:
     if r.get("rr_us"):
         m["rr_median_us"] = statistics.median(r["rr_us"])
         m["rr_p99_us"] = percentile(r["rr_us"], 99)
+        if "rr_start" in marks and "rr_end" in marks:
+            start, end = marks["rr_start"], marks["rr_end"]
+            # Warm-up round trips run inside the marks too.
+            n_rr = len(r["rr_us"]) + int(r.get("rr_warmup", 0))
+            m["rr_cpu_us"] = (_sum(end, "cpu_s", every) - _sum(start, "cpu_s", every)) \
+                / n_rr * 1e6
+            if host:
+                m["rr_host_cpu_us"] = (_sum(end, "cpu_s", host)
+                                       - _sum(start, "cpu_s", host)) / n_rr * 1e6
     if r.get("setup_us"):
         m["setup_per_s"] = len(r["setup_us"]) / (sum(r["setup_us"]) / 1e6)
         m["setup_median_us"] = statistics.median(r["setup_us"])
@@ -196,14 +215,17 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         agg["direct"] = [bool(x.get("path_before", {}).get("direct")) for x in ms]
         agg["cur_addr"] = sorted({x.get("path_before", {}).get("cur_addr", "") for x in ms})
         summary.setdefault(path, {})[line] = agg
+    def divide(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        return {metric.key: a[metric.key] / b[metric.key] for metric in METRICS
+                if metric.key in a and b.get(metric.key)}
+
     ratios: dict[str, dict[str, float]] = {}
+    base_ratios: dict[str, dict[str, float]] = {}
     for path, lines in summary.items():
         if "tsproc" in lines and "go" in lines:
-            ratios[path] = {
-                metric.key: lines["tsproc"][metric.key] / lines["go"][metric.key]
-                for metric in METRICS
-                if metric.key in lines["tsproc"] and lines["go"].get(metric.key)
-            }
+            ratios[path] = divide(lines["tsproc"], lines["go"])
+        if "tsproc" in lines and "base" in lines:
+            base_ratios[path] = divide(lines["tsproc"], lines["base"])
     return {
         "schema": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -214,75 +236,117 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         "machine": machine,
         "summary": summary,
         "ratios_to_go": ratios,
+        "ratios_to_base": base_ratios,
         "goals": goals(summary),
         "trials": per_trial,
     }
 
 
 # Why a goal can be missed: what the profiles of benchmarks/README.md ("Findings") showed.
-# Written into the results next to every goal that a run misses.
+# Written into the results next to every goal that a run misses; keyed by Goal.kind.
 WHY_MISSED = {
     "bulk": "every byte crosses one more AF_UNIX socketpair at each end (two more kernel "
     "copies and a syscall and wake-up per chunk on each side, plus the Python process); on "
     "two shared cores the lines are CPU-bound, so the extra CPU per GiB shows up as "
     "throughput (compare 'CPU per GiB moved').",
-    "round": "a round trip crosses four more process boundaries (application and helper at "
+    "hop": "a round trip crosses four more process boundaries (application and helper at "
     "both ends); each is a wake-up of another process, which on two busy shared cores often "
-    "waits for a CPU (see the CPU pressure in the header).",
-    "connection": "a connection costs about eight control-channel messages (dial and its "
-    "answer with the fd, accepted with the fd, grant, close_conn, conn_end), a socketpair and "
-    "two pump goroutines at each end: several times pure Go's CPU per set-up (compare 'CPU "
-    "per connection set-up'); the largest single item is the dial handler's LocalAPI status "
-    "call.",
+    "waits for a CPU (see the CPU pressure in the header, and the helper hop line).",
+    "setup": "a connection costs control-channel messages (dial and its answer with the fd, "
+    "accepted with the fd, grant, close_conn, conn_end), a socketpair, fd passing and pump "
+    "goroutines at each end, and a trio task switch per message in each host "
+    "(benchmarks/README.md, set-up profile).",
+    "idle": "each bridged connection holds its pump goroutines and a socketpair in each "
+    "helper, on top of tsnet's own per-connection state (benchmarks/README.md).",
+    "rss": "tsnet's own buffers under load (wireguard-go's message buffers, netstack's "
+    "windows): compare pure Go's process.",
     "start-up": "tsnet's own start-up; compare pure Go's on the same path.",
-    "helper": "tsnet's own memory; compare pure Go's process.",
 }
 
 
-def _why(goal: str) -> str:
-    return WHY_MISSED.get(goal.split(" ", 1)[0], "")
+def hop_overhead_us(summary: dict[str, dict[str, dict[str, Any]]], path: str) -> float | None:
+    """What the helper hop adds to a round trip: (tsproc - pure Go) - (trio TCP - Go TCP),
+    medians; without the loopback lines, tsproc - pure Go."""
+    lines, loop = summary.get(path, {}), summary.get("loopback", {})
+    try:
+        diff = lines["tsproc"]["rr_median_us"] - lines["go"]["rr_median_us"]
+    except KeyError:
+        return None
+    try:
+        return diff - (loop["trio-tcp"]["rr_median_us"] - loop["kernel"]["rr_median_us"])
+    except KeyError:
+        return diff
 
 
 def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The issue's goals. Relative ones are judged on every path where both lines ran;
+    """Issue 16's goals. Relative ones are judged on every path where both lines ran;
     start-up and idle memory once, on the direct path's configuration (forcing DERP with
     TS_DEBUG_ALWAYS_USE_DERP slows tsnet's own start-up, pure Go's as much as tsproc's)."""
     out: list[dict[str, Any]] = []
 
-    def add(path: str, goal: str, value: float, target: str, met: bool) -> None:
-        entry = {"path": path, "goal": goal, "value": round(value, 3), "target": target,
-                 "met": met}
+    def add(path: str, kind: str, goal: str, value: float, target: str, met: bool) -> None:
+        entry = {"path": path, "kind": kind, "goal": goal, "value": round(value, 3),
+                 "target": target, "met": met}
         if not met:
-            entry["why"] = _why(goal)
+            entry["why"] = WHY_MISSED.get(kind, "")
         out.append(entry)
 
+    def ratio(path: str, key: str) -> float | None:
+        ts, go = summary[path]["tsproc"].get(key), summary[path]["go"].get(key)
+        return ts / go if ts is not None and go else None
+
     for path in ("direct", "derp"):
-        ts, go = summary.get(path, {}).get("tsproc"), summary.get(path, {}).get("go")
-        if ts is None or go is None:
+        if not {"tsproc", "go"} <= summary.get(path, {}).keys():
             continue
-        for key, label in (("bulk1_MBps", "bulk 1 stream"), ("bulk8_MBps", "bulk 8 streams")):
-            if key in ts and key in go:
-                ratio = ts[key] / go[key]
-                add(path, f"{label} ≥ 0.9 x pure Go", ratio, "≥ 0.9", ratio >= 0.9)
-        if "rr_median_us" in ts and "rr_median_us" in go:
-            diff = ts["rr_median_us"] - go["rr_median_us"]
-            add(path, "round trip ≤ pure Go + 100 µs (median; measured: the difference)", diff,
-                "≤ +100 µs", diff <= 100)
-        if "setup_median_us" in ts and "setup_median_us" in go:
-            diff = ts["setup_median_us"] - go["setup_median_us"]
-            add(path, "connection set-up ≤ pure Go + 1 ms (median; measured: the difference)",
-                diff, "≤ +1000 µs", diff <= 1000)
+        for key, kind, label, most in (
+            ("setup_median_us", "setup", "connection set-up latency, median ≤ 1.5 x pure Go",
+             1.5),
+            ("setup_cpu_us", "setup", "CPU per connection set-up ≤ 2 x pure Go", 2.0),
+            ("idle_conns_MB_per_1k", "idle", "1,000 idle connections ≤ 1.5 x pure Go", 1.5),
+        ):
+            r = ratio(path, key)
+            if r is not None:
+                add(path, kind, label, r, f"≤ {most} x", r <= most)
+        for key, label in (("bulk1_MBps", "bulk 1 stream ≥ 0.9 x pure Go"),
+                           ("bulk8_MBps", "bulk 8 streams ≥ 0.9 x pure Go")):
+            r = ratio(path, key)
+            if r is not None:
+                add(path, "bulk", label, r, "≥ 0.9 x", r >= 0.9)
+        hop = hop_overhead_us(summary, path)
+        if hop is not None:
+            add(path, "hop", "helper hop: round trip (tsproc - pure Go) - (trio TCP - Go TCP), "
+                "median (µs)", hop, "≤ 100 µs", hop <= 100)
+        peak = summary[path]["tsproc"].get("node_rss_load_MB")
+        if peak is not None:
+            add(path, "rss", "helper RSS peak during bulk (MB)", peak, "≤ 200 MB", peak <= 200)
     first = next((summary[p]["tsproc"] for p in ("direct", "derp")
                   if "tsproc" in summary.get(p, {})), None)
     if first is not None:
         path = "direct" if "tsproc" in summary.get("direct", {}) else "derp"
         if "startup_s" in first:
-            add(path, "start-up to running ≤ 1.5 s (s)", first["startup_s"], "≤ 1.5 s",
-                first["startup_s"] <= 1.5)
+            add(path, "start-up", "start-up to running ≤ 1.5 s (s)", first["startup_s"],
+                "≤ 1.5 s", first["startup_s"] <= 1.5)
         if "node_rss_idle_MB" in first:
-            add(path, "helper RSS idle ≤ 60 MB (MB)", first["node_rss_idle_MB"], "≤ 60 MB",
-                first["node_rss_idle_MB"] <= 60)
+            add(path, "rss", "helper RSS idle ≤ 60 MB (MB)", first["node_rss_idle_MB"],
+                "≤ 60 MB", first["node_rss_idle_MB"] <= 60)
     return out
+
+
+def previous_run(out_dir: Path, stem: str, mode: str) -> dict[str, Any] | None:
+    """The newest earlier result of the same mode in *out_dir* (for the 'previous' column)."""
+    for path in sorted(out_dir.glob("*.json"), reverse=True):
+        if path.stem >= stem:
+            continue
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("mode") == mode:
+            return {"name": path.stem, "date": data.get("date", ""),
+                    "ratios_to_go": data.get("ratios_to_go", {}),
+                    "summary": data.get("summary", {}),
+                    "goals": data.get("goals", [])}
+    return None
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -314,6 +378,7 @@ def _psi(machine: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     machine = results["machine"]
     load = machine.get("loadavg", [0])[0], machine.get("loadavg_end", [0])[0]
+    previous = results.get("previous")
     out = [
         f"## tsproc benchmarks, {results['date']} ({results['mode']} mode, "
         f"{results['repeats']} trial(s) per line and path, medians)",
@@ -322,19 +387,28 @@ def markdown(results: dict[str, Any]) -> str:
         f"{machine.get('kernel')}, Python {machine.get('python')}, {machine.get('go')}, "
         f"{machine.get('helper')}, git {machine.get('git')}; {results['elapsed_s']:.0f} s.",
         "Every figure is also given as tsproc ÷ pure Go, both measured on the same path in the "
-        "same run (↑: higher is better, ↓: lower is better).",
+        "same run (↑: higher is better, ↓: lower is better)"
+        + (f"; 'previous' is that ratio in the run before this one of the same mode "
+           f"({previous['name']})." if previous else "."),
         "",
     ]
     summary = results["summary"]
     loop = summary.get("loopback", {})
-    extra = [line for line in ("kernel", "trio-tcp") if line in loop]
+    extra = [line for line in ("kernel", "trio-tcp", "hop") if line in loop]
     for path in ("direct", "derp"):
         lines = summary.get(path)
         if not lines:
             continue
         ratios = results["ratios_to_go"].get(path, {})
+        before = previous["ratios_to_go"].get(path, {}) if previous else None
         out += [f"### {PATH_LABELS[path]}", "", _path_note(lines), ""]
-        head = ["metric", "tsproc", "pure Go", "tsproc ÷ Go"] + [LINE_LABELS[e] for e in extra]
+        base = "base" in lines
+        head = ["metric", "tsproc", "pure Go", "tsproc ÷ Go"]
+        if before is not None:
+            head.append("previous")
+        if base:
+            head += ["baseline", "tsproc ÷ baseline"]
+        head += [LINE_LABELS[e] for e in extra]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for metric in METRICS:
@@ -344,19 +418,35 @@ def markdown(results: dict[str, Any]) -> str:
                 continue
             arrow = "↑" if metric.higher_is_better else "↓"
             ratio = ratios.get(metric.key)
+
             cells = [f"{metric.label} ({metric.unit}) {arrow}"]
             cells += [_fmt(v, metric.digits) for v in values[:2]]
             cells.append(f"{ratio:.2f}" if ratio is not None else "-")
+            if before is not None:
+                was = before.get(metric.key)
+                cells.append(f"{was:.2f}" if was is not None else "-")
+            if base:
+                b = results["ratios_to_base"].get(path, {}).get(metric.key)
+                cells += [_fmt(lines["base"].get(metric.key), metric.digits),
+                          f"{b:.2f}" if b is not None else "-"]
             cells += [_fmt(v, metric.digits) for v in values[2:]]
             out.append("| " + " | ".join(cells) + " |")
+        hop = hop_overhead_us(summary, path)
+        if hop is not None:
+            out += ["", f"What the helper hop adds to a round trip: (tsproc - pure Go) - "
+                    f"(trio TCP - Go TCP) = **{hop:,.0f} µs** (medians)."]
         out.append("")
     if results["goals"]:
-        out += ["### goals", "", "| path | goal | measured | met |", "|---|---|---|---|"]
+        was = {(g["path"], g["goal"]): g for g in previous["goals"]} if previous else {}
+        out += ["### goals (issue 16)", "", "| path | goal | measured | previous | met |",
+                "|---|---|---|---|---|"]
         for g in results["goals"]:
             met = {True: "yes", False: "**no**", None: "-"}[g["met"]]
-            out.append(f"| {g['path']} | {g['goal']} | {g['value']} | {met} |")
+            before_g = was.get((g["path"], g["goal"]))
+            out.append(f"| {g['path']} | {g['goal']} | {g['value']} | "
+                       f"{before_g['value'] if before_g else '-'} | {met} |")
         out.append("")
-        missed = {g["goal"].split(" ", 1)[0]: g["why"] for g in results["goals"] if g.get("why")}
+        missed = {g["kind"]: g["why"] for g in results["goals"] if g.get("why")}
         if missed:
             out += ["Why (details: benchmarks/README.md, Findings):", ""]
             out += [f"- **{kind}**: {why}" for kind, why in missed.items()]
@@ -369,12 +459,16 @@ def markdown(results: dict[str, Any]) -> str:
 def readme_table(results: dict[str, Any], stem: Path) -> str:
     summary, ratios = results["summary"], results["ratios_to_go"]
     paths = [p for p in ("direct", "derp") if p in ratios]
+    previous = results.get("previous")
     head = ["metric"]
     for path in paths:
         head += [f"tsproc ({path})", f"pure Go ({path})", "ratio"]
+        if previous:
+            head.append("previous ratio")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    keys = ["bulk1_MBps", "bulk8_MBps", "rr_median_us", "setup_median_us", "setup_per_s",
-            "startup_s", "node_rss_idle_MB", "idle_conns_MB_per_1k", "cpu_s_per_GiB"]
+    keys = ["bulk1_MBps", "bulk8_MBps", "rr_median_us", "rr_cpu_us", "setup_median_us",
+            "setup_per_s", "setup_cpu_us", "startup_s", "node_rss_idle_MB", "node_rss_load_MB",
+            "idle_conns_MB_per_1k", "cpu_s_per_GiB"]
     readme_labels = {"node_rss_idle_MB": "helper RSS idle (pure Go: the process)"}
     for key in keys:
         metric = METRIC_BY_KEY[key]
@@ -386,11 +480,16 @@ def readme_table(results: dict[str, Any], stem: Path) -> str:
             ratio = ratios[path].get(key)
             cells += [_fmt(ts, metric.digits), _fmt(go, metric.digits),
                       f"{ratio:.2f}" if ratio is not None else "-"]
+            if previous:
+                was = previous["ratios_to_go"].get(path, {}).get(key)
+                cells.append(f"{was:.2f}" if was is not None else "-")
         rows.append("| " + " | ".join(cells) + " |")
+    before = (f" 'previous ratio': the run before it ({previous['name']})." if previous
+              else "")
     return (f"Latest run ({results['date'][:10]}, {results['mode']} mode, "
             f"{results['machine'].get('cpus')} shared CPUs; details in "
             f"[benchmarks/results/{stem.name}.md](benchmarks/results/{stem.name}.md)):\n\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(rows) + "\n" + (f"\n{before.strip()}\n" if before else ""))
 
 
 def update_readme(readme: Path, results: dict[str, Any], stem: Path) -> None:

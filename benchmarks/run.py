@@ -13,6 +13,7 @@ line of the same run: the machine is shared and its speed drifts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -56,6 +57,11 @@ LINES: dict[str, Line] = {
     "go": Line("go", "pure Go (tsnet)", "go", "tsnet", True),
     "kernel": Line("kernel", "kernel (Go, loopback TCP)", "go", "tcp", False),
     "trio-tcp": Line("trio-tcp", "trio, loopback TCP", "python", "tcp", False),
+    # One helper and no tailnet: what the Python ⇄ helper boundary costs (peer.py, --net hop).
+    "hop": Line("hop", "helper hop (no tailnet)", "python", "hop", False),
+    # --base DIR: tsproc from another source tree (its Python package and its helper), for
+    # before/after measurements in one run.
+    "base": Line("base", "tsproc, baseline tree", "python", "tsproc", True),
 }
 
 
@@ -144,6 +150,10 @@ class Runner:
                     f"{dash}config", json.dumps(cfg)]
         return cmd
 
+    def root(self, line: Line) -> Path:
+        """The source tree a line's Python processes run from."""
+        return Path(self.args.base).resolve() if line.name == "base" else ROOT
+
     def environment(self, trial: Trial, role: str) -> dict[str, str]:
         env = dict(os.environ)
         # What tsproc sets for its helpers on a loopback control server; the Go line needs the
@@ -152,10 +162,16 @@ class Runner:
         env.pop("TS_DEBUG_ALWAYS_USE_DERP", None)
         if trial.path == "derp":
             env["TS_DEBUG_ALWAYS_USE_DERP"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        if self.args.pprof and trial.line.language == "python":
+        root = self.root(trial.line)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        if trial.line.name == "base":
+            env["TSPROC_HELPER"] = str(root / "tsproc" / "_bin" / "tsproc-helper")
+        if self.args.pprof and trial.line.language == "python" and trial.line.net != "tcp":
             profile = Path(self.args.pprof) / f"{trial.name}-{role}-helper-%p.pprof"
             env["TSPROC_HELPER_PPROF"] = str(profile)
+        if self.args.heapprof and trial.line.language == "python" and trial.line.net != "tcp":
+            profile = Path(self.args.heapprof) / f"{trial.name}-{role}-helper-%p.heap"
+            env["TSPROC_HELPER_HEAPPROF"] = str(profile)
         return env
 
     async def run_trial(self, trial: Trial) -> None:
@@ -187,6 +203,8 @@ class Runner:
                             await client.stdin.send_all(b"go\n")  # type: ignore[union-attr]
                         elif kind == "result":
                             trial.result = event
+                            # The round-trip marks enclose the warm-up exchanges too.
+                            trial.result.setdefault("rr_warmup", self.workload.rr_warmup)
                             break
                     await client.stdin.aclose()  # type: ignore[union-attr]
                 with trio.move_on_after(30):
@@ -206,7 +224,7 @@ class Runner:
             return await trio.lowlevel.open_process(
                 self.command(trial.line, role, hostname, trial, server),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                env=self.environment(trial, role), cwd=ROOT,
+                env=self.environment(trial, role), cwd=self.root(trial.line),
             )
         finally:
             log.close()
@@ -261,7 +279,11 @@ def machine_info() -> dict[str, Any]:
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     workload = MODES[args.mode]
+    if args.phases:
+        workload = dataclasses.replace(workload, phases=tuple(args.phases.split(",")))
     lines = [LINES[name] for name in args.lines.split(",")]
+    if args.base and LINES["base"] not in lines:
+        lines.insert(1, LINES["base"])
     paths = args.paths.split(",")
     repeats = args.repeats if args.repeats is not None else (3 if args.mode == "full" else 1)
     plan: list[tuple[Line, str]] = []
@@ -301,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--repeats", type=int, default=None,
                         help="trials per line and path (default: 1, or 3 in full mode)")
-    parser.add_argument("--lines", default="tsproc,go,kernel,trio-tcp",
+    parser.add_argument("--lines", default="tsproc,go,kernel,trio-tcp,hop",
                         help=f"comma-separated, from {','.join(LINES)}")
     parser.add_argument("--paths", default="direct,derp", help="direct, derp or both")
+    parser.add_argument("--phases", default=None,
+                        help="comma-separated workloads to run (default: all), e.g. setup")
     parser.add_argument("--out", default=str(HERE / "results"),
                         help="directory for <date>.json, .md and .png")
     parser.add_argument("--name", default=None,
@@ -312,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default=None, help="directory for the processes' stderr")
     parser.add_argument("--pprof", default=None,
                         help="directory for CPU profiles of the Go processes and the helpers")
+    parser.add_argument("--heapprof", default=None,
+                        help="directory for the helpers' heap profiles at their largest heap")
+    parser.add_argument("--base", default=None,
+                        help="another tsproc source tree (with its helper built) to run as the "
+                        "'base' line beside tsproc: before/after in one run")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument("--update-readme", action="store_true",
                         help="put the table into README.md between the bench markers")
@@ -321,12 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no gobench binary at {args.gobench}: run `make bench` (it builds it)")
     args.logs = args.logs or tempfile.mkdtemp(prefix="tsproc-bench-")
     Path(args.logs).mkdir(parents=True, exist_ok=True)
-    if args.pprof:
-        Path(args.pprof).mkdir(parents=True, exist_ok=True)
+    for directory in (args.pprof, args.heapprof):
+        if directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
     results = trio.run(run_all, args)
     stem = args.name or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H%M%S")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results["previous"] = report.previous_run(out, stem, results["mode"])
     written = report.write(results, out / stem, chart_png=not args.no_chart)
     if args.update_readme:
         report.update_readme(ROOT / "README.md", results, out / stem)

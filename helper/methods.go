@@ -63,6 +63,8 @@ func (n *node) Call(ctx context.Context, method string, params map[string]any) (
 		return n.certDomains(ctx)
 	case "cert_pair":
 		return n.certPair(ctx, p)
+	case "bench_echo":
+		return n.benchEcho()
 	case "shutdown":
 		// Answered first; the process then closes everything and exits (runNode).
 		return &wire.Reply{Result: map[string]any{}, FD: -1, After: func(bool) { n.requestShutdown() }}, nil

@@ -14,7 +14,7 @@ GOBENCH = ROOT / "benchmarks" / "gobench" / "gobench"
 
 def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     # The pure-Go lines need `make bench` to have built gobench; without it, the Python lines.
-    lines = "tsproc,trio-tcp,go,kernel" if GOBENCH.exists() else "tsproc,trio-tcp"
+    lines = "tsproc,trio-tcp,hop,go,kernel" if GOBENCH.exists() else "tsproc,trio-tcp,hop"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--mode", "smoke", "--lines", lines,
          "--paths", "direct", "--out", str(tmp_path), "--name", "smoke", "--no-chart",
@@ -25,13 +25,17 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "smoke.json").read_text())
     tsproc = results["summary"]["direct"]["tsproc"]
     for key in ("bulk1_MBps", "bulk8_MBps", "rr_median_us", "rr_p99_us", "setup_median_us",
-                "startup_s", "node_rss_idle_MB", "host_rss_idle_MB", "cpu_s_per_GiB"):
+                "startup_s", "node_rss_idle_MB", "host_rss_idle_MB", "cpu_s_per_GiB",
+                "rr_cpu_us", "setup_cpu_us"):
         assert tsproc[key] > 0, key
     assert "idle_conns_MB_per_1k" in tsproc
     assert results["summary"]["loopback"]["trio-tcp"]["bulk1_MBps"] > 0
+    # The helper hop line: round trips and set-ups through a helper with no tailnet.
+    hop = results["summary"]["loopback"]["hop"]
+    assert hop["rr_median_us"] > 0 and hop["setup_median_us"] > 0
     if GOBENCH.exists():
         assert results["ratios_to_go"]["direct"]["bulk1_MBps"] > 0
-        assert {g["goal"].split(" ")[0] for g in results["goals"]} >= {"bulk", "round", "start-up"}
+        assert {g["kind"] for g in results["goals"]} >= {"bulk", "hop", "setup", "start-up"}
     table = (tmp_path / "smoke.md").read_text()
     assert table.startswith("## tsproc benchmarks")
     assert "| 64 B round trip, median (µs) ↓ |" in table

@@ -59,6 +59,8 @@ type bridge struct {
 	// tailnet connection is closed fully, as closing a TCP socket would (see hostClosed).
 	hostGone  atomic.Bool
 	forwarded atomic.Bool
+
+	bridgeIdleState // the host → tailnet pump's idle hand-over (bridge_idle_*.go)
 }
 
 // newBridge makes the socketpair for tn. Until start is called nothing is pumped; the caller
@@ -98,10 +100,7 @@ func (b *bridge) start(finished func()) {
 		defer done()
 		b.pumpToHost()
 	}()
-	go func() {
-		defer done()
-		b.pumpToTailnet()
-	}()
+	b.startHostPump(done)
 }
 
 // pumpToHost copies tailnet → host. An orderly EOF from the tailnet peer is reported as a
@@ -120,10 +119,10 @@ func (b *bridge) pumpToHost() {
 	b.abort()
 }
 
-// pumpToTailnet copies host → tailnet. EOF from the host (the application half-closed) is
-// passed on as a half-close of the tailnet connection.
-func (b *bridge) pumpToTailnet() {
-	err := b.copyFromHost()
+// finishHostPump ends the host → tailnet direction once its copy has returned err. EOF from
+// the host (the application half-closed) is passed on as a half-close of the tailnet
+// connection.
+func (b *bridge) finishHostPump(err error) {
 	if err == nil {
 		if cw, ok := b.tn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			b.forwarded.Store(true)
@@ -155,6 +154,9 @@ func (b *bridge) abort() {
 		b.tn.Close()
 		b.local.Close()
 	})
+	// Outside the Once: an idle host pump's end is reported from here, and the last end
+	// calls abort again.
+	b.disarm()
 }
 
 // closePassFD closes the host's end if it was never handed over.

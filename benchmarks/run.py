@@ -166,6 +166,9 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         if trial.line.name == "base":
             env["TSPROC_HELPER"] = str(root / "tsproc" / "_bin" / "tsproc-helper")
+        for item in self.args.env if trial.line.name == "tsproc" else self.args.base_env:
+            key, _, value = item.partition("=")
+            env[key] = value
         if self.args.pprof and trial.line.language == "python" and trial.line.net != "tcp":
             profile = Path(self.args.pprof) / f"{trial.name}-{role}-helper-%p.pprof"
             env["TSPROC_HELPER_PPROF"] = str(profile)
@@ -221,13 +224,23 @@ class Runner:
                      server: Mapping[str, Any] | None) -> trio.Process:
         log = open(self.log_dir / f"{trial.name}-{role}.log", "wb")  # noqa: SIM115, ASYNC230
         try:
-            return await trio.lowlevel.open_process(
+            process = await trio.lowlevel.open_process(
                 self.command(trial.line, role, hostname, trial, server),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env=self.environment(trial, role), cwd=self.root(trial.line),
             )
         finally:
             log.close()
+        if self.args.pyspy and trial.line.language == "python":
+            # py-spy (the bench extra) samples the host until it exits; raw (collapsed
+            # stacks) output, for flame graphs or a grep.
+            out = Path(self.args.pyspy) / f"{trial.name}-{role}.txt"
+            subprocess.Popen(  # noqa: ASYNC220 - detached on purpose; it ends with its target
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                 str(process.pid), "--format", "raw", "--rate", "250", "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        return process
 
     async def _sample(self, trial: Trial) -> None:
         while True:
@@ -336,11 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default=None, help="directory for the processes' stderr")
     parser.add_argument("--pprof", default=None,
                         help="directory for CPU profiles of the Go processes and the helpers")
+    parser.add_argument("--pyspy", default=None,
+                        help="directory for py-spy profiles (raw) of the Python processes")
     parser.add_argument("--heapprof", default=None,
                         help="directory for the helpers' heap profiles at their largest heap")
     parser.add_argument("--base", default=None,
                         help="another tsproc source tree (with its helper built) to run as the "
                         "'base' line beside tsproc: before/after in one run")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for the tsproc line only (its hosts and helpers)")
+    parser.add_argument("--base-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for the base line only")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument("--update-readme", action="store_true",
                         help="put the table into README.md between the bench markers")
@@ -350,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no gobench binary at {args.gobench}: run `make bench` (it builds it)")
     args.logs = args.logs or tempfile.mkdtemp(prefix="tsproc-bench-")
     Path(args.logs).mkdir(parents=True, exist_ok=True)
-    for directory in (args.pprof, args.heapprof):
+    for directory in (args.pprof, args.heapprof, args.pyspy):
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
     results = trio.run(run_all, args)

@@ -480,3 +480,34 @@ async def test_RpcChannel_result_handler_that_refuses_a_result_breaks_the_channe
     finally:
         helper_end.close()
         host_end.close()
+
+
+async def test_RpcChannel_calls_on_break_before_the_helper_can_read_EOF():
+    """Regression (issue 15): on a protocol error the owner must be able to SIGKILL the helper
+    before the helper reads EOF, which it takes for "the host is gone" (it then closes tsnet,
+    and an ephemeral node logs out: the next helper came back as a new node, with new IPs).
+    So on_break runs once, with the error, while the host's end is still open."""
+    host_end, helper_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    breaks: list[tuple[BaseException, bytes | None]] = []
+
+    def on_break(error: BaseException) -> None:
+        try:
+            seen: bytes | None = helper_end.recv(1, socket.MSG_DONTWAIT)  # b"" would be EOF
+        except BlockingIOError:
+            seen = None  # nothing to read: the host's end is still open
+        breaks.append((error, seen))
+
+    rpc = RpcChannel(trio.socket.from_stdlib_socket(host_end), lambda msg: None, on_break)
+    try:
+        helper_end.sendall(b"\xff\xff\xff\xff not a frame")
+        with trio.fail_after(10), pytest.raises(ProtocolError, match="frame length"):
+            await rpc.serve()
+        rpc.close()  # the owner closes it again: on_break is not called twice
+        assert len(breaks) == 1
+        error, seen = breaks[0]
+        assert isinstance(error, ProtocolError)
+        assert seen is None, "the helper could read EOF before on_break ran"
+        assert helper_end.recv(1) == b""  # and the channel is closed after it
+    finally:
+        helper_end.close()
+        host_end.close()

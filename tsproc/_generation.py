@@ -61,7 +61,7 @@ class Generation:
         self._on_down = on_down
         self._on_backend_state = on_backend_state
         self.rpc = RpcChannel(trio.socket.from_stdlib_socket(process.control),
-                              self._on_notification)
+                              self._on_notification, self._channel_broke)
         self.died = trio.Event()
         self._death_reason = ""
         self.conns: dict[int, ConnState] = {}
@@ -141,12 +141,25 @@ class Generation:
                 self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return
 
+    def _channel_broke(self, error: BaseException) -> None:
+        """The channel ends: called before its socket closes. If the host gave up on the
+        helper (it broke the protocol), the helper is killed *now*, before it can read EOF.
+
+        A helper that reads EOF takes it for "the host is gone" (docs/protocol.md §11) and closes
+        tsnet, and tsnet logs an ephemeral node out — deleting its key from the state dir.
+        The helper that replaces this one would then register as a new node, with new IPs. On
+        a loaded machine the helper has the time to do it before die() runs: the reader task
+        yields before it raises the ProtocolError to _serve.
+        """
+        if isinstance(error, ProtocolError):
+            self.process.kill()
+
     def die(self, reason: str) -> None:
         """Declare this generation dead: kill the process, fail its connections. Idempotent."""
         if self.died.is_set():
             return
         self._death_reason = reason
-        self.process.kill()
+        self.process.kill()  # before the channel closes: see _channel_broke
         self.rpc.close()
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")

@@ -75,15 +75,21 @@ class RpcChannel:
     Run :meth:`serve` in a task: it reads until the helper closes the channel (returns) or
     breaks the protocol (raises :class:`ProtocolError`). Notifications go to *on_notification*,
     called from the reader task: it must not block, and it owns any fd in the message.
+
+    *on_break*, if given, is called once with the reason the channel ended, right *before* the
+    socket is closed, so that the owner can act before the peer can read EOF (a helper reads
+    EOF as "the host is gone" and closes tsnet: see :meth:`Generation._channel_broke`).
     """
 
     def __init__(
         self,
         sock: trio.socket.SocketType,
         on_notification: Callable[[proto.Notification], None],
+        on_break: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._sock = sock
         self._on_notification = on_notification
+        self._on_break = on_break
         self._decoder = proto.Decoder()
         # Every frame goes through one writer task: callers that cannot await (a stream's
         # close, a listener's accept) can still send, and queued frames leave in one write.
@@ -282,6 +288,8 @@ class RpcChannel:
     def _fail(self, error: BaseException) -> None:
         if self._broken is None:
             self._broken = error
+            if self._on_break is not None:
+                self._on_break(error)  # before the close below: the peer must not see EOF first
         self._sock.close()
         self._outbox_send.close()
         self._decoder.close()

@@ -3,6 +3,8 @@ and the node comes back by itself with the same identity."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +29,12 @@ async def next_event_of(events: tsproc.EventStream, kind: type, timeout: float =
             if isinstance(event, kind):
                 return event
     raise AssertionError(f"event stream ended before a {kind.__name__}")
+
+
+def helper_lines(caplog: pytest.LogCaptureFixture, pid: int | None, text: str) -> list[str]:
+    """The forwarded log lines of helper *pid* that contain *text*."""
+    prefix = f"helper {pid}: "
+    return [m for r in caplog.records if prefix in (m := r.getMessage()) and text in m]
 
 
 async def echo(stream: tsproc.TailnetStream) -> None:
@@ -138,16 +146,52 @@ async def test_SIGSTOP_is_detected_by_the_heartbeat_and_the_helper_replaced(tail
 
 
 async def test_garbage_on_the_control_channel_is_a_protocol_error_and_a_restart(
-    monkeypatch, tailnet_node
+    monkeypatch, caplog, tailnet_node
 ):
-    monkeypatch.setenv("TSPROC_HELPER_FAULT", "garbage_after:ping@1")
+    # The garbage follows the answer to a call the test makes once the node is running. (After
+    # the first heartbeat ping, as before, it could come while a slow machine still brings the
+    # node up: a failed start, retried without a HelperRestartedEvent.)
+    monkeypatch.setenv("TSPROC_HELPER_FAULT", "garbage_after:cert_domains@1")
+    caplog.set_level(logging.INFO, logger="tsproc.helper")
     async with tailnet_node("garbled", restart=FAST) as node:
-        ips = node.tailscale_ips
+        ips, old_pid = node.tailscale_ips, node.helper_pid
+        before = await node.status()
         events = node.events()
+        # Its answer is lost when the garbage arrives in the same read: either outcome is fine.
+        with contextlib.suppress(tsproc.ProtocolError):
+            await node.cert_domains()
         restarted = await next_event_of(events, tsproc.HelperRestartedEvent)
         assert "protocol error" in restarted.reason
+        # Killed before its end of the channel could read EOF ("the host is gone"), on which
+        # it would have closed tsnet and logged the ephemeral node out: a new identity.
+        assert restarted.returncode == -signal.SIGKILL
         assert node.tailscale_ips == ips
-        assert (await node.status()).backend_state == "Running"
+        after = await node.status()
+        assert after.backend_state == "Running"
+        assert after.self.id == before.self.id
+    # The node is closed: every line the old helper wrote has been forwarded by now.
+    assert not helper_lines(caplog, old_pid, "closed by the host")
+    assert not helper_lines(caplog, old_pid, "logged out")
+
+
+async def test_SIGKILL_right_after_running_keeps_the_identity_every_time(tailnet_node):
+    # The node key must be on disk before the node reports Running: a helper killed the moment
+    # it runs, again and again, comes back each time as the same node.
+    kills = 5
+    policy = tsproc.RestartPolicy(max_attempts=kills + 1, initial_backoff=0.05,
+                                  heartbeat_interval=0.5, heartbeat_timeout=2.0)
+    async with tailnet_node("phoenix", restart=policy) as node:
+        ips = node.tailscale_ips
+        node_id = (await node.status()).self.id
+        events = node.events()
+        for kill in range(1, kills + 1):
+            pid = node.helper_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            restarted = await next_event_of(events, tsproc.HelperRestartedEvent)
+            assert restarted.returncode == -signal.SIGKILL, f"kill {kill}: {restarted.reason}"
+            assert node.tailscale_ips == ips, f"kill {kill}"
+            assert (await node.status()).self.id == node_id, f"kill {kill}"
 
 
 async def test_a_helper_that_exits_at_once_ends_in_HelperCrashLoop_with_backoff(monkeypatch):

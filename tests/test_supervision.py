@@ -79,52 +79,63 @@ async def test_SIGKILL_mid_transfer_breaks_streams_and_the_node_comes_back(tailn
         async def wait_in_accept() -> None:
             accepted_after_restart.append(await waiting_listener.accept())
 
-        async with trio.open_nursery() as nursery:
-            async def accept_ten() -> None:
-                async with trio.open_nursery() as inner:
-                    for _ in range(10):
-                        inner.start_soon(server_side, await data_listener.accept())
-            nursery.start_soon(accept_ten)
-            client_streams = [await client.dial("server", 9100) for _ in range(10)]
-            for stream in client_streams:
-                nursery.start_soon(client_side, stream)
-            nursery.start_soon(wait_in_accept)
-            with trio.fail_after(10):
-                while len(server_streams) < 10:
-                    await trio.sleep(0.05)
-            await trio.sleep(0.3)  # let bytes flow on every stream
+        # Closed however the test ends: a failure must not leave sockets for the garbage
+        # collector to report in a later test.
+        client_streams: list[tsproc.TailnetStream] = []
+        probes: list[tsproc.TailnetStream] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                async def accept_ten() -> None:
+                    async with trio.open_nursery() as inner:
+                        for _ in range(10):
+                            inner.start_soon(server_side, await data_listener.accept())
+                nursery.start_soon(accept_ten)
+                client_streams.extend([await client.dial("server", 9100) for _ in range(10)])
+                for stream in client_streams:
+                    nursery.start_soon(client_side, stream)
+                nursery.start_soon(wait_in_accept)
+                with trio.fail_after(10):
+                    while len(server_streams) < 10:
+                        await trio.sleep(0.05)
+                await trio.sleep(0.3)  # let bytes flow on every stream
 
-            old_pid = server.helper_pid
-            assert old_pid is not None
-            os.kill(old_pid, signal.SIGKILL)
+                old_pid = server.helper_pid
+                assert old_pid is not None
+                os.kill(old_pid, signal.SIGKILL)
 
-            # A dial issued during the restart waits for the node and succeeds.
-            await trio.sleep(0.05)
-            assert server.state is not tsproc.NodeState.RUNNING
-            with trio.fail_after(30):
-                probe = await client.dial("server", 9101)
+                # A dial issued during the restart waits for the node and succeeds. (Wait for
+                # the host to see the death: a fixed sleep was too short on a loaded machine.)
+                with trio.fail_after(30):
+                    async for event in events:
+                        if (isinstance(event, tsproc.StateEvent)
+                                and event.state is tsproc.NodeState.RESTARTING):
+                            break
+                with trio.fail_after(30):
+                    probe = await client.dial("server", 9101)
+                probes.append(probe)
 
-            restarted = await next_event_of(events, tsproc.HelperRestartedEvent)
-            assert restarted.returncode == -signal.SIGKILL
-            assert "SIGKILL" in restarted.reason
-            assert server.helper_pid not in (None, old_pid)
-            assert server.tailscale_ips == ips_before
+                restarted = await next_event_of(events, tsproc.HelperRestartedEvent)
+                assert restarted.returncode == -signal.SIGKILL
+                assert "SIGKILL" in restarted.reason
+                assert server.helper_pid not in (None, old_pid)
+                assert server.tailscale_ips == ips_before
 
-            with trio.fail_after(15):
-                while len(outcomes) < 10:
-                    await trio.sleep(0.05)
-            assert outcomes == ["broken"] * 10
+                with trio.fail_after(15):
+                    while len(outcomes) < 10:
+                        await trio.sleep(0.05)
+                assert outcomes == ["broken"] * 10
 
-            with trio.fail_after(15):
-                while not accepted_after_restart:
-                    await trio.sleep(0.05)
-            await accepted_after_restart[0].send_all(b"after restart")
-            assert await probe.receive_some(100) == b"after restart"
-            status = await server.status()
-            assert status.helper_restarts == 1
-            nursery.cancel_scope.cancel()
-        for s in [*client_streams, *server_streams, probe, *accepted_after_restart]:
-            await s.aclose()
+                with trio.fail_after(15):
+                    while not accepted_after_restart:
+                        await trio.sleep(0.05)
+                await accepted_after_restart[0].send_all(b"after restart")
+                assert await probe.receive_some(100) == b"after restart"
+                status = await server.status()
+                assert status.helper_restarts == 1
+                nursery.cancel_scope.cancel()
+        finally:
+            for s in [*client_streams, *server_streams, *probes, *accepted_after_restart]:
+                await s.aclose()
 
 
 async def test_SIGSTOP_is_detected_by_the_heartbeat_and_the_helper_replaced(tailnet_node):

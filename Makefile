@@ -10,7 +10,7 @@ GO = $(shell $(PY) hatch_build.py --print-go)
 export GOTOOLCHAIN := local
 export GOFLAGS := -buildvcs=false
 
-.PHONY: demo test helper lint gotest pytest clean bench bench-full
+.PHONY: demo test helper lint gotest pytest clean bench bench-full soak
 
 demo: $(HELPER)
 	$(PY) -m tsproc demo
@@ -31,10 +31,11 @@ $(HELPER): $(GO_SOURCES) hatch_build.py $(VENV)/.installed
 	$(PY) hatch_build.py $(HELPER)
 
 lint: $(VENV)/.installed
-	@unformatted=$$(cd helper && $$(dirname $(GO))/gofmt -l .); \
+	@unformatted=$$($$(dirname $(GO))/gofmt -l helper soak/gopeer); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	cd helper && $(GO) vet ./...
-	$(VENV)/bin/ruff check tsproc tests examples wheels benchmarks hatch_build.py
+	cd soak/gopeer && $(GO) vet .
+	$(VENV)/bin/ruff check tsproc tests examples wheels benchmarks soak hatch_build.py
 	$(VENV)/bin/mypy
 
 # Then a short fuzz run of each target (helper/internal/wire/fuzz_test.go, helper/protocol_fuzz_test.go); FUZZTIME=5m fuzzes longer.
@@ -45,7 +46,8 @@ gotest: $(VENV)/.installed
 	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/wire
 	cd helper && $(GO) test -run=NONE -fuzz='^FuzzDispatch$$' -fuzztime=$(FUZZTIME) .
 
-pytest: $(HELPER) headscale
+# tests/test_soak.py runs a 1-minute soak (`make soak` below) with the Go peer built here.
+pytest: $(HELPER) headscale $(SOAKPEER)
 	$(VENV)/bin/pytest
 
 # Headscale, the open-source control server tests/interop runs against: built once (a few
@@ -71,6 +73,19 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 $(GOBENCH): benchmarks/gobench/main.go benchmarks/gobench/go.mod benchmarks/gobench/go.sum $(VENV)/.installed
 	cd benchmarks/gobench && $(GO) build -o gobench .
 
+# The soak of issue 15 (docs/reliability.md): tsproc nodes and a pure-Go tsnet peer moving
+# data while a fault loop kills, freezes, crash-loops, starves and saturates helpers. Fails on
+# any silently wrong transfer, leak, stuck or unrecovered node. SOAK_ARGS adds options, e.g.
+# SOAK_ARGS="--seed 42 -v".
+SOAK_MINUTES ?= 5
+SOAKPEER := soak/gopeer/gopeer
+
+soak: $(HELPER) $(SOAKPEER)
+	$(PY) -m soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+$(SOAKPEER): soak/gopeer/main.go soak/gopeer/go.mod soak/gopeer/go.sum $(VENV)/.installed
+	cd soak/gopeer && $(GO) build -o gopeer .
+
 # Every platform's wheel (manylinux/musllinux x86_64+aarch64, macOS x86_64+arm64) cross-built from
 # the sdist into build/wheels and checked, with a table (wheels/README.md). WHEELS_FLAGS: by
 # default also install this machine's wheel without Go and run its demo, handshake with
@@ -82,5 +97,5 @@ wheels: $(VENV)/.installed
 	$(PY) wheels/build_wheels.py $(WHEELS_FLAGS)
 
 clean:
-	rm -f $(GOBENCH)
+	rm -f $(GOBENCH) $(SOAKPEER)
 	rm -rf $(VENV) tsproc/_bin build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,748 @@
+"""The soak run: a local tailnet, tsproc nodes in this process and a pure-Go tsnet peer, a
+steady workload between them, a fault loop, and the accounting at the end."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import tsproc
+import tsproc.testing
+
+from . import faults
+from .protocol import Ledger, Pool, Reconciled, Side
+from .workload import SERVICE_PORT, UDP_PORT, Client, Counters, serve_conn
+
+ROOT = Path(__file__).resolve().parent.parent
+GOPEER = ROOT / "soak" / "gopeer" / "gopeer"
+GO_NAME = "soak-go"
+RECOVERY_BOUND = 120.0
+# How far the host's RSS may end above where it started (after the warm-up).
+RSS_BOUND = 96 << 20
+
+# Faster than the default policy, so that a frozen helper is found within a few seconds, yet
+# slack enough for a shared, loaded machine; stable_after is short so that a crash loop is
+# counted from a helper that ran a while, as in production.
+POLICY = tsproc.RestartPolicy(
+    max_attempts=6, initial_backoff=0.1, heartbeat_interval=1.0, heartbeat_timeout=4.0,
+    stable_after=10.0,
+)
+
+# The helper is started through this wrapper, which makes a node's next N starts exit at once
+# (TSPROC_HELPER_FAULT=exit_at_start, the helper's own test switch) while the count in its file
+# lasts: a crash loop for one node, without touching the others.
+WRAPPER = """#!/bin/sh
+f="$SOAK_CRASH_FILE"
+n=$(cat "$f" 2>/dev/null || echo 0)
+if [ "${n:-0}" -gt 0 ]; then
+    echo $((n - 1)) > "$f"
+    TSPROC_HELPER_FAULT=exit_at_start
+    export TSPROC_HELPER_FAULT
+fi
+exec "$SOAK_REAL_HELPER" "$@"
+"""
+
+
+@dataclass
+class Config:
+    minutes: float = 5.0
+    seed: int = 0
+    nodes: int = 3
+    fault_gap: tuple[float, float] = (2.0, 6.0)
+    json_path: Path | None = None
+    verbose: bool = False
+
+
+def log(msg: str) -> None:
+    print(f"soak: {msg}", file=sys.stderr, flush=True)
+
+
+class SoakNode:
+    """One tsproc node of the soak, its service listener and what happened to it."""
+
+    def __init__(self, name: str, node: tsproc.Node, crash_file: Path) -> None:
+        self.name = name
+        self.node = node
+        self.crash_file = crash_file
+        self.ips: tuple[Any, ...] = ()
+        self.listener: tsproc.TailnetListener | None = None
+        self.listener_ready = trio.Event()
+        self.accept_closed = trio.Event()
+        self._closing_listener = False
+        self.restarts: list[tuple[float, str]] = []
+        self.last_restart = trio.current_time()
+        self.crash_loop_failure = ""
+        self.handlers = 0
+
+    async def open_service_listener(self) -> None:
+        self.listener = await faults._listen(self.node, SERVICE_PORT, backlog=128)
+        self.listener_ready.set()
+
+    async def close_service_listener(self) -> None:
+        self.listener_ready = trio.Event()
+        self.accept_closed = trio.Event()
+        self._closing_listener = True
+        assert self.listener is not None
+        await self.listener.aclose()
+
+    async def reopen_service_listener(self) -> None:
+        await self.open_service_listener()
+        self._closing_listener = False
+
+    async def serve(self, soak: Soak) -> None:
+        async with trio.open_nursery() as handlers:
+            while True:
+                await self.listener_ready.wait()
+                assert self.listener is not None
+                try:
+                    stream = await self.listener.accept()
+                except trio.ClosedResourceError as exc:
+                    self.accept_closed.set()
+                    if not self._closing_listener:
+                        # Not our doing: tsproc closed it. Note it, and listen again.
+                        soak.counters.notes.append(f"{self.name}: service listener closed: {exc}")
+                        self.listener_ready = trio.Event()
+                        await self.open_service_listener()
+                    continue
+                handlers.start_soon(self._handle, stream, soak)
+
+    async def _handle(self, stream: tsproc.TailnetStream, soak: Soak) -> None:
+        self.handlers += 1
+        try:
+            await serve_conn(stream, soak.ledger, soak.pool)
+        finally:
+            self.handlers -= 1
+
+    async def udp_echo(self) -> None:
+        while True:
+            try:
+                conn = await self.node.listen_packet(UDP_PORT)
+            except tsproc.TsprocError:
+                await trio.sleep(0.5)  # restarting (or the old socket not yet released)
+                continue
+            async with conn:
+                try:
+                    while True:
+                        data, addr = await conn.recvfrom()
+                        await conn.sendto(data, addr)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    continue  # its helper restarted: open a new one
+
+    async def watch_events(self, events: tsproc.EventStream) -> None:
+        async for event in events:
+            if isinstance(event, tsproc.HelperRestartedEvent):
+                now = trio.current_time()
+                self.restarts.append((now, event.reason))
+                self.last_restart = now
+            elif isinstance(event, tsproc.CrashLoopEvent):
+                self.crash_loop_failure = event.error
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    node: str
+    at: float
+    recovery: float | None
+    note: str
+    failed: str = ""
+
+
+@dataclass
+class Soak:
+    cfg: Config
+    tailnet: tsproc.testing.LocalTailnet
+    ledger: Ledger
+    pool: Pool
+    counters: Counters
+    client: Client
+    nodes: list[SoakNode]
+    control_pid: int
+    fault_rng: random.Random
+    policy: tsproc.RestartPolicy = POLICY
+    faults: list[FaultRecord] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def peer_names(self, sn: SoakNode) -> list[str]:
+        return [n.name for n in self.nodes if n is not sn] + [GO_NAME]
+
+    def by_name(self, name: str) -> SoakNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+
+# -- host resources --
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def child_pids() -> set[int]:
+    me, children = os.getpid(), set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                children.add(int(name))
+    return children
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def trio_tasks() -> int:
+    stack, n = [trio.lowlevel.current_root_task()], 0
+    while stack:
+        task = stack.pop()
+        n += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return n
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# -- the Go peer --
+
+class GoPeer:
+    def __init__(self, process: trio.Process, soak_ledger: Ledger) -> None:
+        self.process = process
+        self.ledger = soak_ledger
+        self.ready = trio.Event()
+        self.done = trio.Event()
+        self.ips: list[str] = []
+        self.dialed = 0
+        self.error = ""
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        buf = b""
+        async for chunk in self.process.stdout:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self._line(json.loads(line))
+        if not self.done.is_set():
+            self.error = self.error or f"the Go peer exited early ({self.process.returncode})"
+        self.ready.set()
+        self.done.set()
+
+    def _line(self, msg: dict[str, Any]) -> None:
+        ev = msg.get("ev")
+        if ev == "ready":
+            self.ips = list(msg["ips"])
+            self.ready.set()
+        elif ev == "rec":
+            self.ledger.record(int(msg["id"]), msg["role"], msg["kind"],
+                               Side(msg["outcome"], bool(msg["sent_all"]),
+                                    int(msg["verified"]), str(msg["detail"])))
+        elif ev == "done":
+            self.dialed = int(msg.get("dialed", 0))
+            self.done.set()
+        elif ev == "error":
+            self.error = str(msg.get("error"))
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.process.stdin.send_all(line.encode() + b"\n")
+
+
+# -- the run --
+
+async def run(cfg: Config) -> int:
+    fds_before, children_before = open_fds(), child_pids()
+    threads_before, tasks_before = threading.active_count(), trio_tasks()
+    load_start = load_average()
+    rng = random.Random(cfg.seed)
+    log(f"seed {cfg.seed}, {cfg.minutes:g} minutes, load average {load_start}")
+    if not GOPEER.exists():
+        log(f"{GOPEER} is missing: build it with `make soak` (or `make test`)")
+        return 2
+    ledger, pool, counters = Ledger(), Pool(cfg.seed), Counters()
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    workdir = _make_workdir()
+    wrapper = workdir / "helper-wrapper.sh"
+    real_helper = str(tsproc._helper.find_helper())
+    started_at = trio.current_time()
+    rss_start = 0
+    soak: Soak | None = None
+    try:
+        async with tsproc.testing.local_tailnet() as tailnet, AsyncExitStack() as stack:
+            nodes = []
+            for i in range(cfg.nodes):
+                name = f"soak-{chr(ord('a') + i)}"
+                crash_file = workdir / f"{name}.crash"
+                node = tailnet.node(name, restart=POLICY, helper_path=wrapper, helper_env={
+                    "SOAK_CRASH_FILE": str(crash_file), "SOAK_REAL_HELPER": real_helper})
+                sn = SoakNode(name, node, crash_file)
+                await stack.enter_async_context(node)
+                sn.ips = node.tailscale_ips
+                nodes.append(sn)
+                log(f"{name} up: {', '.join(map(str, sn.ips))}")
+            client_ids = itertools.count(1)
+            soak = Soak(cfg, tailnet, ledger, pool, counters,
+                        Client(ledger, pool, counters, lambda: next(client_ids)), nodes,
+                        tailnet._process.pid, random.Random(rng.random()))
+            soak._ids = client_ids
+            results = await _run_with_nodes(soak, stack, rng)
+            rss_start = results.pop("rss_start")
+    except* Exception as group:
+        for exc in group.exceptions:
+            failures.append(f"the soak itself failed: {type(exc).__name__}: {exc}")
+            log(f"error: {exc!r}")
+            if cfg.verbose:
+                traceback.print_exception(exc)
+    minutes = (trio.current_time() - started_at) / 60
+    if soak is not None:
+        failures += soak.failures
+
+    # Leaks: everything the soak started is closed now.
+    leaks: Counter[str] = Counter()
+    with trio.move_on_after(15):  # trio's idle worker threads go after a few seconds
+        while threading.active_count() > threads_before:
+            await trio.sleep(0.2)
+    leaks["threads"] = max(0, threading.active_count() - threads_before)
+    leaked_fds = open_fds() - fds_before
+    leaks["fds"] = len(leaked_fds)
+    leaks["processes"] = len(child_pids() - children_before)
+    leaks["trio tasks"] = max(0, trio_tasks() - tasks_before)
+    leaks.update(results.get("helper_leaks", {}))
+    for what, n in leaks.items():
+        if n:
+            failures.append(f"leak: {n} {what}")
+    if leaked_fds:
+        failures.append("leaked fds: " + ", ".join(_fd_target(fd) for fd in sorted(leaked_fds)))
+    rss_end = rss()
+    if rss_start and rss_end - rss_start > RSS_BOUND:
+        failures.append(f"host RSS grew by {(rss_end - rss_start) >> 20} MiB "
+                        f"(bound {RSS_BOUND >> 20} MiB)")
+    reconciled = ledger.reconcile()
+    if reconciled.silently_wrong:
+        failures.append(f"{reconciled.silently_wrong} silently wrong transfers: "
+                        + "; ".join(reconciled.wrong_details[:10]))
+    if reconciled.unexpected:
+        failures.append(f"{reconciled.unexpected} transfers ended with an exception tsproc "
+                        "should not raise: " + "; ".join(reconciled.unexpected_details[:10]))
+    if counters.udp_corrupt:
+        failures.append(f"{counters.udp_corrupt} corrupt UDP datagrams")
+    table = _table(cfg, minutes, soak, reconciled, counters, leaks, rss_start, rss_end,
+                   load_start, load_average(), results)
+    print(table, flush=True)
+    if soak is not None:
+        for f in soak.faults:
+            if f.failed or cfg.verbose:
+                log(f"fault {f.kind} on {f.node} at {f.at:.0f}s: {f.note} {f.failed}")
+    for note in counters.notes:
+        log(f"note: {note}")
+    if cfg.json_path is not None:
+        cfg.json_path.write_text(json.dumps({
+            "seed": cfg.seed, "minutes": minutes, "table": table, "failures": failures,
+            "faults": [f.__dict__ for f in soak.faults] if soak else [],
+            "error_kinds": dict(reconciled.error_kinds), "notes": counters.notes,
+            "error_samples": reconciled.error_samples,
+        }, indent=1, default=str))
+    for failure in failures:
+        log(f"FAIL: {failure}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    log("PASS" if not failures else f"{len(failures)} failures")
+    return 1 if failures else 0
+
+
+def _make_workdir() -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="tsproc-soak-"))
+    wrapper = workdir / "helper-wrapper.sh"
+    wrapper.write_text(WRAPPER)
+    wrapper.chmod(0o700)
+    return workdir
+
+
+def _fd_target(fd: int) -> str:
+    try:
+        return f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
+    except OSError:
+        return str(fd)
+
+
+async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random) -> dict[str, Any]:
+    cfg = soak.cfg
+    results: dict[str, Any] = {}
+    env = tsproc._helper.helper_environment(
+        {"TS_DISABLE_PORTMAPPER": "1", "TS_DEBUG_OMIT_LOCAL_ADDRS": "1"})
+    go_log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
+    args = [str(GOPEER), "-control", soak.tailnet.control_url, "-hostname", GO_NAME,
+            "-port", str(SERVICE_PORT), "-udp-port", str(UDP_PORT),
+            # IPs, not names: they must stay the same through restarts, and this checks it.
+            "-targets", ",".join(str(n.ips[0]) for n in soak.nodes), "-workers", "2",
+            "-seed", str(cfg.seed)]
+    if cfg.verbose:
+        log("go peer: " + shlex.join(args))
+    process = await trio.lowlevel.open_process(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=go_log, env=env,
+        start_new_session=True)
+    gopeer = GoPeer(process, soak.ledger)
+
+    async def stop_gopeer() -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    await pipe.aclose()
+
+    stack.push_async_callback(stop_gopeer)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(gopeer.read)
+        for sn in soak.nodes:
+            outer.start_soon(sn.watch_events, sn.node.events())
+        with trio.fail_after(120):
+            await gopeer.ready.wait()
+        if gopeer.error:
+            raise RuntimeError(gopeer.error)
+        log(f"{GO_NAME} up: {', '.join(gopeer.ips)}")
+        async with trio.open_nursery() as servers:
+            for sn in soak.nodes:
+                await sn.open_service_listener()
+                servers.start_soon(sn.serve, soak)
+                servers.start_soon(sn.udp_echo)
+            await _warm_up(soak)
+            await gopeer.send("go")
+            listeners_base = {sn.name: (await sn.node.status()).helper_listeners
+                              for sn in soak.nodes}
+            results["rss_start"] = rss()
+            stop = trio.Event()
+            end_at = trio.current_time() + cfg.minutes * 60
+            with trio.move_on_after(cfg.minutes * 60 + 180) as overall:
+                async with trio.open_nursery() as workers:
+                    workers.start_soon(_fault_loop, soak, stop, end_at)
+                    for i, worker in enumerate(_WORKERS):
+                        workers.start_soon(worker, soak, stop, random.Random(rng.random()), i)
+                    await trio.sleep_until(end_at)
+                    stop.set()
+                    log("time is up: draining")
+            if overall.cancelled_caught:
+                soak.failures.append("workers did not stop within 180 s of the end: stuck")
+            await gopeer.send("stop")
+            with trio.move_on_after(120):
+                await gopeer.done.wait()
+            if not gopeer.done.is_set():
+                soak.failures.append("the Go peer did not finish within 120 s")
+            if gopeer.error:
+                soak.failures.append(f"Go peer: {gopeer.error}")
+            soak.counters.connections += gopeer.dialed
+            with trio.move_on_after(60):
+                while any(sn.handlers for sn in soak.nodes):
+                    await trio.sleep(0.1)
+            busy = {sn.name: sn.handlers for sn in soak.nodes if sn.handlers}
+            if busy:
+                soak.failures.append(f"server handlers still running at the end: {busy}")
+            # Every node running, with its original IPs, and serving.
+            recovery = await _wait_recovered(soak, trio.current_time())
+            if recovery is None:
+                soak.failures.append("not every node was running and serving at the end")
+            results["helper_leaks"] = await _helper_leaks(soak, listeners_base)
+            servers.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    for sn in soak.nodes:
+        if sn.crash_loop_failure:
+            soak.failures.append(f"{sn.name} gave up: {sn.crash_loop_failure}")
+    return results
+
+
+async def _warm_up(soak: Soak) -> None:
+    """Every tsproc node reaches every other node and the Go peer."""
+    with trio.fail_after(180):
+        for sn in soak.nodes:
+            for target in soak.peer_names(sn):
+                while await soak.client.bulk(sn.node, target, 1024, 1024) != "complete":
+                    await trio.sleep(0.5)
+    log("warm-up done: every node reaches every other")
+
+
+async def _wait_recovered(soak: Soak, since: float) -> float | None:
+    """Seconds from *since* until every node is running with its original IPs and a probe
+    transfer to and from each one completes; None if not within RECOVERY_BOUND."""
+    with trio.move_on_at(since + RECOVERY_BOUND):
+        for i, sn in enumerate(soak.nodes):
+            while sn.node.state is not tsproc.NodeState.RUNNING:
+                if sn.node.state in (tsproc.NodeState.FAILED, tsproc.NodeState.CLOSED):
+                    return None
+                await trio.sleep(0.05)
+            if sn.node.tailscale_ips != sn.ips:
+                soak.failures.append(f"{sn.name} came back with other IPs: "
+                                     f"{sn.node.tailscale_ips} instead of {sn.ips}")
+            nxt = soak.nodes[(i + 1) % len(soak.nodes)]
+            for src, dst in ((sn, nxt.name), (nxt, sn.name)):
+                while await soak.client.bulk(src.node, dst, 512, 512) != "complete":
+                    await trio.sleep(0.1)
+        return trio.current_time() - since
+    return None
+
+
+async def _helper_leaks(soak: Soak, listeners_base: dict[str, int]) -> Counter[str]:
+    """Connections and listeners the helpers still hold once all traffic has ended."""
+    leaks: Counter[str] = Counter()
+    with trio.move_on_after(30):
+        while True:
+            statuses = {sn.name: await sn.node.status() for sn in soak.nodes}
+            conns = sum(s.helper_conns for s in statuses.values())
+            extra = sum(max(0, s.helper_listeners - listeners_base[name])
+                        for name, s in statuses.items())
+            if conns == 0 and extra == 0:
+                break
+            await trio.sleep(0.5)
+    leaks["helper connections"] = conns
+    leaks["helper listeners"] = extra
+    return leaks
+
+
+async def _fault_loop(soak: Soak, stop: trio.Event, end_at: float) -> None:
+    rng = soak.fault_rng
+    kinds = faults.schedule(rng)
+    kind = next(kinds)
+    while True:
+        with trio.move_on_after(rng.uniform(*soak.cfg.fault_gap)):
+            await stop.wait()
+        # A fault must have time to be injected and recovered from before the end.
+        if stop.is_set() or trio.current_time() > end_at - 15:
+            return
+        now = trio.current_time()
+        candidates = [sn for sn in soak.nodes if sn.node.state is tsproc.NodeState.RUNNING]
+        if kind == "crash_loop":
+            # A crash loop counts failures from the last stable helper: start it from one.
+            candidates = [sn for sn in candidates
+                          if now - sn.last_restart > soak.policy.stable_after + 2]
+        if not candidates:
+            continue
+        sn = rng.choice(candidates)
+        record = FaultRecord(kind, sn.name, now - (end_at - soak.cfg.minutes * 60), None, "")
+        soak.faults.append(record)
+        try:
+            record.note = await faults.FAULTS[kind](soak, sn)
+        except faults.FaultFailed as exc:
+            record.failed = str(exc)
+            soak.failures.append(f"fault {kind}: {exc}")
+        except Exception as exc:  # the fault's own machinery failed: say so, keep going
+            record.failed = f"{type(exc).__name__}: {exc}"
+            soak.failures.append(f"fault {kind} on {sn.name} raised {record.failed}")
+        record.recovery = await _wait_recovered(soak, now)
+        if record.recovery is None:
+            soak.failures.append(f"fault {kind} on {sn.name}: not recovered within "
+                                 f"{RECOVERY_BOUND:g} s")
+            return
+        if soak.cfg.verbose:
+            log(f"fault {kind}: {record.note}; recovered in {record.recovery:.1f} s")
+        kind = next(kinds)
+
+
+# -- workers --
+
+def _pick(soak: Soak, rng: random.Random) -> tuple[SoakNode, str]:
+    src = rng.choice(soak.nodes)
+    return src, rng.choice(soak.peer_names(src))
+
+
+async def _bulk_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
+    while not stop.is_set():
+        src, dst = _pick(soak, rng)
+        outcome = await soak.client.bulk(src.node, dst, int(2 ** rng.uniform(10, 21)),
+                                         int(2 ** rng.uniform(10, 21)), rng=rng)
+        if outcome != "complete":
+            await trio.sleep(0.2)
+
+
+async def _short_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
+    while not stop.is_set():
+        src, dst = _pick(soak, rng)
+        outcome = await soak.client.bulk(src.node, dst, rng.randrange(16, 512),
+                                         rng.randrange(16, 512), rng=rng)
+        await trio.sleep(0.02 if outcome == "complete" else 0.2)
+
+
+async def _rr_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
+    while not stop.is_set():
+        src, dst = _pick(soak, rng)
+        outcome = await soak.client.request_response(src.node, dst, rng.randrange(10, 200), rng)
+        if outcome != "complete":
+            await trio.sleep(0.2)
+
+
+async def _udp_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
+    while not stop.is_set():
+        src, dst = _pick(soak, rng)
+        await soak.client.udp_flow(src.node, dst, rng.randrange(50, 200), rng)
+        await trio.sleep(0.1)
+
+
+async def _listener_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
+    """New listeners opened, used and closed; a closed one must refuse."""
+    c = soak.counters
+    for round_ in itertools.count():
+        if stop.is_set():
+            return
+        sn = rng.choice(soak.nodes)
+        src = rng.choice([n for n in soak.nodes if n is not sn])
+        port = 7400 + round_ % 50
+        try:
+            listener = await faults._listen(sn.node, port, backlog=16)
+        except (trio.TooSlowError, tsproc.TsprocError):
+            await trio.sleep(0.5)
+            continue
+        c.listeners_opened += 1
+        async with trio.open_nursery() as nursery:
+            async def serve(listener: tsproc.TailnetListener = listener) -> None:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except trio.ClosedResourceError:
+                        return
+                    nursery.start_soon(serve_conn, stream, soak.ledger, soak.pool)
+
+            nursery.start_soon(serve)
+            for _ in range(rng.randrange(1, 4)):
+                await soak.client.bulk(src.node, sn.name, rng.randrange(64, 65536),
+                                       rng.randrange(64, 65536), port=port, rng=rng)
+            await listener.aclose()
+            c.listeners_closed += 1
+        # Closed: a dial to it must fail (it is refused), not connect. Only meaningful while
+        # both nodes stayed up: a restart in between would explain a refusal by itself anyway.
+        restarts = len(sn.restarts) + len(src.restarts)
+        try:
+            with trio.fail_after(30):
+                stream = await src.node.dial(sn.name, port)
+        except (trio.TooSlowError, tsproc.TsprocError):
+            pass
+        else:
+            await stream.aclose()
+            if len(sn.restarts) + len(src.restarts) == restarts:
+                c.closed_listener_accepted += 1
+                soak.failures.append(f"{src.name} connected to {sn.name}:{port} after its "
+                                     "listener was closed")
+        await trio.sleep(rng.uniform(0.1, 1.0))
+
+
+_WORKERS = (
+    [_bulk_worker] * 3 + [_short_worker] * 2 + [_rr_worker] * 2 + [_udp_worker]
+    + [_listener_worker]
+)
+
+
+# -- the table --
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Counters,
+           leaks: Counter[str], rss_start: int, rss_end: int, load_start: str, load_end: str,
+           results: dict[str, Any]) -> str:
+    fault_counts: Counter[str] = Counter(f.kind for f in soak.faults) if soak else Counter()
+    failed_faults = sum(1 for f in soak.faults if f.failed) if soak else 0
+    restarts = sum(len(sn.restarts) for sn in soak.nodes) if soak else 0
+    expected = sum(n for k, n in fault_counts.items()
+                   if k in ("sigkill", "sigstop", "crash_loop", "memory_limit"))
+    recoveries = [f for f in soak.faults if f.recovery is not None] if soak else []
+    slowest = max(recoveries, key=lambda f: f.recovery or 0, default=None)
+    reasons: Counter[str] = Counter()
+    for sn in soak.nodes if soak else []:
+        for _, reason in sn.restarts:
+            reasons[reason.split(":")[0].split(" (")[0]] += 1
+    rows = [
+        ("seed", str(cfg.seed)),
+        ("minutes", f"{minutes:.1f}"),
+        ("nodes", f"{cfg.nodes} tsproc nodes in one host process + 1 pure-Go tsnet peer"),
+        ("load average at start / end", f"{load_start} / {load_end}"),
+        ("connections", str(c.connections)),
+        ("bytes verified (sha256)", _fmt_bytes(r.bytes_verified)),
+        ("transfers", f"{r.transfers} ("
+         + ", ".join(f"{ {'B': 'bulk/short', 'R': 'request/response'}.get(k, k)} {n}"
+                     for k, n in sorted(r.by_kind.items())) + ")"),
+        ("completed", str(r.completed)),
+        ("ended with an error", f"{r.errors} (dial failed {r.dial_failures}, "
+                                f"deadline hit {r.timeouts})"),
+        ("**silently wrong (must be 0)**", f"**{r.silently_wrong}**"),
+        ("unexpected exception types (must be 0)", str(r.unexpected)),
+        ("UDP datagrams sent / echoed intact / lost / duplicated / corrupt",
+         f"{c.udp_sent} / {c.udp_echoed} / {c.udp_sent - c.udp_echoed} / "
+         f"{c.udp_duplicates} / {c.udp_corrupt} ({c.udp_flows} flows, "
+         f"{c.udp_flow_errors} ended by a restart)"),
+        ("listeners opened / closed", f"{c.listeners_opened} / {c.listeners_closed}"),
+        ("faults injected", f"{sum(fault_counts.values())}: " + ", ".join(
+            f"{k} {fault_counts[k]}" for k in faults.KINDS if fault_counts[k])),
+        ("faults that showed a defect (must be 0)", str(failed_faults)),
+        ("helper restarts", f"{restarts} ({expected} from faults; by reason: "
+         + ", ".join(f"{k} {n}" for k, n in reasons.most_common()) + ")"),
+        ("slowest recovery", f"{slowest.recovery:.1f} s ({slowest.kind} on {slowest.node})"
+         if slowest else "-"),
+        ("leaks (must be 0)", f"{sum(leaks.values())} (" + ", ".join(
+            f"{k} {n}" for k, n in sorted(leaks.items())) + ")"),
+        ("host RSS start / end", f"{rss_start >> 20} MiB / {rss_end >> 20} MiB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {k:{width}} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    parser.add_argument("--minutes", type=float,
+                        default=float(os.environ.get("SOAK_MINUTES", "5")))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: from the clock; printed)")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--log", type=Path, default=None, help="tsproc's and helpers' log")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    if not 0 < args.minutes <= 24 * 60 or not 2 <= args.nodes <= 8:
+        parser.error("--minutes must be in (0, 1440] and --nodes in [2, 8]")
+    cfg = Config(minutes=args.minutes, seed=seed, nodes=args.nodes, json_path=args.json,
+                 verbose=args.verbose)
+    # Helpers' log lines (a memory-starved helper's dying goroutine dump is thousands) go to
+    # --log, not to the terminal.
+    handler: logging.Handler = (logging.FileHandler(args.log) if args.log
+                                else logging.NullHandler())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("tsproc").addHandler(handler)
+    logging.getLogger("tsproc").setLevel(logging.INFO)
+    logging.getLogger("tsproc").propagate = False
+    return trio.run(run, cfg)

@@ -70,6 +70,7 @@ class Config:
     fault_gap: tuple[float, float] = (2.0, 6.0)
     json_path: Path | None = None
     verbose: bool = False
+    kinds: tuple[str, ...] = faults.KINDS
 
 
 def log(msg: str) -> None:
@@ -452,6 +453,7 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
             with trio.move_on_after(cfg.minutes * 60 + 180) as overall:
                 async with trio.open_nursery() as workers:
                     workers.start_soon(_fault_loop, soak, stop, end_at)
+                    workers.start_soon(_progress, soak, stop, results)
                     for i, worker in enumerate(_WORKERS):
                         workers.start_soon(worker, soak, stop, random.Random(rng.random()), i)
                     await trio.sleep_until(end_at)
@@ -484,6 +486,24 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
         if sn.crash_loop_failure:
             soak.failures.append(f"{sn.name} gave up: {sn.crash_loop_failure}")
     return results
+
+
+async def _progress(soak: Soak, stop: trio.Event, results: dict[str, Any]) -> None:
+    """The host's RSS every 10 s (its peak goes in the table) and a line a minute."""
+    started = trio.current_time()
+    results["rss_peak"] = rss()
+    for tick in itertools.count(1):
+        with trio.move_on_after(10):
+            await stop.wait()
+        if stop.is_set():
+            return
+        results["rss_peak"] = max(results["rss_peak"], rss())
+        if tick % 6 == 0:
+            r = soak.ledger.reconcile()
+            log(f"{(trio.current_time() - started) / 60:.0f} min: {r.transfers} transfers, "
+                f"{r.completed} completed, {r.errors} errors, {r.silently_wrong} silently "
+                f"wrong, {len(soak.faults)} faults, {len(soak.failures)} failures, RSS "
+                f"{rss() >> 20} MiB, load {load_average()}")
 
 
 async def _warm_up(soak: Soak) -> None:
@@ -530,12 +550,24 @@ async def _helper_leaks(soak: Soak, listeners_base: dict[str, int]) -> Counter[s
             await trio.sleep(0.5)
     leaks["helper connections"] = conns
     leaks["helper listeners"] = extra
+    for sn in soak.nodes:
+        status = statuses[sn.name]
+        # The node's own account must agree with what the soak saw happen to it.
+        if status.helper_restarts != len(sn.restarts):
+            soak.failures.append(f"{sn.name}: status says {status.helper_restarts} restarts, "
+                                 f"its events said {len(sn.restarts)}")
+        if status.backend_state != "Running" or set(status.tailscale_ips) != set(sn.ips):
+            soak.failures.append(f"{sn.name}: at the end {status.backend_state} with "
+                                 f"{status.tailscale_ips}, not Running with {sn.ips}")
+        if status.helper_pid != sn.node.helper_pid:
+            soak.failures.append(f"{sn.name}: status names helper {status.helper_pid}, the "
+                                 f"node {sn.node.helper_pid}")
     return leaks
 
 
 async def _fault_loop(soak: Soak, stop: trio.Event, end_at: float) -> None:
     rng = soak.fault_rng
-    kinds = faults.schedule(rng)
+    kinds = faults.schedule(rng, soak.cfg.kinds)
     kind = next(kinds)
     while True:
         with trio.move_on_after(rng.uniform(*soak.cfg.fault_gap)):
@@ -713,7 +745,8 @@ def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Cou
          if slowest else "-"),
         ("leaks (must be 0)", f"{sum(leaks.values())} (" + ", ".join(
             f"{k} {n}" for k, n in sorted(leaks.items())) + ")"),
-        ("host RSS start / end", f"{rss_start >> 20} MiB / {rss_end >> 20} MiB"),
+        ("host RSS start / peak / end", f"{rss_start >> 20} MiB / "
+         f"{results.get('rss_peak', 0) >> 20} MiB / {rss_end >> 20} MiB"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
@@ -729,14 +762,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="random seed (default: from the clock; printed)")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--faults", default=",".join(faults.KINDS),
+                        help="fault kinds to inject, comma-separated (default: all)")
     parser.add_argument("--log", type=Path, default=None, help="tsproc's and helpers' log")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     if not 0 < args.minutes <= 24 * 60 or not 2 <= args.nodes <= 8:
         parser.error("--minutes must be in (0, 1440] and --nodes in [2, 8]")
+    kinds = tuple(k for k in args.faults.split(",") if k)
+    if unknown := set(kinds) - set(faults.KINDS):
+        parser.error(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(faults.KINDS)}")
     cfg = Config(minutes=args.minutes, seed=seed, nodes=args.nodes, json_path=args.json,
-                 verbose=args.verbose)
+                 verbose=args.verbose, kinds=kinds)
     # Helpers' log lines (a memory-starved helper's dying goroutine dump is thousands) go to
     # --log, not to the terminal.
     handler: logging.Handler = (logging.FileHandler(args.log) if args.log

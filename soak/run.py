@@ -499,7 +499,7 @@ async def _progress(soak: Soak, stop: trio.Event, results: dict[str, Any]) -> No
             return
         results["rss_peak"] = max(results["rss_peak"], rss())
         if tick % 6 == 0:
-            r = soak.ledger.reconcile()
+            r = soak.ledger.reconcile(final=False)
             log(f"{(trio.current_time() - started) / 60:.0f} min: {r.transfers} transfers, "
                 f"{r.completed} completed, {r.errors} errors, {r.silently_wrong} silently "
                 f"wrong, {len(soak.faults)} faults, {len(soak.failures)} failures, RSS "
@@ -653,7 +653,7 @@ async def _listener_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: 
         src = rng.choice([n for n in soak.nodes if n is not sn])
         port = 7400 + round_ % 50
         try:
-            listener = await faults._listen(sn.node, port, backlog=16)
+            listener = await _listen_freed_port(soak, sn, port)
         except (trio.TooSlowError, tsproc.TsprocError):
             await trio.sleep(0.5)
             continue
@@ -688,6 +688,26 @@ async def _listener_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: 
                 soak.failures.append(f"{src.name} connected to {sn.name}:{port} after its "
                                      "listener was closed")
         await trio.sleep(rng.uniform(0.1, 1.0))
+
+
+async def _listen_freed_port(soak: Soak, sn: SoakNode, port: int) -> tsproc.TailnetListener:
+    """Listen on a port whose last listener was closed: AddressInUseError for long means the
+    helper kept the closed listener (a leak, and a port lost until the next restart)."""
+    in_use_since = None
+    with trio.fail_after(60):
+        while True:
+            try:
+                return await sn.node.listen(port, backlog=16)
+            except tsproc.AddressInUseError:
+                now = trio.current_time()
+                in_use_since = in_use_since or now
+                if now - in_use_since > 10:
+                    soak.failures.append(f"{sn.name}:{port} still taken 10 s after its "
+                                         "listener was closed")
+                    raise
+            except (tsproc.HelperDiedError, tsproc.NodeTimeoutError):
+                in_use_since = None  # restarting: the port is free once it is back
+            await trio.sleep(0.2)
 
 
 _WORKERS = (
@@ -734,7 +754,9 @@ def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Cou
         ("UDP datagrams sent / echoed intact / lost / duplicated / corrupt",
          f"{c.udp_sent} / {c.udp_echoed} / {c.udp_sent - c.udp_echoed} / "
          f"{c.udp_duplicates} / {c.udp_corrupt} ({c.udp_flows} flows, "
-         f"{c.udp_flow_errors} ended by a restart)"),
+         f"{c.udp_flow_errors} ended by a restart; lost "
+         + ", ".join(f"to {k} {100 * (s - e) / max(1, s):.0f} %"
+                     for k, (s, e) in sorted(c.udp_by_target.items())) + ")"),
         ("listeners opened / closed", f"{c.listeners_opened} / {c.listeners_closed}"),
         ("faults injected", f"{sum(fault_counts.values())}: " + ", ".join(
             f"{k} {fault_counts[k]}" for k in faults.KINDS if fault_counts[k])),

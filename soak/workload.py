@@ -48,6 +48,8 @@ class Counters:
     udp_stray: int = 0
     udp_corrupt: int = 0
     udp_bytes: int = 0
+    # Sent / echoed per destination kind ("Go peer", "tsproc"), to see where loss happens.
+    udp_by_target: dict[str, list[int]] = field(default_factory=dict)
     listeners_opened: int = 0
     listeners_closed: int = 0
     closed_listener_accepted: int = 0
@@ -211,6 +213,7 @@ class Client:
             c.udp_flow_errors += 1
             return
         c.udp_flows += 1
+        tally = c.udp_by_target.setdefault("Go peer" if target == "soak-go" else "tsproc", [0, 0])
         seen: set[int] = set()
         sent = 0
 
@@ -228,6 +231,7 @@ class Client:
                     c.udp_duplicates += 1
                 else:
                     seen.add(seq)
+                    tally[1] += 1
                     c.udp_echoed += 1
                     c.udp_bytes += len(data)
 
@@ -239,6 +243,7 @@ class Client:
                     off = rng.randrange(len(self.pool.data) - size)
                     await conn.send(udp_datagram(flow, seq, bytes(self.pool.data[off:off + size])))
                     sent += 1
+                    tally[0] += 1
                     c.udp_sent += 1
                     await trio.sleep(0.005)
                 with trio.move_on_after(3):

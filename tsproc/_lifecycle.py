@@ -249,7 +249,7 @@ class NodeLifecycle:
     def _on_listener_close(self, listener: TailnetListener, released: trio.Event | None) -> None:
         self._listeners.discard(listener)
         gen = self._generation
-        if (gen is None or not gen.release_listener(listener, released)) and released:
+        if (gen is None or not gen.release_listener(listener, released)) and released is not None:
             released.set()
 
     async def _live_generation(self) -> Generation:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import trio
 
 import tsproc
+from tsproc import _generation
 
 FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5, heartbeat_timeout=2.0)
 
@@ -38,3 +40,42 @@ async def test_closing_a_listener_while_the_node_restarts(tailnet_node):
         assert (await node.status()).helper_listeners == 0
         again = await node.listen(9510)
         await again.aclose()
+
+
+async def test_a_listener_closed_while_the_new_helper_reopens_it_is_closed_there_too(
+    tailnet_node, monkeypatch
+):
+    # The application closes a listener at the moment a new helper is re-creating it (after
+    # a crash). The new helper must not keep it: its port would stay taken (listen() again
+    # fails with AddressInUseError) and connections to it would be accepted and dropped.
+    async with tailnet_node("relisten", restart=FAST) as node, \
+            tailnet_node("dialer", restart=FAST) as dialer:
+        keep = await node.listen(9500)
+        doomed = await node.listen(9501)
+        base = (await node.status()).helper_listeners
+        real_request = _generation.Generation.request
+        closed_during_relisten = trio.Event()
+
+        async def request(self, method, params, **kwargs):
+            if (self.number == 2 and method == "listen" and params.get("port") == 9501
+                    and not closed_during_relisten.is_set()):
+                closed_during_relisten.set()
+                await doomed.aclose()  # the application, just as the helper re-creates it
+            return await real_request(self, method, params, **kwargs)
+
+        monkeypatch.setattr(_generation.Generation, "request", request)
+        events = node.events()
+        os.kill(node.helper_pid, signal.SIGKILL)
+        await _restarted(node, events)
+        assert closed_during_relisten.is_set()
+        monkeypatch.undo()
+
+        with trio.fail_after(30):
+            while (await node.status()).helper_listeners != base - 1:
+                await trio.sleep(0.1)
+        with pytest.raises(tsproc.DialError):
+            with trio.fail_after(30):
+                await dialer.dial("relisten", 9501)
+        again = await node.listen(9501)  # the port is free
+        await again.aclose()
+        await keep.aclose()

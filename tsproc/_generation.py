@@ -253,9 +253,16 @@ class Generation:
     async def relisten(self, listeners: Iterable[TailnetListener]) -> None:
         """Open the node's listeners again in this (new) helper."""
         for listener in list(listeners):
+            if listener.closed:
+                continue
             method, params = listener.spec
             await self.request(method, params,
                                on_result=self.listener_handler(listener, new=False))
+            if listener.closed:
+                # The application closed it while this helper was opening it again: the node
+                # told the dead generation, which held nothing, so close it here, or this
+                # helper keeps its port (and accepts connections nobody takes).
+                self.release_listener(listener, None)
 
     # -- result handlers: called in the reader task with a successful answer --
 

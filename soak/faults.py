@@ -70,8 +70,8 @@ def _helper(sn: SoakNode) -> tuple[int, str | None]:
     return pid, _starttime(pid)
 
 
-async def _restart_seen(sn: SoakNode, before: int, timeout: float) -> bool:
-    with trio.move_on_after(timeout):
+async def _restart_seen(sn: SoakNode, before: int, within: float) -> bool:
+    with trio.move_on_after(within):
         while len(sn.restarts) <= before:
             await trio.sleep(0.05)
         return True

@@ -26,6 +26,7 @@ everything (the bytes were lost, and the ending looked clean).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 import struct
@@ -183,66 +184,76 @@ class Reconciled:
 
 
 class Ledger:
-    """Every side of every transfer, by transfer id."""
+    """Every side of every transfer, by transfer id. A transfer is judged and folded into the
+    running totals as soon as both its sides are in (or its dial failed: it has no server
+    side), so that the ledger stays small however long the soak runs and the host's RSS
+    measures tsproc, not the soak's bookkeeping."""
 
     def __init__(self) -> None:
         self.sides: dict[int, dict[str, Side]] = {}
         self.kinds: dict[int, str] = {}
+        self.folded = Reconciled()
 
     def record(self, transfer: int, role: str, kind: str, side: Side) -> None:
-        self.sides.setdefault(transfer, {})[role] = side
+        sides = self.sides.setdefault(transfer, {})
+        sides[role] = side
         self.kinds[transfer] = kind
+        if len(sides) == 2 or (role == "client" and side.outcome.startswith("dial_")):
+            _judge(self.folded, transfer, kind, sides)
+            del self.sides[transfer], self.kinds[transfer]
 
     def reconcile(self, final: bool = True) -> Reconciled:
-        """Judge every transfer. Not *final* (a progress report): a transfer whose client
-        has not yet recorded is still in flight, not wrong."""
-        r = Reconciled()
+        """The totals, with the transfers still waiting for a side judged on what they have.
+        Not *final* (a progress report): a transfer whose client has not yet recorded is
+        still in flight, not wrong."""
+        r = copy.deepcopy(self.folded)
         for transfer, sides in self.sides.items():
-            client, server = sides.get("client"), sides.get("server")
-            r.bytes_verified += sum(s.verified for s in sides.values())
-            if client is None and not final:
-                continue
-            if client is None:
-                # A server record without its client: only the Go peer's clients are not in
-                # this process, and it reports every one; keep it visible.
-                r.silently_wrong += 1
-                r.wrong_details.append(f"transfer {transfer:#x}: server record without client")
-                continue
-            r.transfers += 1
-            r.by_kind[self.kinds[transfer]] += 1
-            wrong = ""
-            for role, side, other in (("client", client, server), ("server", server, client)):
-                if side is None:
-                    continue
-                if side.outcome == "corrupt":
-                    wrong = f"{role}: {side.detail}"
-                elif side.outcome == "eof_early" and other is not None and other.sent_all:
-                    wrong = f"{role}: clean EOF early although the {other_role(role)} sent all" \
-                            f" ({side.detail})"
-                elif side.outcome.endswith("unexpected"):
-                    r.unexpected += 1
-                    r.unexpected_details.append(f"transfer {transfer:#x} {role}: {side.detail}")
-            if wrong:
-                r.silently_wrong += 1
-                r.wrong_details.append(f"transfer {transfer:#x} ({self.kinds[transfer]}): {wrong}")
-            elif client.outcome == "complete":
-                r.completed += 1
-            else:
-                r.errors += 1
-                if client.outcome.startswith("dial_"):
-                    r.dial_failures += 1
-                if client.outcome.endswith("timeout"):
-                    r.timeouts += 1
-                go = "go " if transfer >= GO_ID_BASE else ""
-                key = f"{go}{client.outcome}: {client.detail.split(':')[0]}"
-                r.error_kinds[key] += 1
-                if len(r.error_samples) < 200:
-                    r.error_samples.append(
-                        f"{transfer:#x} {self.kinds[transfer]} client {client.outcome} "
-                        f"[{client.detail}] server "
-                        + (f"{server.outcome} sent_all={server.sent_all} [{server.detail}]"
-                           if server else "-"))
+            if "client" in sides or final:
+                _judge(r, transfer, self.kinds[transfer], sides)
         return r
+
+
+def _judge(r: Reconciled, transfer: int, kind: str, sides: dict[str, Side]) -> None:
+    client, server = sides.get("client"), sides.get("server")
+    r.bytes_verified += sum(s.verified for s in sides.values())
+    if client is None:
+        # A server record without its client: every client records its end (the Go peer's
+        # too), so this is a transfer whose client side went missing; keep it visible.
+        r.silently_wrong += 1
+        r.wrong_details.append(f"transfer {transfer:#x}: server record without client")
+        return
+    r.transfers += 1
+    r.by_kind[kind] += 1
+    wrong = ""
+    for role, side, other in (("client", client, server), ("server", server, client)):
+        if side is None:
+            continue
+        if side.outcome == "corrupt":
+            wrong = f"{role}: {side.detail}"
+        elif side.outcome == "eof_early" and other is not None and other.sent_all:
+            wrong = f"{role}: clean EOF early although the {other_role(role)} sent all" \
+                    f" ({side.detail})"
+        elif side.outcome.endswith("unexpected"):
+            r.unexpected += 1
+            r.unexpected_details.append(f"transfer {transfer:#x} {role}: {side.detail}")
+    if wrong:
+        r.silently_wrong += 1
+        r.wrong_details.append(f"transfer {transfer:#x} ({kind}): {wrong}")
+    elif client.outcome == "complete":
+        r.completed += 1
+    else:
+        r.errors += 1
+        if client.outcome.startswith("dial_"):
+            r.dial_failures += 1
+        if client.outcome.endswith("timeout"):
+            r.timeouts += 1
+        go = "go " if transfer >= GO_ID_BASE else ""
+        r.error_kinds[f"{go}{client.outcome}: {client.detail.split(':')[0]}"] += 1
+        if len(r.error_samples) < 200:
+            r.error_samples.append(
+                f"{transfer:#x} {kind} client {client.outcome} [{client.detail}] server "
+                + (f"{server.outcome} sent_all={server.sent_all} [{server.detail}]"
+                   if server else "-"))
 
 
 def other_role(role: str) -> str:

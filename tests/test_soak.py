@@ -83,6 +83,8 @@ def test_the_ledger_calls_a_clean_early_end_after_a_full_send_silently_wrong():
     ledger.record(4, "server", "B", Side("corrupt", False, 0))
     ledger.record(5, "client", "R", Side("dial_error", False, 0, "DialError: refused"))
     ledger.record(6, "client", "B", Side("unexpected", False, 0, "OSError: x"))
+    assert set(ledger.sides) == {6}  # the others are judged and folded already
+    assert ledger.reconcile(final=False).transfers == 6
     r = ledger.reconcile()
     assert r.transfers == 6
     assert r.completed == 1

@@ -35,14 +35,16 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 
 	dialCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
 	defer cancel()
-	ip, err := n.resolver.resolve(dialCtx, lc, host)
+	ip, err := n.resolver.resolve(dialCtx, srv, lc, host)
 	if err != nil {
 		return nil, wire.NewError(wire.CodeDialFailed, "dial %s: %v", host, err)
 	}
-	// Dial the resolved IP, never the name: tsnet would resolve an unknown name with the
-	// system's DNS (see resolve.go).
-	addr := netip.AddrPortFrom(ip, uint16(port)).String()
-	c, err := srv.Dial(dialCtx, "tcp", addr)
+	// Dial the resolved IP, never the name, and through netstack only: tsnet's Dial would
+	// resolve an unknown name with the system's DNS and send an address its netmap does not
+	// route through the host network (see resolve.go).
+	dst := netip.AddrPortFrom(ip, uint16(port))
+	addr := dst.String()
+	c, err := dialTailnet(dialCtx, srv, "tcp", dst)
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:

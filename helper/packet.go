@@ -85,11 +85,11 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()
-	ip, err := n.resolver.resolve(dialCtx, lc, host)
+	ip, err := n.resolver.resolve(dialCtx, srv, lc, host)
 	if err != nil {
 		return nil, wire.NewError(wire.CodeDialFailed, "dial udp %s: %v", host, err)
 	}
-	c, err := srv.Dial(dialCtx, "udp", netip.AddrPortFrom(ip, uint16(port)).String())
+	c, err := dialTailnet(dialCtx, srv, "udp", netip.AddrPortFrom(ip, uint16(port)))
 	if err != nil {
 		return nil, wire.NewError(wire.CodeDialFailed, "dial udp %s:%d: %v", host, port, err)
 	}

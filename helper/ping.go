@@ -16,15 +16,16 @@ func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, 
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	_, lc, err := n.requireRunning()
+	srv, lc, err := n.requireRunning()
 	if err != nil {
 		return nil, err
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
 	defer cancel()
-	ip, err := n.resolver.resolve(pingCtx, lc, host)
+	ip, err := n.resolver.resolve(pingCtx, srv, lc, host)
 	if err != nil {
-		return nil, wire.NewError(wire.CodeNotFound, "ping %s: %v", host, err)
+		// Like dial: an unknown name or an address no node holds fails at once.
+		return nil, wire.NewError(wire.CodeDialFailed, "ping %s: %v", host, err)
 	}
 	res, err := lc.Ping(pingCtx, ip, tailcfg.PingTSMP)
 	switch {

@@ -2,62 +2,107 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/net/tsaddr"
+	"tailscale.com/tsnet"
 )
 
 // tailnetResolver turns a dial target into a tailnet address using only the node's own view
-// of the tailnet (its netmap, through LocalClient.Status).
+// of the tailnet (its netmap, through LocalClient.Status), and decides whether that address is
+// on the tailnet at all.
 //
-// tsnet's Dial resolves names it does not find in the netmap with the system resolver and
-// dials non-tailnet addresses through the host network. For tsproc, dial means "over the
-// tailnet": an unknown name must fail at once, without a DNS query leaving the machine, and an
-// address that is neither a tailnet IP nor inside a peer's advertised subnet route must not be
-// dialled at all.
+// tsnet's Dial resolves names it does not find in the netmap with the system resolver, and
+// dials every address its netmap does not route — including a Tailscale IP that no node holds —
+// through the host network. For tsproc, dial means "over the tailnet": an unknown name must fail
+// at once, without a DNS query leaving the machine, and an address that no node in the netmap
+// holds and no peer's route contains must not be dialled at all (dialTailnet, below, is the only
+// dialler dial, dial_udp and ping_peer use).
 type tailnetResolver struct {
 	mu     sync.Mutex
 	names  map[string]netip.Addr // lower-case hostname, short and full MagicDNS names
-	routes []netip.Prefix        // subnet routes peers are primary for
+	routes []peerRoute           // subnet routes peers are primary for, for error messages
 }
 
-// resolve returns the address to dial for host, refreshing its view of the tailnet once when
-// host is not (yet) known.
-func (r *tailnetResolver) resolve(ctx context.Context, lc *local.Client, host string) (netip.Addr, error) {
+// peerRoute is a subnet route a peer advertises and is primary for.
+type peerRoute struct {
+	prefix netip.Prefix
+	peer   string
+}
+
+// resolve returns the tailnet address to dial for host: a MagicDNS name from the netmap, or an
+// IP the netmap routes over the tailnet (onTailnet). It refreshes its view of the tailnet once
+// when host is not (yet) known.
+func (r *tailnetResolver) resolve(ctx context.Context, srv *tsnet.Server, lc *local.Client, host string) (netip.Addr, error) {
 	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
 		ip = ip.Unmap()
-		if tsaddr.IsTailscaleIP(ip) {
-			return ip, nil
-		}
-		if r.inRoutes(ip) {
+		if onTailnet(srv, ip) {
 			return ip, nil
 		}
 		if err := r.refresh(ctx, lc); err != nil {
 			return netip.Addr{}, err
 		}
-		if r.inRoutes(ip) {
-			return ip, nil
+		if rt, ok := r.routeFor(ip); ok {
+			return netip.Addr{}, fmt.Errorf("%s is inside %s, a subnet route of %s that this "+
+				"node does not use", ip, rt.prefix, rt.peer)
 		}
-		return netip.Addr{}, fmt.Errorf("%s is not an address on the tailnet (neither a node's "+
-			"Tailscale IP nor inside a subnet route a peer advertises)", ip)
+		return netip.Addr{}, fmt.Errorf("%s is not an address on the tailnet: no node in the "+
+			"netmap holds it and no peer's subnet route contains it (tsproc never dials "+
+			"beyond the tailnet)", ip)
 	}
 	name := strings.ToLower(strings.TrimSuffix(host, "."))
-	if ip, ok := r.lookup(name); ok {
-		return ip, nil
+	ip, ok := r.lookup(name)
+	if !ok || !onTailnet(srv, ip) {
+		// Unknown, or known from an older netmap: the current one has the answer.
+		if err := r.refresh(ctx, lc); err != nil {
+			return netip.Addr{}, err
+		}
+		ip, ok = r.lookup(name)
 	}
-	if err := r.refresh(ctx, lc); err != nil {
-		return netip.Addr{}, err
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("no node named %q on the tailnet (names are MagicDNS "+
+			"hostnames, short or full; tsproc never asks the system's DNS)", host)
 	}
-	if ip, ok := r.lookup(name); ok {
-		return ip, nil
+	if !onTailnet(srv, ip) {
+		return netip.Addr{}, fmt.Errorf("%q (%s) is no longer on the tailnet", host, ip)
 	}
-	return netip.Addr{}, fmt.Errorf("no node named %q on the tailnet (names are MagicDNS "+
-		"hostnames, short or full; tsproc never asks the system's DNS)", host)
+	return ip, nil
+}
+
+// onTailnet reports whether the node's current netmap sends ip over the tailnet: the address of
+// a node (this one or a peer), or an address inside a route of a peer this node uses. It asks
+// the very table tsnet's dialler and netstack ask (LocalBackend.PeerForIP, through the dialler's
+// UseNetstackForIP), so what it lets through is exactly what netstack carries over WireGuard.
+func onTailnet(srv *tsnet.Server, ip netip.Addr) bool {
+	d, ok := srv.Sys().Dialer.GetOK()
+	return ok && d.UseNetstackForIP != nil && d.UseNetstackForIP(ip)
+}
+
+// errNotOnTailnet is dialTailnet's answer for an address the netmap does not (or no longer)
+// route over the tailnet.
+var errNotOnTailnet = errors.New("not an address on the tailnet")
+
+// dialTailnet dials dst through the node's netstack only, never through the host network: where
+// tsnet's Dial falls back to the system's dialler for an address its netmap does not route,
+// this refuses. A peer that leaves between resolve and this call is refused here too.
+func dialTailnet(ctx context.Context, srv *tsnet.Server, network string, dst netip.AddrPort) (net.Conn, error) {
+	d, ok := srv.Sys().Dialer.GetOK()
+	if !ok || d.UseNetstackForIP == nil || !d.UseNetstackForIP(dst.Addr()) {
+		return nil, fmt.Errorf("%s: %w", dst.Addr(), errNotOnTailnet)
+	}
+	switch network {
+	case "tcp":
+		return d.NetstackDialTCP(ctx, dst)
+	case "udp":
+		return d.NetstackDialUDP(ctx, dst)
+	}
+	return nil, fmt.Errorf("network %q: only tcp and udp", network)
 }
 
 func (r *tailnetResolver) lookup(name string) (netip.Addr, bool) {
@@ -67,15 +112,15 @@ func (r *tailnetResolver) lookup(name string) (netip.Addr, bool) {
 	return ip, ok
 }
 
-func (r *tailnetResolver) inRoutes(ip netip.Addr) bool {
+func (r *tailnetResolver) routeFor(ip netip.Addr) (peerRoute, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, p := range r.routes {
-		if p.Contains(ip) {
-			return true
+	for _, rt := range r.routes {
+		if rt.prefix.Contains(ip) {
+			return rt, true
 		}
 	}
-	return false
+	return peerRoute{}, false
 }
 
 // refresh rebuilds the name and route tables from the node's current status.
@@ -85,7 +130,7 @@ func (r *tailnetResolver) refresh(ctx context.Context, lc *local.Client) error {
 		return fmt.Errorf("reading the tailnet's names: %w", err)
 	}
 	names := make(map[string]netip.Addr)
-	var routes []netip.Prefix
+	var routes []peerRoute
 	add := func(ps *ipnstate.PeerStatus) {
 		if ps == nil || len(ps.TailscaleIPs) == 0 {
 			return
@@ -107,7 +152,9 @@ func (r *tailnetResolver) refresh(ctx context.Context, lc *local.Client) error {
 			}
 		}
 		if ps.PrimaryRoutes != nil {
-			routes = append(routes, ps.PrimaryRoutes.AsSlice()...)
+			for _, p := range ps.PrimaryRoutes.All() {
+				routes = append(routes, peerRoute{prefix: p, peer: ps.HostName})
+			}
 		}
 	}
 	// Self first, so that a peer that asked for the same hostname cannot shadow this node.

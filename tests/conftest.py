@@ -5,6 +5,7 @@ network namespace of the ``offline`` tests (tests/netns.py), and resource counte
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from tsproc.errors import HelperNotFoundError
 
 # tsproc's own fixtures (tailnet, tailnet_node) come from its installed pytest11 plugin, exactly
 # as a user gets them.
+
+
+def pytest_report_header() -> str:
+    """Where the suite runs: in tools/in-netns's namespace (``make test`` as root), or not."""
+    if os.environ.get("TSPROC_NETNS") == "dead-end":
+        names = ", ".join(sorted(name for _, name in socket.if_nameindex()))
+        return f"network namespace: its own, tools/in-netns ({names})"
+    return "network namespace: the host's"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -203,7 +203,7 @@ async def test_ping_reports_latency_and_path_and_status_lists_the_peer(tailnet_n
         assert peers["pingee"].online
         assert peers["pingee"].tailscale_ips[0] == b.tailscale_ips[0]
         assert peers["pingee"].direct or peers["pingee"].relay
-        with pytest.raises(tsproc.NotFoundError):
+        with pytest.raises(tsproc.DialError, match="no node named"):
             await a.ping("nobody-here")
 
 

@@ -302,7 +302,8 @@ class Node(NodeLifecycle):
         without one it gives up after 10 s.
 
         Raises:
-            NotFoundError: *peer* is not on the tailnet.
+            DialError: *peer* is not on the tailnet (an unknown name, or an address no node
+                holds), at once.
             NodeTimeoutError: no answer (without a deadline of the caller's: within 10 s).
         """
         check_host(peer)

@@ -183,7 +183,7 @@ class Net:
         status = await self.node.status()
         for peer in status.peers:
             if ip in {str(a) for a in peer.tailscale_ips}:
-                return True, peer.relay, peer.cur_addr
+                return True, peer.relay, peer.endpoint
         return False, "", ""
 
 

@@ -41,9 +41,9 @@ async def serve(args: argparse.Namespace) -> None:
             async with stream:
                 # The identity comes from the tailnet (WhoIs), not from anything the client says.
                 who = await node.whois(stream.remote_addr)
-                print(f"connection from {who.user.login_name} on {who.node.host_name}",
+                print(f"connection from {who.user.login_name} on {who.node.hostname}",
                       flush=True)
-                await stream.send_all(f"hello {who.node.host_name}\n".encode())
+                await stream.send_all(f"hello {who.node.hostname}\n".encode())
                 try:
                     while data := await stream.receive_some():
                         await stream.send_all(data)

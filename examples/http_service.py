@@ -52,7 +52,7 @@ class App:
         path = scope["path"]
         if path == "/":
             status, body = 200, (f"hello {identity['display_name']} ({identity['login_name']}) "
-                                 f"on {identity['host_name']}\n")
+                                 f"on {identity['hostname']}\n")
         elif path == "/whoami":
             public = {k: v for k, v in identity.items() if k != "whois"}
             status, body = 200, json.dumps(public, indent=2) + "\n"

@@ -39,15 +39,19 @@ func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, 
 	result := map[string]any{
 		"ip":        ip.String(),
 		"node_name": res.NodeName,
+		"hostname":  "",
+		"dns_name":  "",
 		"latency_s": res.LatencySeconds,
 		"endpoint":  res.Endpoint,
 		"relay":     res.DERPRegionCode,
 	}
-	// A TSMP result may not name the path; the peer's status does.
+	// A TSMP result may not name the path, and names the peer by its short MagicDNS name only;
+	// the peer's status has the rest.
 	if st, err := lc.Status(pingCtx); err == nil {
 		for _, ps := range st.Peer {
 			for _, a := range ps.TailscaleIPs {
 				if a == ip {
+					result["hostname"], result["dns_name"] = ps.HostName, ps.DNSName
 					if res.Endpoint == "" {
 						result["endpoint"] = ps.CurAddr
 					}

@@ -109,12 +109,12 @@ async def test_the_app_sees_the_tailnet_client_and_its_verified_identity(tailnet
         assert report["server"] == [str(web.tailscale_ips[0]), 80]
         assert report["body"] == "payload"
         ident = report["identity"]
-        assert ident["host_name"] == "client"
-        assert ident["node_name"].startswith("client.")
+        assert ident["hostname"] == "client"
+        assert ident["dns_name"].startswith("client.")
         assert ident["login_name"] == expected.user.login_name != ""
         assert ident["display_name"] == expected.user.display_name
         assert ident["tags"] == list(expected.node.tags)
-        assert str(client_node.tailscale_ips[0]) in ident["addresses"]
+        assert str(client_node.tailscale_ips[0]) in ident["tailscale_ips"]
         nursery.cancel_scope.cancel()
 
 
@@ -139,7 +139,7 @@ async def test_a_forged_identity_header_never_reaches_the_app(tailnet_node, http
                 ("tailscale-", "x-tailscale-", "x-webauth-")), name
         values = [value for _, value in report["headers"]]
         assert not any("boss" in v or "example.com" in v for v in values)
-        assert report["identity"]["host_name"] == "mallory"
+        assert report["identity"]["hostname"] == "mallory"
         nursery.cancel_scope.cancel()
 
 
@@ -175,7 +175,7 @@ async def test_websocket_scope_has_the_identity_and_no_forged_headers(tailnet_no
         forged = [(k.encode(), v.encode()) for k, v in FORGED]
         async with open_websocket(client_node, "web", 8000, "/ws", extra_headers=forged) as ws:
             report = json.loads(await ws.get_message())
-        assert report["identity"]["host_name"] == "client"
+        assert report["identity"]["hostname"] == "client"
         assert report["client"][0] == str(client_node.tailscale_ips[0])
         assert not [h for h in report["headers"]
                     if h.replace("_", "-").startswith(("tailscale-", "x-tailscale-", "x-webauth"))]

@@ -183,6 +183,9 @@ async def test_status_json_lists_the_node_and_its_peers():
     assert status["hostname"] == "looker"
     assert status["tailscale_ips"][0].startswith("100.")
     assert [p["hostname"] for p in status["peers"]] == ["peer-a"]
+    # The names of tsproc.PeerStatus (README, "One vocabulary"), addresses as strings.
+    assert set(status["peers"][0]) == {"id", "hostname", "dns_name", "tailscale_ips", "tags",
+                                       "online", "relay", "endpoint", "direct"}
 
 
 async def test_control_prints_a_url_nodes_can_join_and_stops_on_ctrl_c():

@@ -106,7 +106,7 @@ async def test_http_service_admits_by_login_and_the_client_example_fetches(tailn
             assert " on bob\n" in text
             assert "GET http://web/admin -> 403\n" in text
             assert "may not see this page" in text
-            assert '"host_name": "bob"' in text
+            assert '"hostname": "bob"' in text
         finally:
             await stop(service)
         nursery.cancel_scope.cancel()

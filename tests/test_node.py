@@ -160,13 +160,13 @@ async def test_whois_on_an_accepted_stream_names_the_dialling_node(tailnet_node)
         accepted = got[0]
         assert accepted.remote_addr[0] == str(client.tailscale_ips[0])
         who = await server.whois(accepted.remote_addr)
-        assert who.node.host_name == "dialler"
-        assert who.node.name.startswith("dialler.")
-        assert str(client.tailscale_ips[0]) in {a.split("/")[0] for a in who.node.addresses}
+        assert who.node.hostname == "dialler"
+        assert who.node.dns_name.startswith("dialler.")
+        assert client.tailscale_ips[0] in who.node.tailscale_ips
         assert who.user.login_name
         # And the other way round, by plain IP.
         who_server = await client.whois(str(server.tailscale_ips[0]))
-        assert who_server.node.host_name == "server"
+        assert who_server.node.hostname == "server"
         with pytest.raises(tsproc.NotFoundError):
             await server.whois("100.100.100.100")
         await stream.aclose()
@@ -198,7 +198,7 @@ async def test_serve_listeners_serves_a_handler(tailnet_node):
 
         async def handler(stream: tsproc.TailnetStream) -> None:
             who = await server.whois(stream.remote_addr)
-            await stream.send_all(f"hi {who.node.host_name}".encode())
+            await stream.send_all(f"hi {who.node.hostname}".encode())
             await stream.aclose()
 
         async with trio.open_nursery() as nursery:

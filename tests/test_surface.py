@@ -3,6 +3,7 @@ ping, peers and tags — on a real local tailnet."""
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -193,7 +194,8 @@ async def test_ping_reports_latency_and_path_and_status_lists_the_peer(tailnet_n
         with trio.fail_after(20):
             await a.ping("pingee")
         result = await a.ping("pingee")
-        assert result.ip == str(b.tailscale_ips[0])
+        assert result.ip == b.tailscale_ips[0]
+        assert result.hostname == "pingee" and result.dns_name.startswith("pingee.")
         assert 0 < result.latency < 5
         assert result.direct or result.relay, result
         by_ip = await a.ping(str(b.tailscale_ips[0]))
@@ -207,6 +209,25 @@ async def test_ping_reports_latency_and_path_and_status_lists_the_peer(tailnet_n
             await a.ping("nobody-here")
 
 
+async def test_status_whois_and_ping_use_one_name_and_one_type_per_idea(tailnet_node):
+    async with tailnet_node("asker") as a, tailnet_node("answerer") as b:
+        listener = await b.listen(7)
+        async with listener:
+            stream = await a.dial("answerer", 7)
+            async with stream, await listener.accept() as accepted:
+                who = await b.whois(accepted.remote_addr)
+        peer = {p.hostname: p for p in (await b.status()).peers}["asker"]
+        ping = await a.ping("answerer", timeout=20)
+        answerer = {p.hostname: p for p in (await a.status()).peers}["answerer"]
+    # The same node, through WhoIs and through status: the same fields, equal values.
+    for name in ("id", "hostname", "dns_name", "tailscale_ips", "tags"):
+        assert getattr(who.node, name) == getattr(peer, name), name
+    assert all(isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
+               for ip in (*who.node.tailscale_ips, *peer.tailscale_ips, ping.ip))
+    assert ping.ip in answerer.tailscale_ips
+    assert (ping.hostname, ping.dns_name) == (answerer.hostname, answerer.dns_name)
+
+
 async def test_advertised_tags_are_seen_by_peers(tailnet_node):
     async with (
         tailnet_node("tagged", tags=["tag:web", "tag:prod"]) as tagged,
@@ -214,6 +235,8 @@ async def test_advertised_tags_are_seen_by_peers(tailnet_node):
     ):
         who = await observer.whois(str(tagged.tailscale_ips[0]))
         assert sorted(who.node.tags) == ["tag:prod", "tag:web"]
+        seen = {p.hostname: p for p in (await observer.status()).peers}["tagged"]
+        assert sorted(seen.tags) == ["tag:prod", "tag:web"]
     with pytest.raises(tsproc.InvalidArgumentError, match="tag"):
         tsproc.Node("bad", tags=["web"])
 

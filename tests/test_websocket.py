@@ -72,7 +72,7 @@ async def test_helpers_echo_and_tell_the_handler_who_connected(tailnet_node):
                 assert await ws.get_message() == message
         (peer,) = peers
         assert peer.addr[0] == str(client.tailscale_ips[0])
-        assert peer.whois.node.host_name == "client"
+        assert peer.whois.node.hostname == "client"
         assert peer.whois == await server.whois(str(client.tailscale_ips[0]))
         nursery.cancel_scope.cancel()
 
@@ -80,7 +80,7 @@ async def test_helpers_echo_and_tell_the_handler_who_connected(tailnet_node):
 async def test_server_initiated_close_ends_the_client_cleanly_without_leaking(tailnet_node):
     async def greet_and_close(request: WebSocketRequest, peer: Peer) -> None:
         ws = await request.accept()
-        await ws.send_message(f"hi {peer.whois.node.host_name}")
+        await ws.send_message(f"hi {peer.whois.node.hostname}")
         await ws.aclose(code=4000, reason="bye")
 
     async with (

@@ -283,7 +283,7 @@ async def _running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
 def _identity(who: WhoIs | None) -> str:
     if who is None:
         return "unknown peer"
-    text = f"{who.user.login_name or '?'} ({who.node.name.rstrip('.') or who.node.host_name})"
+    text = f"{who.user.login_name or '?'} ({who.node.dns_name.rstrip('.') or who.node.hostname})"
     if who.node.tags:
         text += f" tags={','.join(who.node.tags)}"
     return text
@@ -378,8 +378,9 @@ async def _connect(args: argparse.Namespace) -> None:
 def _peer_json(peer: PeerStatus) -> dict[str, Any]:
     return {
         "id": peer.id, "hostname": peer.hostname, "dns_name": peer.dns_name,
-        "tailscale_ips": [str(ip) for ip in peer.tailscale_ips], "online": peer.online,
-        "relay": peer.relay, "cur_addr": peer.cur_addr,
+        "tailscale_ips": [str(ip) for ip in peer.tailscale_ips], "tags": list(peer.tags),
+        "online": peer.online, "relay": peer.relay, "endpoint": peer.endpoint,
+        "direct": peer.direct,
     }
 
 
@@ -408,7 +409,7 @@ def _print_status(status: Status) -> None:
         if not peer.online:
             path = "offline"
         elif peer.direct:
-            path = f"direct {peer.cur_addr}"
+            path = f"direct {peer.endpoint}"
         else:
             path = f"relay {peer.relay}" if peer.relay else "idle"
         print(f"  {peer.hostname:<20} {peer_ips:<44} {peer.dns_name.rstrip('.')}  {path}")

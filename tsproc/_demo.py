@@ -42,10 +42,10 @@ async def _serve_http(server: Node, stream: TailnetStream, seen: list[WhoIs]) ->
             for _ in range(_BULK_BYTES // len(_CHUNK)):
                 await stream.send_all(_CHUNK)
         else:
-            body = (f"hello from {server.hostname}; you are {who.node.host_name} "
+            body = (f"hello from {server.hostname}; you are {who.node.hostname} "
                     f"({who.user.login_name})\n").encode()
             head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                    f"Content-Length: {len(body)}\r\nX-Tailnet-Peer: {who.node.name}\r\n"
+                    f"Content-Length: {len(body)}\r\nX-Tailnet-Peer: {who.node.dns_name}\r\n"
                     "Connection: close\r\n\r\n")
             await stream.send_all(head.encode() + body)
         await stream.send_eof()
@@ -90,9 +90,9 @@ async def run_demo() -> None:
         print(f"response: {status} — {body.decode().strip()}")
 
         who = seen[0]
-        print(f"whois: demo-server sees the client as node {who.node.name!r} "
-              f"(host {who.node.host_name!r}, user {who.user.login_name!r}, "
-              f"addresses {', '.join(who.node.addresses)})")
+        print(f"whois: demo-server sees the client as node {who.node.dns_name!r} "
+              f"(host {who.node.hostname!r}, user {who.user.login_name!r}, "
+              f"addresses {', '.join(str(ip) for ip in who.node.tailscale_ips)})")
 
         _, bulk, seconds = await _fetch(client, "demo-server", "/bulk")
         rate = len(bulk) / seconds / (1 << 20)

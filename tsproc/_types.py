@@ -70,28 +70,37 @@ def _str(m: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _strs(values: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in values) if isinstance(values, list) else ()
+
+
 @dataclass(frozen=True, slots=True)
 class PeerStatus:
-    """One node of the tailnet as this node sees it."""
+    """One node of the tailnet as this node sees it (``Status.peers``, and ``Status.self``)."""
 
     id: str
+    """The node's stable ID, e.g. ``nXXXXCNTRL``; the same as :attr:`NodeInfo.id`."""
     hostname: str
+    """The hostname the node asked for, e.g. ``web``."""
     dns_name: str
+    """The node's full MagicDNS name, with the trailing dot: ``web.tailnet.test.``."""
     tailscale_ips: tuple[IPAddress, ...]
+    """The node's tailnet addresses (IPv4 first)."""
+    tags: tuple[str, ...]
+    """The node's ACL tags, e.g. ``("tag:server",)``; empty for a user's node."""
     online: bool
+    """Whether the control server sees the node connected."""
     relay: str
-    """The DERP region code the node uses (home relay)."""
-    cur_addr: str
-    """The direct ip:port the path uses now, or '' when traffic goes through DERP."""
-    tags: tuple[str, ...] = ()
-    """The node's ACL tags (a local ``https`` tailnet's Funnel ingress node has
-    ``tag:funnel-ingress``)."""
+    """The DERP region code of the node's home relay ('' if unknown)."""
+    endpoint: str
+    """The direct ip:port the path to the node uses now, or '' when it goes through DERP."""
     primary_routes: tuple[str, ...] = ()
     """The subnet routes the tailnet sends through this node (approved ``advertise_routes``)."""
 
     @property
     def direct(self) -> bool:
-        return bool(self.cur_addr)
+        """True when traffic to the node goes directly, False when through a DERP relay."""
+        return bool(self.endpoint)
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> PeerStatus:
@@ -100,16 +109,12 @@ class PeerStatus:
             hostname=_str(m, "hostname"),
             dns_name=_str(m, "dns_name"),
             tailscale_ips=_ips(m.get("tailscale_ips")),
+            tags=_strs(m.get("tags")),
             online=bool(m.get("online")),
             relay=_str(m, "relay"),
-            cur_addr=_str(m, "cur_addr"),
-            tags=_strs(m.get("tags")),
+            endpoint=_str(m, "cur_addr"),
             primary_routes=_strs(m.get("primary_routes")),
         )
-
-
-def _strs(value: object) -> tuple[str, ...]:
-    return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,24 +163,31 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """The tailnet node behind an address (from WhoIs)."""
+    """The tailnet node behind an address (``WhoIs.node``); its fields mean what the
+    :class:`PeerStatus` fields of the same name mean."""
 
     id: str
-    name: str
-    """The node's full MagicDNS name, e.g. ``web.tailnet.test.``."""
-    host_name: str
+    """The node's stable ID; the same as :attr:`PeerStatus.id`."""
+    hostname: str
     """The hostname the node asked for, e.g. ``web``."""
-    addresses: tuple[str, ...]
+    dns_name: str
+    """The node's full MagicDNS name, with the trailing dot: ``web.tailnet.test.``."""
+    tailscale_ips: tuple[IPAddress, ...]
+    """The node's tailnet addresses."""
     tags: tuple[str, ...]
+    """The node's ACL tags; empty for a user's node."""
 
 
 @dataclass(frozen=True, slots=True)
 class UserInfo:
-    """The user who owns a node (from WhoIs). Tagged nodes belong to a tagged-devices user."""
+    """The user who owns a node (``WhoIs.user``). Tagged nodes belong to a tagged-devices user."""
 
     id: str
+    """The user's ID on the control server, as a string."""
     login_name: str
+    """The user's login, e.g. ``alice@example.com``."""
     display_name: str
+    """The user's name for people, e.g. ``Alice``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +202,13 @@ class WhoIs:
         node = m.get("node") if isinstance(m.get("node"), dict) else {}
         user = m.get("user") if isinstance(m.get("user"), dict) else {}
         assert isinstance(node, dict) and isinstance(user, dict)
-        addresses = node.get("addresses")
-        tags = node.get("tags")
         return cls(
             node=NodeInfo(
                 id=str(node.get("id", "")),
-                name=_str(node, "name"),
-                host_name=_str(node, "host_name"),
-                addresses=tuple(str(a) for a in addresses) if isinstance(addresses, list) else (),
-                tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+                hostname=_str(node, "host_name"),
+                dns_name=_str(node, "name"),
+                tailscale_ips=_ips(node.get("addresses")),
+                tags=_strs(node.get("tags")),
             ),
             user=UserInfo(
                 id=str(user.get("id", "")),
@@ -212,15 +222,18 @@ class WhoIs:
 class PingResult:
     """The answer to :meth:`~tsproc.Node.ping`: a TSMP ping through WireGuard."""
 
-    ip: str
-    """The peer's tailnet IP that was pinged."""
-    node_name: str
+    ip: IPAddress
+    """The peer's tailnet address that was pinged."""
+    hostname: str
+    """The peer's hostname."""
+    dns_name: str
+    """The peer's full MagicDNS name."""
     latency: float
     """Round-trip time in seconds."""
     endpoint: str
     """The direct ip:port the path uses, or '' when it goes through a DERP relay."""
     relay: str
-    """The DERP region code of the peer's relay ('' if unknown)."""
+    """The DERP region code of the peer's home relay ('' if unknown)."""
 
     @property
     def direct(self) -> bool:
@@ -230,9 +243,11 @@ class PingResult:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> PingResult:
         latency = m.get("latency_s")
+        ips = _ips([m.get("ip")])
         return cls(
-            ip=_str(m, "ip"),
-            node_name=_str(m, "node_name"),
+            ip=ips[0] if ips else ipaddress.IPv4Address(0),
+            hostname=_str(m, "hostname"),
+            dns_name=_str(m, "dns_name"),
             latency=float(latency) if isinstance(latency, int | float) else 0.0,
             endpoint=_str(m, "endpoint"),
             relay=_str(m, "relay"),

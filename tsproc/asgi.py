@@ -9,8 +9,10 @@ The app gets tailnet facts it can trust:
 
 - ``scope["client"]`` is the tailnet peer's ``(ip, port)`` and ``scope["server"]`` this node's.
 - ``scope["extensions"]["tsproc.whois"]`` is who the peer is, as the tailnet (not the request)
-  says: a dict with ``login_name``, ``display_name``, ``user_id``, ``node_name`` (full MagicDNS
-  name), ``host_name``, ``node_id``, ``tags``, ``addresses``, and ``whois``, the
+  says: a dict of plain values, named as :class:`~tsproc.WhoIs` names them — ``login_name``,
+  ``display_name``, ``user_id`` (``whois.user.*``); ``hostname``, ``dns_name`` (the full MagicDNS
+  name), ``node_id``, ``tags``, ``tailscale_ips`` (``whois.node.*``; addresses as strings, as in
+  ``scope["client"]`` and ``tsproc status --json``) — and ``whois``, the
   :class:`~tsproc.WhoIs` itself. :func:`scope_whois` returns the latter.
 - Request headers that claim a tailnet identity never reach the app: every header named
   ``Tailscale-*``, ``X-Tailscale-*`` or ``X-Webauth-*`` (case-insensitive, ``_`` counted as
@@ -106,11 +108,11 @@ def _identity(who: WhoIs) -> dict[str, Any]:
         "login_name": who.user.login_name,
         "display_name": who.user.display_name,
         "user_id": who.user.id,
-        "node_name": who.node.name,
-        "host_name": who.node.host_name,
+        "hostname": who.node.hostname,
+        "dns_name": who.node.dns_name,
         "node_id": who.node.id,
         "tags": list(who.node.tags),
-        "addresses": list(who.node.addresses),
+        "tailscale_ips": [str(ip) for ip in who.node.tailscale_ips],
         "whois": who,
     }
 
@@ -153,7 +155,7 @@ class _PeerApp:
                 # Each request gets its own copy: one request's app cannot edit the next one's.
                 extensions[WHOIS_EXTENSION] = dict(
                     self._identity, tags=list(self._identity["tags"]),
-                    addresses=list(self._identity["addresses"]))
+                    tailscale_ips=list(self._identity["tailscale_ips"]))
             scope["extensions"] = extensions
         await self._app(scope, receive, send, sync_spawn, call_soon)
 

@@ -97,8 +97,8 @@ async def test_two_nodes_join_with_a_reusable_key_and_carry_16MiB_each_way(heads
 
         who = await server.whois(accepted[0].remote_addr)
         assert who.user.login_name == USER
-        assert who.node.host_name == "client"
-        assert who.node.name == f"client.{headscale.magic_dns_suffix}."
+        assert who.node.hostname == "client"
+        assert who.node.dns_name == f"client.{headscale.magic_dns_suffix}."
         assert (await client.whois(str(server.tailscale_ips[0]))).user.login_name == USER
         await stream.aclose()
         await accepted[0].aclose()

@@ -65,7 +65,11 @@ async def test_helpers_echo_and_tell_the_handler_who_connected(tailnet_node):
         tailnet_node("client") as client,
         trio.open_nursery() as nursery,
     ):
-        await nursery.start(serve_websocket, handler, server, 8080)
+        ws_server = await nursery.start(serve_websocket, handler, server, 8080)
+        # What trio-websocket's server says of its socket listeners, it says of this one.
+        assert ws_server.port == 8080
+        assert ws_server.listeners == ["<TailnetListener tcp port=8080 backlog=128 0 waiting>"]
+        assert "TailnetListener tcp port=8080" in repr(ws_server)
         async with open_websocket(client, "server", 8080, "/chat?room=1") as ws:
             for message in ("one", "two", BLOB):
                 await ws.send_message(message)

@@ -49,7 +49,13 @@ from ._streams import TailnetListener, TailnetStream
 from ._types import WhoIs
 from .errors import TsprocError
 
-__all__ = ["Peer", "connect_websocket", "open_websocket", "serve_websocket"]
+__all__ = [
+    "Peer",
+    "TailnetWebSocketServer",
+    "connect_websocket",
+    "open_websocket",
+    "serve_websocket",
+]
 
 # trio-websocket's defaults.
 _MESSAGE_QUEUE_SIZE: Final = 1
@@ -238,6 +244,34 @@ class _AnnouncingListener(trio.abc.Listener[TailnetStream]):
     async def aclose(self) -> None:
         await self.listener.aclose()
 
+    def __repr__(self) -> str:
+        # What WebSocketServer.listeners shows for a listener that is not a socket.
+        return repr(self.listener)
+
+
+@final
+class TailnetWebSocketServer(WebSocketServer):
+    """The :class:`~trio_websocket.WebSocketServer` :func:`serve_websocket` runs, on one
+    :class:`~tsproc.TailnetListener`: its :attr:`port` is the tailnet port (trio-websocket's
+    own works for socket listeners only), and :attr:`listeners` shows the listener's repr."""
+
+    def __init__(self, listener: TailnetListener, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tailnet_listener = listener
+
+    @property
+    def port(self) -> int:
+        """The tailnet port the server listens on."""
+        return self._tailnet_listener.port
+
+    @property
+    def tailnet_listener(self) -> TailnetListener:
+        """The :class:`~tsproc.TailnetListener` it serves."""
+        return self._tailnet_listener
+
+    def __repr__(self) -> str:
+        return f"<TailnetWebSocketServer on {self._tailnet_listener!r}>"
+
 
 async def serve_websocket(
     handler: Callable[[WebSocketRequest, Peer], Awaitable[None]],
@@ -251,7 +285,7 @@ async def serve_websocket(
     receive_buffer_size: int | None = _RECEIVE_BUFFER,
     connect_timeout: float = _CONN_TIMEOUT,
     disconnect_timeout: float = _CONN_TIMEOUT,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[TailnetWebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve WebSockets on *port* of *node*'s tailnet addresses until cancelled.
 
@@ -276,7 +310,8 @@ async def serve_websocket(
             return
         await handler(request, Peer(stream.remote_addr, who))
 
-    server = WebSocketServer(
+    server = TailnetWebSocketServer(
+        listener,
         handle,
         [cast(Any, _AnnouncingListener(listener))],  # any trio Listener works; hint is narrower
         handler_nursery=handler_nursery,
@@ -287,7 +322,8 @@ async def serve_websocket(
         disconnect_timeout=disconnect_timeout,
     )
     try:
-        await server.run(task_status=task_status)
+        # run() reports the server itself, a TailnetWebSocketServer: the cast only widens.
+        await server.run(task_status=cast("trio.TaskStatus[WebSocketServer]", task_status))
     finally:
         with trio.CancelScope(shield=True):
             await listener.aclose()

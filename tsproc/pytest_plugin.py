@@ -12,6 +12,9 @@ a :class:`tsproc.Node` on it (ephemeral by default). The ``tailnet`` marker pass
 
     @pytest.mark.tailnet(https=True)
     async def test_tls(tailnet, tailnet_node): ...
+
+Without pytest-trio, a test that uses them fails with "install pytest-trio", not with pytest's
+generic word on async fixtures.
 """
 
 from __future__ import annotations
@@ -23,6 +26,23 @@ import pytest
 
 from ._node import Node
 from .testing import LocalTailnet, local_tailnet
+
+_NEEDS_PYTEST_TRIO = (
+    "tsproc's `tailnet` and `tailnet_node` fixtures run on trio and need pytest-trio: "
+    "pip install pytest-trio (then mark the tests @pytest.mark.trio, or set trio_mode = true "
+    "in your pytest settings)"
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """Say what is missing before pytest says it cannot run an async fixture."""
+    if fixturedef.argname != "tailnet" or getattr(fixturedef.func, "__module__", "") != __name__:
+        return
+    if not request.config.pluginmanager.hasplugin("trio"):
+        pytest.fail(_NEEDS_PYTEST_TRIO, pytrace=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:

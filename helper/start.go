@@ -171,6 +171,7 @@ func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 	n.mu.Lock()
 	n.srv, n.lc, n.watchCancel = srv, lc, cancel
 	n.localNoACME = isLoopbackURL(cfg.controlURL) && cfg.acme.directoryURL == ""
+	n.withAuthKey = cfg.authKey != ""
 	n.mu.Unlock()
 	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
 		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)
@@ -260,9 +261,24 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	case upCtx.Err() != nil:
 		return nil, n.upTimeout(lc, timeoutMS)
 	case isAuthError(err):
-		return nil, wire.NewError(wire.CodeAuthFailed, "control server refused the login: %v", err)
+		return nil, n.loginRefused(err.Error(), "")
 	}
 	return nil, wire.NewError(wire.CodeInternal, "up: %v", err)
+}
+
+// loginRefused is the auth_failed error for the control server's refusal (reason). Control
+// servers say the same ("invalid authkey") whether the key is wrong or there is none: the
+// node knows which.
+func (n *node) loginRefused(reason, health string) error {
+	n.mu.Lock()
+	withKey := n.withAuthKey
+	n.mu.Unlock()
+	if withKey {
+		return wire.NewError(wire.CodeAuthFailed, "control server refused the auth key (wrong, expired, "+
+			"revoked or already used): %s%s", reason, health)
+	}
+	return wire.NewError(wire.CodeAuthFailed, "control server refused the login: it wants an auth key "+
+		"and none was given (Node(auth_key=...); the CLI reads TS_AUTHKEY): %s%s", reason, health)
 }
 
 // upTimeout explains why up did not reach Running in time.
@@ -284,7 +300,7 @@ func (n *node) upTimeout(lc *local.Client, timeoutMS uint64) error {
 	case lastErr != "":
 		// The control server refused the login before up was called, or between tsnet's
 		// retries: the bus carried the reason and Up never saw it.
-		return wire.NewError(wire.CodeAuthFailed, "control server refused the login: %s%s", lastErr, health)
+		return n.loginRefused(lastErr, health)
 	case st.BackendState == ipn.NeedsLogin.String() && authURL != "":
 		return wire.NewError(wire.CodeNeedsLogin, "node needs an interactive login: visit %s", authURL)
 	case st.BackendState == ipn.NeedsLogin.String():

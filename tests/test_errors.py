@@ -169,13 +169,16 @@ def test_Status_from_wire_with_a_mistyped_field_is_a_ProtocolError(field, value)
 
 def test_from_wire_parsers_never_raise_ValueError_on_mistyped_text_fields():
     odd = {"id": 1, "hostname": 2, "dns_name": None, "tailscale_ips": ["x", 3], "online": "y",
-           "relay": [], "cur_addr": {}}
+           "relay": [], "cur_addr": {}, "tags": "t"}
     peer = tsproc.PeerStatus.from_wire(odd)
-    assert peer.hostname == "" and peer.tailscale_ips == ()
-    ping = tsproc.PingResult.from_wire({"latency_s": "fast", "ip": 7})
-    assert ping.latency == 0.0 and ping.ip == ""
+    assert peer.hostname == "" and peer.tailscale_ips == () and peer.tags == ()
+    ping = tsproc.PingResult.from_wire({"latency_s": "fast", "ip": "100.64.0.1", "hostname": 3})
+    assert ping.latency == 0.0 and ping.hostname == ""
+    # The one field a ping answer is about: without it, a ProtocolError (not a made-up address).
+    with pytest.raises(tsproc.ProtocolError, match="ip"):
+        tsproc.PingResult.from_wire({"latency_s": 0.1, "ip": 7})
     who = tsproc.WhoIs.from_wire({"node": [], "user": "u"})
-    assert who.node.name == "" and who.user.login_name == ""
+    assert who.node.dns_name == "" and who.node.tailscale_ips == () and who.user.login_name == ""
 
 
 def test_NeedsLoginError_carries_the_auth_url_from_the_helpers_message():

@@ -217,7 +217,8 @@ async def test_status_whois_and_ping_use_one_name_and_one_type_per_idea(tailnet_
             async with stream, await listener.accept() as accepted:
                 who = await b.whois(accepted.remote_addr)
         peer = {p.hostname: p for p in (await b.status()).peers}["asker"]
-        ping = await a.ping("answerer", timeout=20)
+        with trio.fail_after(20):  # the first may wait for the first WireGuard handshake
+            ping = await a.ping("answerer")
         answerer = {p.hostname: p for p in (await a.status()).peers}["answerer"]
     # The same node, through WhoIs and through status: the same fields, equal values.
     for name in ("id", "hostname", "dns_name", "tailscale_ips", "tags"):

@@ -1,7 +1,8 @@
 """Plain data the node hands out: status, identities and events. No behaviour here.
 
 The ``from_wire`` parsers take what the helper answered: a missing or mistyped text field reads
-as '', and a mistyped count is a :class:`~tsproc.ProtocolError` (never a ValueError).
+as '', and a mistyped count (or a ping answer without its ip) is a
+:class:`~tsproc.ProtocolError` (never a ValueError).
 """
 
 from __future__ import annotations
@@ -244,8 +245,11 @@ class PingResult:
     def from_wire(cls, m: Mapping[str, Any]) -> PingResult:
         latency = m.get("latency_s")
         ips = _ips([m.get("ip")])
+        if not ips:
+            # Without it the answer says nothing: the helper broke the protocol.
+            raise ProtocolError(f"ping_peer answered without a valid ip: {m.get('ip')!r}")
         return cls(
-            ip=ips[0] if ips else ipaddress.IPv4Address(0),
+            ip=ips[0],
             hostname=_str(m, "hostname"),
             dns_name=_str(m, "dns_name"),
             latency=float(latency) if isinstance(latency, int | float) else 0.0,

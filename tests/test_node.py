@@ -211,6 +211,31 @@ async def test_serve_listeners_serves_a_handler(tailnet_node):
             nursery.cancel_scope.cancel()
 
 
+async def greet(stream: tsproc.TailnetStream) -> None:
+    """The README's handler: a module-level function that needs no node in scope."""
+    who = await stream.whois()
+    await stream.send_all(f"hello, {who.node.hostname}\n".encode())
+
+
+async def test_serve_tcp_serves_a_handler_that_learns_its_caller_from_the_stream(tailnet_node):
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(tsproc.serve_tcp, greet, server, 80)
+            assert isinstance(listener, tsproc.TailnetListener) and listener.port == 80
+            for _ in range(2):
+                with trio.fail_after(30):
+                    stream = await client.dial("server", 80)
+                    assert await read_all(stream) == b"hello, client\n"
+                await stream.aclose()
+            # The dialling side can ask too.
+            stream = await client.dial("server", 80)
+            assert (await stream.whois()).node.hostname == "server"
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+        assert listener.closed  # the port is free again
+        await (await server.listen(80)).aclose()
+
+
 async def test_closing_a_listener_wakes_a_blocked_accept(tailnet_node):
     async with tailnet_node("server") as server:
         listener = await server.listen(8005)

@@ -9,6 +9,7 @@ See docs/design.md for how it works and docs/protocol.md for the helper protocol
 
 from ._node import EventStream, Node
 from ._packet import TailnetPacketConn
+from ._serve import serve_tcp
 from ._streams import TailnetListener, TailnetStream
 from ._supervisor import RestartPolicy
 from ._types import (
@@ -90,4 +91,5 @@ __all__ = [
     "UserInfo",
     "WhoIs",
     "__version__",
+    "serve_tcp",
 ]

@@ -14,7 +14,7 @@ follow its answer (``accepted``, ``conn_end``): see :meth:`~tsproc._rpc.RpcChann
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
@@ -25,9 +25,9 @@ from ._config import NodeConfig
 from ._helper import HelperProcess
 from ._packet import TailnetPacketConn
 from ._rpc import Disposable, Reply, RpcChannel
-from ._streams import ConnState, TailnetListener, TailnetStream
+from ._streams import Addr, ConnState, TailnetListener, TailnetStream
 from ._supervisor import RestartPolicy
-from ._types import IPAddress, Status
+from ._types import IPAddress, Status, WhoIs
 from .errors import (
     HelperDiedError,
     HelperVersionError,
@@ -55,8 +55,10 @@ class Generation:
 
     def __init__(self, number: int, process: HelperProcess,
                  on_down: Callable[[Generation], None],
-                 on_backend_state: Callable[[str, str], None]) -> None:
+                 on_backend_state: Callable[[str, str], None],
+                 whois: Callable[[Addr], Awaitable[WhoIs]] | None = None) -> None:
         self.number = number
+        self._whois = whois  # the node's, for TailnetStream.whois()
         self.process = process
         self._on_down = on_down
         self._on_backend_state = on_backend_state
@@ -303,7 +305,7 @@ class Generation:
     def _register_stream(self, fd: int, conn: int, fields: dict[str, Any]) -> TailnetStream:
         state = ConnState(conn, self.number)
         stream = TailnetStream._create(fd, state, fields.get("local"), fields.get("remote"),
-                                       on_close=self.stream_closed,
+                                       on_close=self.stream_closed, whois=self._whois,
                                        via_funnel=fields.get("funnel") is True)
         self.conns[conn] = state
         return stream

@@ -30,6 +30,7 @@ from ._types import (
     IPAddress,
     NodeState,
     StateEvent,
+    WhoIs,
 )
 from .errors import NodeClosedError, NodeTimeoutError, TsprocError
 
@@ -108,11 +109,16 @@ class NodeLifecycle:
                 self._set_state(NodeState.FAILED, failure=exc)
                 self._emit(CrashLoopEvent(str(exc)))
 
+    async def _stream_whois(self, addr: tuple[str, int]) -> WhoIs:
+        """What a stream's ``whois()`` asks: :meth:`Node.whois`, which Node defines."""
+        raise NotImplementedError  # pragma: no cover
+
     async def _start_generation(self, number: int, path: Path) -> SupervisedGeneration:
         assert self._nursery is not None and self._state_dir is not None
         process = HelperProcess.spawn(path, self._config.helper_args(),
                                       self._config.helper_environment(number))
-        gen = Generation(number, process, self._on_down, self._on_backend_state)
+        gen = Generation(number, process, self._on_down, self._on_backend_state,
+                         whois=self._stream_whois)
         self._spawned.add(gen)
         self._nursery.start_soon(self._run_generation, gen)
         try:

@@ -379,6 +379,9 @@ class Node(NodeLifecycle):
         restarts = self._supervisor.restarts if self._supervisor else 0
         return Status.from_wire(reply.result, pid=gen.process.pid, restarts=restarts)
 
+    async def _stream_whois(self, addr: tuple[str, int]) -> WhoIs:
+        return await self.whois(addr)
+
     async def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:
         """Who is behind a tailnet address: the peer node and its user.
 

@@ -14,12 +14,15 @@ import os
 import socket
 from abc import ABCMeta
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ._types import WhoIs
 
 __all__ = ["ConnState", "NoPublicConstructor", "TailnetListener", "TailnetStream"]
 
@@ -125,6 +128,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         on_close: Callable[[ConnState], None] | None = None,
         *,
         via_funnel: bool = False,
+        whois: Callable[[Addr], Awaitable[WhoIs]] | None = None,
     ) -> None:
         sock = _adopt_socket(fd, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
@@ -136,6 +140,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         self.via_funnel = via_funnel
         self._state = state
         self._on_close = on_close
+        self._whois = whois
         self._receiving = False
         self._eof_verified = False
         self._closed = False
@@ -144,6 +149,17 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
     def conn_id(self) -> int:
         """The helper's id for this connection (unique per helper process)."""
         return self._state.conn_id
+
+    async def whois(self) -> WhoIs:
+        """Who is on the other end: the peer node and its user, as the tailnet says
+        (``node.whois(stream.remote_addr)`` of the stream's node).
+
+        Raises:
+            NotFoundError: the peer is no longer on the tailnet.
+        """
+        if self._whois is None:  # pragma: no cover - every stream a node makes has it
+            raise RuntimeError("this stream does not belong to a node")
+        return await self._whois(self.remote_addr)
 
     def __repr__(self) -> str:
         local = f"{self.local_addr[0]}:{self.local_addr[1]}"

@@ -32,7 +32,7 @@ from ._types import (
     StateEvent,
     WhoIs,
 )
-from .errors import NodeClosedError, NodeTimeoutError, TsprocError
+from .errors import NodeClosedError, NodeNotStartedError, NodeTimeoutError, TsprocError
 
 __all__ = ["NodeLifecycle"]
 
@@ -44,7 +44,8 @@ class NodeLifecycle:
         self._config = config
         self.hostname = config.hostname
         self._policy = config.policy
-        self._state = NodeState.STARTING
+        self._state = NodeState.NEW
+        self._start_failure: BaseException | None = None  # why __aenter__ failed
         self._backend_state = ""
         self._auth_url = ""
         self._ips: tuple[IPAddress, ...] = ()
@@ -65,6 +66,7 @@ class NodeLifecycle:
 
     async def _open(self) -> None:
         """Start the supervisor and the first helper; wait for Running if asked to."""
+        self._state = NodeState.STARTING  # no event: nobody can be waiting for this one
         path = find_helper(self._config.helper_path)
         self._state_dir = StateDir.acquire(
             self.hostname, self._config.state_dir, temporary=self._config.ephemeral
@@ -84,7 +86,8 @@ class NodeLifecycle:
             await self._nursery.start(self._supervise)
             if self._config.wait_running:
                 await self._running_generation(None)
-        except BaseException:
+        except BaseException as exc:
+            self._start_failure = exc
             with trio.CancelScope(shield=True):
                 await self._shutdown()
             await stack.__aexit__(None, None, None)
@@ -227,9 +230,20 @@ class NodeLifecycle:
         """The generation to send a request to, once the node is running. *deadline* is the
         node's own bound (NodeTimeoutError when it passes); None waits under the caller's
         cancel scope alone."""
+        if not self._entered:
+            raise NodeNotStartedError(
+                f"node {self.hostname!r} is not started: use it inside `async with node:` "
+                "(which starts it and waits until it runs)"
+            )
         while True:
             if self._failure is not None:
                 raise self._failure
+            if self._start_failure is not None:
+                failure = self._start_failure
+                raise NodeClosedError(
+                    f"node {self.hostname!r} did not start ({type(failure).__name__}: "
+                    f"{failure}); a Node starts once: make a new one to try again"
+                ) from failure
             if self._closing or self._state is NodeState.CLOSED:
                 raise NodeClosedError(f"node {self.hostname!r} is closed")
             gen = self._generation

@@ -116,7 +116,12 @@ class Node(NodeLifecycle):
     def __repr__(self) -> str:
         ips = ",".join(str(ip) for ip in self._ips) or "no IP yet"
         key = ", auth_key=<redacted>" if self._config.auth_key else ""
-        return f"<tsproc.Node {self.hostname!r} {self._state.value} {ips}{key}>"
+        state = self._state.value
+        if self._state is NodeState.NEW:
+            state = "new (not started: use `async with node`)"
+        elif self._start_failure is not None:
+            state = f"{state} (start failed: {type(self._start_failure).__name__})"
+        return f"<tsproc.Node {self.hostname!r} {state} {ips}{key}>"
 
     # -- properties --
 

@@ -37,6 +37,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class NodeState(enum.Enum):
     """Where a :class:`~tsproc.Node` is in its life (see docs/design.md, supervision)."""
 
+    NEW = "new"
+    """Made, not started yet: ``async with node:`` starts it."""
     STARTING = "starting"
     RUNNING = "running"
     RESTARTING = "restarting"

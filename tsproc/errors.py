@@ -30,6 +30,7 @@ __all__ = [
     "LimitError",
     "NeedsLoginError",
     "NodeClosedError",
+    "NodeNotStartedError",
     "NodeTimeoutError",
     "NotFoundError",
     "ProtocolError",
@@ -106,7 +107,11 @@ class HelperCrashLoop(HelperDiedError):
 
 
 class NodeClosedError(TsprocError):
-    """The node was closed (or is closing) and cannot do this any more."""
+    """The node was closed (or is closing, or its start failed) and cannot do this any more."""
+
+
+class NodeNotStartedError(TsprocError, RuntimeError):
+    """The node is used before ``async with node:`` started it."""
 
 
 class StateDirLocked(TsprocError):

@@ -245,7 +245,8 @@ type node struct {
 	// localNoACME: the node is on a loopback control server that gave it no ACME server
 	// (start's acme_directory_url), so a certificate request would go to Let's Encrypt.
 	localNoACME bool
-	withAuthKey bool // start had an auth key: a refused login is about that key
+	withAuthKey bool     // start had an auth key: a refused login is about that key
+	healthTexts []string // last health warnings from the IPN bus (non-nil once seen)
 
 	wg     sync.WaitGroup // the IPN bus watcher and the listener pumps
 	connWG sync.WaitGroup // running bridges

@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"tailscale.com/client/local"
 	"tailscale.com/envknob"
+	"tailscale.com/health"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/logtail"
@@ -196,9 +198,11 @@ func isLoopbackURL(s string) bool {
 }
 
 // watchBus follows the IPN bus, keeps the state, auth URL and last error that up and status
-// need, and sends a state notification whenever the state or the auth URL changes.
+// need, and sends a state notification whenever the state, the auth URL or the health
+// warnings change — the health as soon as tsnet reports it, so that a host sees "connection
+// refused" from a wrong control URL at once, not at the end of up's timeout.
 func (n *node) watchBus(ctx context.Context, lc *local.Client) {
-	w, err := lc.WatchIPNBus(ctx, ipn.NotifyInitialState)
+	w, err := lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyInitialHealthState)
 	if err != nil {
 		if ctx.Err() == nil {
 			helperLogf("watching the IPN bus: %v", err)
@@ -220,6 +224,12 @@ func (n *node) watchBus(ctx context.Context, lc *local.Client) {
 			n.authURL = *nt.BrowseToURL
 			changed = true
 		}
+		if nt.Health != nil {
+			if h := healthTexts(nt.Health); !slices.Equal(h, n.healthTexts) {
+				n.healthTexts = h
+				changed = true
+			}
+		}
 		if nt.State != nil && nt.State.String() != n.state {
 			n.state = nt.State.String()
 			if *nt.State == ipn.Running {
@@ -228,6 +238,9 @@ func (n *node) watchBus(ctx context.Context, lc *local.Client) {
 			changed = true
 		}
 		params := map[string]any{"state": n.state}
+		if n.healthTexts != nil {
+			params["health"] = n.healthTexts
+		}
 		if n.authURL != "" {
 			params["auth_url"] = n.authURL
 		}
@@ -238,6 +251,21 @@ func (n *node) watchBus(ctx context.Context, lc *local.Client) {
 			}
 		}
 	}
+}
+
+// healthTexts is a health state as the sorted warning texts (the strings status's health
+// lists), never nil.
+func healthTexts(st *health.State) []string {
+	out := []string{}
+	for _, w := range st.Warnings {
+		text := w.Text
+		if text == "" {
+			text = w.Title
+		}
+		out = append(out, text)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -168,6 +169,24 @@ async def test_connect_fails_clearly_for_an_unknown_host():
     assert result.returncode == 1
     assert "DialError" in result.stderr.decode()
     assert result.stdout == b""
+
+
+async def test_a_wrong_control_url_is_explained_on_the_progress_line_and_at_the_timeout():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [*TSPROC, "status", "--control-url", f"http://127.0.0.1:{port}", "--ephemeral",
+             "--hostname", "lost", "--timeout", "5"],
+            capture_stdout=True, capture_stderr=True, env=cli_env(), check=False,
+        )
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    progress = [line for line in err.splitlines() if line.startswith("tsproc: lost: starting")]
+    assert any("connection refused" in line for line in progress), err
+    final = err.strip().splitlines()[-1]
+    assert "NodeTimeoutError" in final and "connection refused" in final, err
 
 
 async def test_status_json_lists_the_node_and_its_peers():

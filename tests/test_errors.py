@@ -93,6 +93,21 @@ async def test_unreachable_control_url_times_out_with_the_health_text(no_leaks):
     assert f"127.0.0.1:{port}" in message or "control" in message.lower()
 
 
+async def test_a_wrong_control_url_shows_its_cause_in_the_state_events_at_once(no_leaks):
+    port = free_loopback_port()  # nothing listens there
+    node = tsproc.Node("lost", control_url=f"http://127.0.0.1:{port}", ephemeral=True,
+                       wait_running=False, up_timeout=None)
+    async with node.events() as events, node:
+        # Long before any up timeout: the first health report names the cause.
+        with trio.fail_after(20):
+            async for event in events:
+                if isinstance(event, tsproc.StateEvent) and any(
+                        "connection refused" in h for h in event.health):
+                    break
+        assert event.backend_state == "NeedsLogin"
+        assert any(f"127.0.0.1:{port}" in h for h in node.health), node.health
+
+
 async def test_dial_to_an_unknown_host_is_a_DialError(tailnet_node, no_leaks):
     async with tailnet_node("client") as client:
         with trio.fail_after(30), pytest.raises(tsproc.DialError) as info:

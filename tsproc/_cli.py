@@ -212,10 +212,14 @@ class _Progress:
             self._drawn = False
 
 
-def _describe(node: Node, backend_state: str) -> str:
-    if node.state is NodeState.STARTING:
-        return f"starting (tailnet: {backend_state})" if backend_state else "starting"
-    return str(node.state.value)
+def _describe(node: Node, backend_state: str, health: tuple[str, ...] = ()) -> str:
+    text = str(node.state.value)
+    if node.state is NodeState.STARTING and backend_state:
+        text = f"starting (tailnet: {backend_state})"
+    if health and node.state is not NodeState.RUNNING:
+        # Why it is not running yet, as tsnet says it: the one thing worth reading.
+        text += f"; health: {'; '.join(health)}"
+    return text
 
 
 async def _watch_start(node: Node, progress: _Progress) -> None:
@@ -241,7 +245,7 @@ async def _watch_start(node: Node, progress: _Progress) -> None:
             if isinstance(event, AuthUrlEvent):
                 show_url(event.url)
             elif isinstance(event, StateEvent):
-                progress.show(_describe(node, event.backend_state))
+                progress.show(_describe(node, event.backend_state, event.health))
 
 
 @asynccontextmanager
@@ -266,9 +270,10 @@ async def _running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
                 with trio.move_on_after(limit) as scope:
                     await node.wait_running()
                 if scope.cancelled_caught:
+                    health = "; ".join(node.health) or "no warnings"
                     raise NodeTimeoutError(
                         f"node {node.hostname!r} is not running after {args.timeout:g} s "
-                        f"({node.state.value})")
+                        f"({_describe(node, node.backend_state)}); health: {health}")
                 nursery.cancel_scope.cancel()
         finally:
             progress.message("")  # end the live line, whatever happened

@@ -55,7 +55,7 @@ class Generation:
 
     def __init__(self, number: int, process: HelperProcess,
                  on_down: Callable[[Generation], None],
-                 on_backend_state: Callable[[str, str], None],
+                 on_backend_state: Callable[[str, str, tuple[str, ...] | None], None],
                  whois: Callable[[Addr], Awaitable[WhoIs]] | None = None) -> None:
         self.number = number
         self._whois = whois  # the node's, for TailnetStream.whois()
@@ -329,7 +329,12 @@ class Generation:
                 self.id_by_listener.pop(listener, None)
                 listener.close_now(f"the helper closed the listener: {p.get('reason', '')}")
         elif msg.method == "state":
-            self._on_backend_state(str(p.get("state", "")), str(p.get("auth_url") or ""))
+            health = p.get("health")
+            self._on_backend_state(
+                str(p.get("state", "")), str(p.get("auth_url") or ""),
+                # Absent (an older helper, or no health word yet): keep what we knew.
+                tuple(str(h) for h in health) if isinstance(health, list) else None,
+            )
 
     def _on_accepted(self, msg: proto.Notification) -> None:
         if msg.fd is None:

@@ -48,6 +48,7 @@ class NodeLifecycle:
         self._start_failure: BaseException | None = None  # why __aenter__ failed
         self._backend_state = ""
         self._auth_url = ""
+        self._health: tuple[str, ...] = ()
         self._ips: tuple[IPAddress, ...] = ()
         self._generation: Generation | None = None
         self._spawned: set[Generation] = set()
@@ -210,18 +211,21 @@ class NodeLifecycle:
             self._failure = failure
         if state is not self._state:
             self._state = state
-            self._emit(StateEvent(state, self._backend_state))
+            self._emit(StateEvent(state, self._backend_state, self._health))
         self._state_changed.set()
         self._state_changed = trio.Event()
 
-    def _on_backend_state(self, backend_state: str, auth_url: str) -> None:
+    def _on_backend_state(self, backend_state: str, auth_url: str,
+                          health: tuple[str, ...] | None = None) -> None:
         self._backend_state = backend_state
+        if health is not None:
+            self._health = health
         if auth_url and auth_url != self._auth_url:
             self._auth_url = auth_url
             self._emit(AuthUrlEvent(auth_url))
         if backend_state == "Running":
             self._auth_url = ""
-        self._emit(StateEvent(self._state, backend_state))
+        self._emit(StateEvent(self._state, backend_state, self._health))
 
     def _emit(self, event: Event) -> None:
         self._events.emit(event)

@@ -141,6 +141,18 @@ class Node(NodeLifecycle):
         return self._state_dir.path if self._state_dir else None
 
     @property
+    def backend_state(self) -> str:
+        """The tailnet backend's state as the helper last reported it (``NeedsLogin``,
+        ``Starting``, ``Running`` …; '' before the first report)."""
+        return self._backend_state
+
+    @property
+    def health(self) -> tuple[str, ...]:
+        """tsnet's warnings as the helper last reported them, as soon as it reports them
+        (say, why the control server cannot be reached); empty when all is well."""
+        return self._health
+
+    @property
     def auth_url(self) -> str:
         """The interactive login URL while the node needs one, else ''."""
         return self._auth_url

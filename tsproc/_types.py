@@ -267,6 +267,9 @@ class StateEvent:
 
     state: NodeState
     backend_state: str
+    health: tuple[str, ...] = ()
+    """tsnet's warnings as of this event, e.g. ``("Unable to connect to the Tailscale
+    coordination server ... connect: connection refused",)``; empty when all is well."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -237,6 +237,35 @@ async def test_crash_loop_after_running_fails_the_node_without_raising_into_the_
             await node.dial("fragile", 1)
 
 
+def node_log(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "tsproc" and r.levelno == level]
+
+
+async def test_a_restart_logs_a_WARNING_naming_the_node_and_a_crash_loop_an_ERROR(
+    monkeypatch, tailnet_node, caplog
+):
+    caplog.set_level(logging.INFO, logger="tsproc")
+    # The second helper runs; every one after it dies on its first heartbeat.
+    monkeypatch.setenv("TSPROC_HELPER_FAULT", "exit_after:hello@3+")
+    policy = tsproc.RestartPolicy(max_attempts=3, initial_backoff=0.05)
+    async with tailnet_node("watched", restart=policy) as node:
+        events = node.events()
+        first_pid = node.helper_pid
+        os.kill(first_pid, signal.SIGKILL)
+        await next_event_of(events, tsproc.HelperRestartedEvent)
+        warnings = node_log(caplog, logging.WARNING)
+        assert any("'watched'" in w and f"pid {first_pid}" in w and "SIGKILL" in w
+                   for w in warnings), warnings
+        assert any("'watched'" in w and f"pid {node.helper_pid}" in w and "restarted" in w
+                   for w in warnings), warnings
+        assert not node_log(caplog, logging.ERROR)
+        os.kill(node.helper_pid, signal.SIGKILL)
+        await next_event_of(events, tsproc.CrashLoopEvent)
+        errors = node_log(caplog, logging.ERROR)
+        assert len(errors) == 1 and "'watched'" in errors[0] and "3 times" in errors[0], errors
+
+
 HOST_SCRIPT = textwrap.dedent("""
     import sys, trio, tsproc
     async def main():

@@ -80,6 +80,10 @@ class Generation:
     # -- Generation protocol (for the supervisor) --
 
     @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
     def death_reason(self) -> str:
         return self._death_reason
 

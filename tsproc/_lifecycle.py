@@ -83,6 +83,7 @@ class NodeLifecycle:
                 self._policy,
                 lambda number: self._start_generation(number, path),
                 self._on_running,
+                name=self.hostname,
             )
             await self._nursery.start(self._supervise)
             if self._config.wait_running:

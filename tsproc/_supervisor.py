@@ -7,6 +7,7 @@ die, and starts the next one after a backoff — until the node closes or the he
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,10 @@ from typing import Protocol
 import trio
 
 from .errors import HelperCrashLoop, HelperDiedError, NodeTimeoutError, ProtocolError
+
+# The node's life: a WARNING for every helper restart, an ERROR when it gives up (README,
+# "Logging"). The helper's own lines are on "tsproc.helper".
+log = logging.getLogger("tsproc")
 
 __all__ = ["RestartPolicy", "Supervisor"]
 
@@ -82,6 +87,9 @@ class Generation(Protocol):
     @property
     def stderr_tail(self) -> Sequence[str]: ...
 
+    @property
+    def pid(self) -> int: ...
+
 
 Starter = Callable[[int], Awaitable[Generation]]
 
@@ -105,8 +113,11 @@ class Supervisor:
         policy: RestartPolicy,
         start: Starter,
         on_running: Callable[[Generation, Generation | None], None],
+        *,
+        name: str = "",
     ) -> None:
         self.policy = policy
+        self._name = name  # the node's hostname, for the log
         self._start = start
         self._on_running = on_running
         self.restarts = 0
@@ -122,8 +133,15 @@ class Supervisor:
         while True:
             if failures:
                 if failures >= self.policy.max_attempts:
-                    raise self._crash_loop(failures, previous, last_error)
-                await trio.sleep(self.policy.backoff(failures))
+                    crash_loop = self._crash_loop(failures, previous, last_error)
+                    if started:  # before, __aenter__ raises it to the caller
+                        log.error("node %r: %s; the node has failed", self._name, crash_loop)
+                    raise crash_loop
+                delay = self.policy.backoff(failures)
+                if started:
+                    log.warning("node %r: restarting its helper in %.2f s (%s)", self._name,
+                                delay, self._why(previous, last_error))
+                await trio.sleep(delay)
             number += 1
             began = trio.current_time()
             try:
@@ -141,6 +159,8 @@ class Supervisor:
                 continue
             if started:
                 self.restarts += 1
+                log.warning("node %r: helper restarted: pid %d, restart %d, same identity",
+                            self._name, generation.pid, self.restarts)
             self._on_running(generation, previous)
             if not started:
                 started = True
@@ -151,6 +171,14 @@ class Supervisor:
             if trio.current_time() - began >= self.policy.stable_after:
                 failures = 0
             failures += 1
+
+    @staticmethod
+    def _why(previous: Generation | None, last_error: BaseException | None) -> str:
+        if last_error is not None:
+            return "the last attempt failed: " + str(last_error).split("\n", 1)[0]
+        if previous is not None:
+            return f"helper pid {previous.pid} {previous.death_reason}"
+        return "unknown"
 
     def _crash_loop(
         self, failures: int, previous: Generation | None, last_error: BaseException | None

@@ -32,9 +32,9 @@ async def greet(request: Request) -> dict[str, Any]:
     assert who is not None  # tsproc.aio.serve_asgi never serves a caller it could not identify
     name = who.user.display_name or who.user.login_name
     return {
-        "greeting": f"hello {name}, on {who.node.host_name}",
+        "greeting": f"hello {name}, on {who.node.hostname}",
         "login_name": who.user.login_name,
-        "hostname": who.node.host_name,
+        "hostname": who.node.hostname,
         "address": request.client.host if request.client else None,
     }
 

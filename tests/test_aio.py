@@ -37,7 +37,7 @@ def test_dial_serve_whois_status_events_and_half_close(net):
             async def echo(reader: asyncio.StreamReader,
                            writer: tsproc.aio.TailnetStreamWriter) -> None:
                 who = await server.whois(writer.remote_addr)
-                writer.write(f"hello {who.node.host_name}\n".encode())
+                writer.write(f"hello {who.node.hostname}\n".encode())
                 writer.write(await reader.read())  # to the caller's EOF (its half-close)
                 writer.write_eof()
                 await writer.drain()
@@ -68,7 +68,7 @@ def test_dial_serve_whois_status_events_and_half_close(net):
             assert status.backend_state == "Running"
             assert any(peer.hostname == "aserver" for peer in status.peers)
             who = await server.whois(str(client.tailscale_ips[0]))
-            assert who.node.host_name == "aclient"
+            assert who.node.hostname == "aclient"
             with pytest.raises(tsproc.DialError):
                 await client.dial("no-such-node", 7)
             with pytest.raises(tsproc.AddressInUseError):
@@ -205,7 +205,7 @@ def test_asgi_app_sees_the_callers_identity(net):
             return
         who = scope["extensions"]["tsproc.whois"]
         body = json.dumps({"client": list(scope["client"]), "login": who["login_name"],
-                           "hostname": who["host_name"],
+                           "hostname": who["hostname"],
                            "forged": [k.decode() for k, _ in scope["headers"]
                                       if k.lower().startswith(b"tailscale")]}).encode()
         await send({"type": "http.response.start", "status": 200,

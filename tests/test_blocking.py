@@ -35,7 +35,7 @@ class Echo(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         who = self.server.node.whois(self.client_address)
-        self.wfile.write(f"hello {who.node.host_name}\n".encode())
+        self.wfile.write(f"hello {who.node.hostname}\n".encode())
         while data := self.request.recv(65536):
             self.request.sendall(data)
 
@@ -66,7 +66,7 @@ def test_dial_serve_whois_status_and_half_close(pair):
             assert status.backend_state == "Running"
             assert any(peer.hostname == "bserver" for peer in status.peers)
             who = server.whois(str(client.tailscale_ips[0]))
-            assert who.node.host_name == "bclient"
+            assert who.node.hostname == "bclient"
         finally:
             tcp.shutdown()
             serving.join()
@@ -78,7 +78,7 @@ def test_requests_through_the_adapter_and_http_server(pair):
     class Hello(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             who = self.server.node.whois(self.client_address)
-            body = json.dumps({"path": self.path, "hostname": who.node.host_name,
+            body = json.dumps({"path": self.path, "hostname": who.node.hostname,
                                "forged": self.headers.get("X-Anything")}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -164,7 +164,7 @@ async def test_a_request_too_big_for_a_frame_fails_that_call_and_leaves_the_help
         # The channel is untouched: the next calls work, on the same helper, no restart.
         assert (await node.status()).backend_state == "Running"
         who = await node.whois(str(node.tailscale_ips[0]))
-        assert who.node.host_name == "bulky"
+        assert who.node.hostname == "bulky"
         assert node.helper_pid == pid and node.state is tsproc.NodeState.RUNNING
         with trio.move_on_after(1):
             async for event in events:

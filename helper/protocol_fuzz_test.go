@@ -43,7 +43,7 @@ type noStartNode struct{ *node }
 
 var errFuzzNoStart = wire.NewError(wire.CodeInternal, "fuzzing: tsnet is not started")
 
-func (n noStartNode) call(ctx context.Context, method string, params map[string]any) (*wire.Reply, error) {
+func (n noStartNode) Call(ctx context.Context, method string, params map[string]any) (*wire.Reply, error) {
 	if method == "start" {
 		if _, err := parseStart(wire.NewParamReader(params)); err != nil {
 			return nil, err

@@ -144,7 +144,7 @@ async def test_a_wrong_key_is_an_AuthError_that_never_shows_the_key(headscale, c
             pass
     message = str(caught.value)
     assert expected in message
-    assert message.startswith("control server refused the login")
+    assert message.startswith("control server refused the auth key"), message
     secret = key[-64:]
     assert secret not in message
     assert secret not in caplog.text

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from functools import partial
+from typing import NoReturn, final
 
 import trio
 
@@ -38,8 +39,28 @@ async def serve_tcp(
     """
     listener = await node.listen(port, backlog=backlog)
     try:
-        await trio.serve_listeners(handler, [listener], handler_nursery=handler_nursery,
-                                   task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_listeners, handler, [_ClosedByUs(listener)],
+                                        handler_nursery=handler_nursery))
+            task_status.started([listener])
     finally:
+        # Shielded: aclose waits until the helper has released the port, so it can be
+        # listened on again the moment this returns.
         with trio.CancelScope(shield=True):
             await listener.aclose()
+    raise AssertionError("unreachable: trio.serve_listeners returned")  # pragma: no cover
+
+
+@final
+class _ClosedByUs(trio.abc.Listener[TailnetStream]):
+    """The listener as trio.serve_listeners sees it: its cancelled ``async with`` would close
+    the listener without waiting for the port's release, so serve_tcp closes it instead."""
+
+    def __init__(self, listener: TailnetListener) -> None:
+        self._listener = listener
+
+    async def accept(self) -> TailnetStream:
+        return await self._listener.accept()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()

@@ -266,7 +266,7 @@ async def test_asgi_over_funnel_has_the_public_client_and_no_identity(tailnet, t
         transport = TailnetTransport(client, verify=tailnet.ssl_context())
         async with httpx.AsyncClient(transport=transport) as http:
             assert (await http.get("https://web.tailnet.test/")).status_code == 200
-        assert seen[-1]["whois"].node.host_name == "client"
+        assert seen[-1]["whois"].node.hostname == "client"
         nursery.cancel_scope.cancel()
 
 

@@ -123,6 +123,12 @@ class LocalTailnet:
         """A :class:`~tsproc.Node` on this tailnet (ephemeral, with this tailnet's key unless
         given; on an ``https`` tailnet, getting its certificates from the tailnet's own ACME
         server). Use it with ``async with``."""
+        return Node(hostname, **self._node_kwargs(kwargs))
+
+    def _node_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """*kwargs* for a node with this tailnet's defaults filled in, as :meth:`node` uses
+        them (the asyncio and blocking faces' ``node()`` too)."""
+        kwargs = dict(kwargs)
         kwargs.setdefault("control_url", self.control_url)
         kwargs.setdefault("ephemeral", True)
         if self.auth_key is not None:
@@ -130,7 +136,7 @@ class LocalTailnet:
         if self.https:
             kwargs.setdefault("acme_directory_url", self.info["acme_directory_url"])
             kwargs.setdefault("acme_roots", self.info["acme_roots"])
-        return Node(hostname, **kwargs)
+        return kwargs
 
     def _https_info(self, key: str) -> str:
         value = self.info.get(key)

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import socket
 import socketserver
+import ssl
 import threading
+from functools import partial
 
 import pytest
 import requests
@@ -216,3 +219,75 @@ def test_ctrl_c_while_blocked_exits_with_keyboardinterrupt(net, blocked_in):
         assert_gone(helper)  # the with block closed the node: its helper is gone
     finally:
         script.close()
+
+
+def tls_client(sock: socket.socket, context: ssl.SSLContext, server_hostname: str):
+    """TLS over a tailnet socket (which cannot be wrapped: ``wrap_socket`` detaches it):
+    an SSLObject and a function that runs one of its calls, moving bytes through *sock*."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+
+    def run(op):
+        while True:
+            try:
+                result = op()
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "the connection closed during TLS"
+                incoming.write(data)
+                continue
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+            return result
+
+    return tls, run
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.offline
+def test_https_tailnet_tls_handshake_to_listen_tls():
+    with tsproc.blocking.local_tailnet(https=True) as tailnet:
+        assert tailnet.https
+        assert tailnet.ca_cert.startswith("-----BEGIN CERTIFICATE-----")
+        with tailnet.node("bweb") as web, tailnet.node("bclient") as client:
+            host, port = tailnet.funnel_address(web)
+            assert ipaddress.ip_address(host).is_loopback and port > 0
+            domain = tailnet.dns_name(web)
+            assert domain == "bweb.tailnet.test"
+            with web.listen_tls(443) as listener:
+                errors: list[BaseException] = []
+
+                def serve_one() -> None:
+                    try:
+                        sock, _ = listener.accept(timeout=120)
+                        with sock:  # plaintext: the helper terminates TLS
+                            sock.sendall(recv_exactly(sock, 5).upper())
+                    except BaseException as exc:  # reported below
+                        errors.append(exc)
+
+                serving = threading.Thread(target=serve_one, name="listen_tls server")
+                serving.start()
+                try:
+                    with client.dial("bweb", 443, timeout=60) as sock:
+                        sock.settimeout(60)  # the first handshake waits for the certificate
+                        tls, run = tls_client(sock, tailnet.ssl_context(), domain)
+                        run(tls.do_handshake)
+                        assert ("DNS", domain) in tls.getpeercert()["subjectAltName"]
+                        run(lambda: tls.write(b"hello"))
+                        got = b""
+                        while len(got) < 5:
+                            got += run(partial(tls.read, 5 - len(got)))
+                        assert got == b"HELLO"
+                finally:
+                    serving.join(120)
+                assert not errors, errors

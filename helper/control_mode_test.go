@@ -2,12 +2,10 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -15,11 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"tailscale.com/ipn/store/mem"
-	"tailscale.com/tsnet"
-	"tailscale.com/types/logger"
-
 	"github.com/tsproc/tsproc/helper/internal/localtailnet"
+	"github.com/tsproc/tsproc/helper/internal/tsnettest"
 )
 
 // The control mode as a subprocess (this test binary, see TestMain): its command line, its
@@ -169,8 +164,8 @@ func TestControlSubprocess(t *testing.T) {
 			}
 			res.Body.Close()
 			if tt.nodeKey != "" {
-				node := newTestNode(t, info.ControlURL, "nodek", tt.nodeKey)
-				if _, err := upWithin(t, node, 30*time.Second); err != nil {
+				node := tsnettest.NewNode(t, info.ControlURL, "nodek", tt.nodeKey)
+				if _, err := tsnettest.UpWithin(t, node, 30*time.Second); err != nil {
 					t.Fatalf("Up with the key given on stdin: %v", err)
 				}
 				// Now, while control can still take the ephemeral node's logout; later, Close
@@ -233,36 +228,4 @@ func TestControlSubprocessUsageErrors(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newTestNode returns an ephemeral in-memory tsnet node for controlURL, closed at test end.
-func newTestNode(t *testing.T, controlURL, hostname, authKey string) *tsnet.Server {
-	t.Helper()
-	logf := logger.Discard
-	if testing.Verbose() {
-		logf = logger.WithPrefix(t.Logf, hostname+": ")
-	}
-	s := &tsnet.Server{
-		Dir:        t.TempDir(),
-		ControlURL: controlURL,
-		Hostname:   hostname,
-		AuthKey:    authKey,
-		Ephemeral:  true,
-		Store:      new(mem.Store),
-		Logf:       logf,
-		UserLogf:   logf,
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func upWithin(t *testing.T, s *tsnet.Server, d time.Duration) (netip.Addr, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	st, err := s.Up(ctx)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	return st.TailscaleIPs[0], nil
 }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, final
@@ -174,26 +173,11 @@ async def serve(client_connected_cb: ClientConnectedCallback, node: Node, port: 
 # -- ASGI --
 
 @final
-class _TailnetSocketInfo:
-    """What hypercorn's asyncio TCPServer reads of ``get_extra_info("socket")``: the family and
-    the tailnet addresses, so ``scope["client"]`` is the tailnet peer."""
-
-    def __init__(self, writer: TailnetStreamWriter) -> None:
-        self._local = writer.local_addr
-        self._remote = writer.remote_addr
-        self.family = socket.AF_INET6 if ":" in self._remote[0] else socket.AF_INET
-
-    def getpeername(self) -> tuple[str, int]:
-        return self._remote
-
-    def getsockname(self) -> tuple[str, int]:
-        return self._local
-
-
-@final
 class _HypercornWriter(TailnetStreamWriter):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "socket":
+        if name == "socket":  # what hypercorn's TCPServer reads the addresses from
+            from .asgi import _TailnetSocketInfo  # noqa: PLC0415 - imported by serve_asgi
+
             return _TailnetSocketInfo(self)
         return super().get_extra_info(name, default)
 

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from random import randint
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import trio
 
@@ -160,13 +160,23 @@ class _PeerApp:
         await self._app(scope, receive, send, sync_spawn, call_soon)
 
 
+class _Addressed(Protocol):
+    """A tailnet connection's two addresses: a TailnetStream, or tsproc.aio's writer."""
+
+    @property
+    def local_addr(self) -> tuple[str, int]: ...
+    @property
+    def remote_addr(self) -> tuple[str, int]: ...
+
+
 @final
 class _TailnetSocketInfo:
-    """What hypercorn reads of a connection's socket: the family and the two addresses. It
+    """What hypercorn reads of a connection's socket (trio's TCPServer, and through
+    ``get_extra_info("socket")`` asyncio's): the family and the two addresses. It
     reports the tailnet ones (the real socket is a socketpair with no addresses), which is how
     ``scope["client"]`` becomes the tailnet peer."""
 
-    def __init__(self, stream: TailnetStream) -> None:
+    def __init__(self, stream: _Addressed) -> None:
         self._local = stream.local_addr
         self._remote = stream.remote_addr
         self.family = socket.AF_INET6 if ":" in self._remote[0] else socket.AF_INET

@@ -16,13 +16,12 @@ import (
 
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
-	"tailscale.com/ipn/store/mem"
 	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
-	"tailscale.com/types/logger"
 
 	"github.com/tsproc/tsproc/helper/internal/jsonlog"
+	"github.com/tsproc/tsproc/helper/internal/tsnettest"
 )
 
 func TestMain(m *testing.M) {
@@ -76,41 +75,9 @@ func startTestTailnet(t *testing.T, cfg controlConfig) Info {
 	panic("unreachable")
 }
 
-// newTestNode returns an ephemeral in-memory tsnet node for controlURL, closed at test end.
-func newTestNode(t *testing.T, controlURL, hostname, authKey string) *tsnet.Server {
-	t.Helper()
-	logf := logger.Discard
-	if testing.Verbose() {
-		logf = logger.WithPrefix(t.Logf, hostname+": ")
-	}
-	s := &tsnet.Server{
-		Dir:        t.TempDir(),
-		ControlURL: controlURL,
-		Hostname:   hostname,
-		AuthKey:    authKey,
-		Ephemeral:  true,
-		Store:      new(mem.Store),
-		Logf:       logf,
-		UserLogf:   logf,
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func upWithin(t *testing.T, s *tsnet.Server, d time.Duration) (netip.Addr, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	st, err := s.Up(ctx)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	return st.TailscaleIPs[0], nil
-}
-
 func mustUp(t *testing.T, s *tsnet.Server) netip.Addr {
 	t.Helper()
-	ip, err := upWithin(t, s, 30*time.Second)
+	ip, err := tsnettest.UpWithin(t, s, 30*time.Second)
 	if err != nil {
 		t.Fatalf("Up(%s): %v", s.Hostname, err)
 	}
@@ -230,8 +197,8 @@ func TestParseLoopbackAddr(t *testing.T) {
 func TestControlTwoNodes(t *testing.T) {
 	derpOnly := envknob.Bool("TS_DEBUG_ALWAYS_USE_DERP")
 	info := startTestTailnet(t, controlConfig{})
-	a := newTestNode(t, info.ControlURL, "nodea", "")
-	b := newTestNode(t, info.ControlURL, "nodeb", "")
+	a := tsnettest.NewNode(t, info.ControlURL, "nodea", "")
+	b := tsnettest.NewNode(t, info.ControlURL, "nodeb", "")
 	mustUp(t, a)
 	ipB := mustUp(t, b)
 
@@ -360,8 +327,8 @@ func TestControlRequireAuthKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newTestNode(t, info.ControlURL, "node-"+tt.name, tt.key)
-			_, err := upWithin(t, s, 30*time.Second)
+			s := tsnettest.NewNode(t, info.ControlURL, "node-"+tt.name, tt.key)
+			_, err := tsnettest.UpWithin(t, s, 30*time.Second)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Up: %v", err)
@@ -378,11 +345,11 @@ func TestControlRequireAuthKey(t *testing.T) {
 
 func TestControlInteractiveLogin(t *testing.T) {
 	info := startTestTailnet(t, controlConfig{interactiveLogin: true})
-	s := newTestNode(t, info.ControlURL, "nodei", "")
+	s := tsnettest.NewNode(t, info.ControlURL, "nodei", "")
 
 	upErr := make(chan error, 1)
 	go func() {
-		_, err := upWithin(t, s, 30*time.Second)
+		_, err := tsnettest.UpWithin(t, s, 30*time.Second)
 		upErr <- err
 	}()
 

@@ -30,12 +30,12 @@ Timeouts are ``timeout=`` arguments, as in :func:`socket.create_connection`; the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import Any, final
 
-from . import Event, PingResult, Status, WhoIs
+from . import Event, PingResult, Status, TailnetListener, WhoIs
 from . import EventStream as TrioEventStream
 from . import Node as TrioNode
 from ._blocking_serve import TailnetServer, ThreadingTailnetServer, pool_manager, requests_adapter
@@ -147,10 +147,7 @@ class Node(NodeFacts):
         Raises:
             AddressInUseError: this node already listens on that port.
         """
-        runtime = self._runtime
-        listener = _call(runtime.thread, partial(runtime.node.listen, port, backlog=backlog),
-                         dispose=runtime.close_listener_soon)
-        return Listener(self, port, listener)
+        return self._listen(self._runtime.node.listen, port, backlog)
 
     def listen_tls(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> Listener:
         """Listen for TLS connections to *port* with a certificate for this node's MagicDNS
@@ -161,8 +158,12 @@ class Node(NodeFacts):
             TlsUnavailableError: the tailnet issues no certificates to this node.
             AddressInUseError: this node already listens on that port.
         """
+        return self._listen(self._runtime.node.listen_tls, port, backlog)
+
+    def _listen(self, open_listener: Callable[..., Awaitable[TailnetListener]], port: int,
+                backlog: int) -> Listener:
         runtime = self._runtime
-        listener = _call(runtime.thread, partial(runtime.node.listen_tls, port, backlog=backlog),
+        listener = _call(runtime.thread, partial(open_listener, port, backlog=backlog),
                          dispose=runtime.close_listener_soon)
         return Listener(self, port, listener)
 

@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HELPER := tsproc/_bin/tsproc-helper
+# The soak's pure-Go tsnet peer (soak/gopeer), built for `make soak` and the 1-minute soak in pytest.
+SOAKPEER := soak/gopeer/gopeer
 GO_SOURCES := $(shell find helper -name '*.go') helper/go.mod helper/go.sum
 # Evaluated when used, once the venv exists.
 GO = $(shell $(PY) hatch_build.py --print-go)
@@ -92,7 +94,6 @@ $(GOBENCH): benchmarks/gobench/main.go benchmarks/gobench/go.mod benchmarks/gobe
 # any silently wrong transfer, leak, stuck or unrecovered node. SOAK_ARGS adds options, e.g.
 # SOAK_ARGS="--seed 42 -v".
 SOAK_MINUTES ?= 5
-SOAKPEER := soak/gopeer/gopeer
 
 soak: $(HELPER) $(SOAKPEER)
 	$(PY) -m soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)

@@ -183,7 +183,9 @@ class Net:
         status = await self.node.status()
         for peer in status.peers:
             if ip in {str(a) for a in peer.tailscale_ips}:
-                return True, peer.relay, peer.endpoint
+                # `cur_addr` before 0.2: a --base tree may be older than the vocabulary.
+                endpoint = getattr(peer, "endpoint", None) or getattr(peer, "cur_addr", "")
+                return True, peer.relay, endpoint
         return False, "", ""
 
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tsproc/tsproc/helper/internal/wire/wiretest"
 )
 
 // hostPumpsRunning counts goroutines running a host → tailnet pump.
@@ -15,18 +17,6 @@ func hostPumpsRunning() int {
 	return strings.Count(string(buf), "(*bridge).runHostPump")
 }
 
-// waitUntil polls cond for up to 10 seconds (a condition, not a timed assertion).
-func waitUntil(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestBridgeIdleHostPumpHoldsNoGoroutine checks the idle hand-over: a bridge that carries
 // nothing has no host → tailnet pump goroutine; data wakes one, which forwards it in order
 // and hands back once idle again; EOF and half-close still work from the idle state.
@@ -34,7 +24,7 @@ func TestBridgeIdleHostPumpHoldsNoGoroutine(t *testing.T) {
 	peer, tn := tcpPair(t)
 	rec := &connEndRecord{}
 	b, host, finished := startTestBridge(t, tn, rec)
-	waitUntil(t, func() bool { return b.armed.Load() && hostPumpsRunning() == 0 }, "idle before the first byte")
+	wiretest.WaitFor(t, func() bool { return b.armed.Load() && hostPumpsRunning() == 0 }, "idle before the first byte")
 	for i := range 3 {
 		msg := strings.Repeat(string(rune('a'+i)), 100)
 		if _, err := host.Write([]byte(msg)); err != nil {
@@ -45,7 +35,7 @@ func TestBridgeIdleHostPumpHoldsNoGoroutine(t *testing.T) {
 		if _, err := io.ReadFull(peer, got); err != nil || string(got) != msg {
 			t.Fatalf("message %d: %q, %v", i, got, err)
 		}
-		waitUntil(t, func() bool { return b.armed.Load() && hostPumpsRunning() == 0 }, "idle again")
+		wiretest.WaitFor(t, func() bool { return b.armed.Load() && hostPumpsRunning() == 0 }, "idle again")
 	}
 	// The host half-closes while idle: the peer reads EOF (passed on as CloseWrite).
 	host.CloseWrite()
@@ -72,7 +62,7 @@ func TestBridgeAbortWhileIdle(t *testing.T) {
 	peer, tn := tcpPair(t)
 	rec := &connEndRecord{}
 	b, _, finished := startTestBridge(t, tn, rec)
-	waitUntil(t, func() bool { return b.armed.Load() }, "idle")
+	wiretest.WaitFor(t, func() bool { return b.armed.Load() }, "idle")
 	peer.SetLinger(0)
 	peer.Close() // a reset: the tailnet → host pump fails and aborts the bridge
 	waitClosed(t, finished, "bridge end")

@@ -126,3 +126,17 @@ def assert_gone(pid: int, timeout: float = 30.0) -> None:
 def kill(pid: int | None) -> None:
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+
+
+def check_ctrl_c(script: Script) -> None:
+    """SIGINT to *script* once it is ready: it exits with KeyboardInterrupt and its node's
+    helper is gone (leaving the ``with`` / ``async with`` closed the node)."""
+    try:
+        helper = int(script.wait_for("helper:"))
+        script.wait_for("ready:")
+        code, stderr = script.interrupt()
+        assert "KeyboardInterrupt" in stderr, stderr
+        assert code != 0
+        assert_gone(helper)
+    finally:
+        script.close()

@@ -16,7 +16,7 @@ import pytest
 import tsproc
 import tsproc.aio
 import tsproc.blocking
-from tests.faces import Script, Snapshot, assert_gone, kill
+from tests.faces import Script, Snapshot, check_ctrl_c, kill
 
 
 @pytest.fixture(scope="module")
@@ -258,13 +258,4 @@ asyncio.run(main())
 
 @pytest.mark.parametrize("blocked_in", ["serve_forever", "events"])
 def test_ctrl_c_under_asyncio_run_exits_with_keyboardinterrupt(net, blocked_in):
-    script = Script(CTRL_C_SCRIPT, net.control_url, blocked_in)
-    try:
-        helper = int(script.wait_for("helper:"))
-        script.wait_for("ready:")
-        code, stderr = script.interrupt()
-        assert "KeyboardInterrupt" in stderr, stderr
-        assert code != 0
-        assert_gone(helper)  # leaving async with closed the node: its helper is gone
-    finally:
-        script.close()
+    check_ctrl_c(Script(CTRL_C_SCRIPT, net.control_url, blocked_in))

@@ -17,7 +17,7 @@ import requests
 
 import tsproc
 import tsproc.blocking
-from tests.faces import Script, Snapshot, assert_gone, kill, wait_until
+from tests.faces import Script, Snapshot, check_ctrl_c, kill, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -209,16 +209,7 @@ with tsproc.blocking.Node("bctrlc", control_url=sys.argv[1], ephemeral=True) as 
 
 @pytest.mark.parametrize("blocked_in", ["accept", "events", "recv"])
 def test_ctrl_c_while_blocked_exits_with_keyboardinterrupt(net, blocked_in):
-    script = Script(CTRL_C_SCRIPT, net.control_url, blocked_in)
-    try:
-        helper = int(script.wait_for("helper:"))
-        script.wait_for("ready:")
-        code, stderr = script.interrupt()
-        assert "KeyboardInterrupt" in stderr, stderr
-        assert code != 0
-        assert_gone(helper)  # the with block closed the node: its helper is gone
-    finally:
-        script.close()
+    check_ctrl_c(Script(CTRL_C_SCRIPT, net.control_url, blocked_in))
 
 
 def tls_client(sock: socket.socket, context: ssl.SSLContext, server_hostname: str):

@@ -117,7 +117,11 @@ class HopHelper:
             if state is not None:
                 state.finish(msg.params.get("clean") is True, str(msg.params.get("error", "")))
 
-    def _closed(self, state: ConnState) -> None:
+    def _closed(self, state: ConnState, held: int | None = None) -> None:
+        # *held*: a reset stream's fd (tsproc/_generation.py). The hop never resets; a --base
+        # tree older than resets calls this with the state alone.
+        if held is not None:
+            os.close(held)
         assert self.rpc is not None
         if self._conns.pop(state.conn_id, None) is not None:
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})

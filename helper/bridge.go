@@ -92,7 +92,7 @@ func (b *bridge) start(finished func()) {
 	b.pumps.Store(2)
 	done := func() {
 		if b.pumps.Add(-1) == 0 {
-			b.abort()
+			b.finish() // a no-op if a pump has already aborted
 			finished()
 		}
 	}
@@ -123,16 +123,23 @@ func (b *bridge) pumpToHost() {
 // the host (the application half-closed) is passed on as a half-close of the tailnet
 // connection.
 func (b *bridge) finishHostPump(err error) {
-	if err == nil {
-		if cw, ok := b.tn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			b.forwarded.Store(true)
-			if b.hostGone.Load() {
-				b.abort()
-			}
-			return
-		}
+	if err != nil {
+		b.abort()
+		return
 	}
-	b.abort()
+	cw, ok := b.tn.(interface{ CloseWrite() error })
+	if !ok {
+		b.finish() // cannot half-close it; everything the host sent has been written
+		return
+	}
+	if cw.CloseWrite() != nil {
+		b.abort()
+		return
+	}
+	b.forwarded.Store(true)
+	if b.hostGone.Load() {
+		b.finish()
+	}
 }
 
 // hostClosed handles close_conn: the application closed its stream before the tailnet side
@@ -143,19 +150,40 @@ func (b *bridge) finishHostPump(err error) {
 func (b *bridge) hostClosed() {
 	b.hostGone.Store(true)
 	if b.forwarded.Load() {
-		b.abort()
+		b.finish()
 	}
 }
 
-// abort closes both sides, which ends both pumps. It is safe to call more than once and
-// before start (when the hand-over failed); then the host's end is closed as well.
-func (b *bridge) abort() {
+// hostReset handles close_conn with reset: the application dropped the connection (a proxy
+// whose backend refused it, say) and the tailnet peer must read a reset, not an EOF.
+// Whatever the host wrote and the pump has not yet forwarded is discarded, as a kernel
+// socket's RST discards its send queue. The host keeps its end open until the conn_reset
+// that follows, so the host → tailnet pump cannot read EOF and half-close first.
+func (b *bridge) hostReset() { b.abort() }
+
+// abort ends the bridge abortively: both sides closed, and the tailnet connection reset
+// (resetConn), so that a peer never reads a cut-off transfer as complete. It is how every
+// end that is not an orderly one goes: a pump's error, a hand-over that failed, the helper
+// shutting down. It is safe to call more than once, and before start (when the hand-over
+// failed; then the host's end is closed as well).
+func (b *bridge) abort() { b.end(true) }
+
+// finish closes both sides in order (the tailnet peer reads EOF): both directions have
+// ended, or the host closed and everything it wrote has been forwarded. After abort it does
+// nothing.
+func (b *bridge) finish() { b.end(false) }
+
+func (b *bridge) end(reset bool) {
 	b.abortO.Do(func() {
-		b.tn.Close()
+		if reset {
+			resetConn(b.tn)
+		} else {
+			b.tn.Close()
+		}
 		b.local.Close()
 	})
 	// Outside the Once: an idle host pump's end is reported from here, and the last end
-	// calls abort again.
+	// calls it again.
 	b.disarm()
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,5 +239,60 @@ func TestBridgeNoGoroutineLeak(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		t.Errorf("%d goroutines after 20 bridges, %d before", n, before)
+	}
+}
+
+// TestBridgeEndsAbortively: a bridge that is reset on the host's word (close_conn with
+// reset) or torn down (the helper shutting down) resets the tailnet connection, so the peer
+// reads ECONNRESET, never an EOF that would make a cut-off transfer look complete.
+func TestBridgeEndsAbortively(t *testing.T) {
+	for name, end := range map[string]func(*bridge){
+		"close_conn with reset": (*bridge).hostReset,
+		"helper shutting down":  (*bridge).abort,
+	} {
+		t.Run(name, func(t *testing.T) {
+			peer, tn := tcpPair(t)
+			rec := &connEndRecord{}
+			b, host, finished := startTestBridge(t, tn, rec)
+			host.Write([]byte("partial"))
+			buf := make([]byte, 7)
+			peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(peer, buf); err != nil {
+				t.Fatal(err)
+			}
+			end(b) // the host's end stays open, as a host that resets keeps it
+			if got, err := io.ReadAll(peer); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("peer read %q, %v; want ECONNRESET", got, err)
+			}
+			waitClosed(t, finished, "bridge end")
+			if calls := rec.get(); len(calls) != 1 || calls[0].clean {
+				t.Fatalf("conn_end calls = %+v, want one unclean", calls)
+			}
+		})
+	}
+}
+
+// TestBridgeOrderlyCloseAfterClosedHost: close_conn without reset, with everything the host
+// wrote forwarded, is still an orderly close (the peer reads the bytes, then EOF).
+func TestBridgeOrderlyCloseAfterClosedHost(t *testing.T) {
+	peer, tn := tcpPair(t)
+	rec := &connEndRecord{}
+	b, host, finished := startTestBridge(t, tn, rec)
+	host.Write([]byte("whole reply"))
+	host.Close()
+	b.hostClosed()
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(peer); err != nil || string(got) != "whole reply" {
+		t.Fatalf("peer read %q, %v; want the reply and EOF", got, err)
+	}
+	waitClosed(t, finished, "bridge end")
+}
+
+// TestResetConnFindsTheNetstackEndpoint: resetConn reaches gonet.TCPConn's unexported
+// endpoint by name and type (reset.go); a gVisor upgrade that moves it fails here, not by
+// quietly turning resets into orderly closes. node_e2e_test resets a real tsnet connection.
+func TestResetConnFindsTheNetstackEndpoint(t *testing.T) {
+	if gonetEndpointField == nil {
+		t.Fatal("gonet.TCPConn has no field ep of type tcpip.Endpoint: update reset.go")
 	}
 }

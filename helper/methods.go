@@ -93,6 +93,7 @@ func (n *node) Notification(method string, params map[string]any) {
 		// connection now rather than when the peer next speaks.
 		p := wire.NewParamReader(params)
 		id := p.Uint("conn", 0, math.MaxUint64)
+		reset := p.OptBool("reset")
 		if p.Err != nil {
 			helperLogf("ignoring close_conn: %s", p.Err.Message)
 			return
@@ -101,7 +102,17 @@ func (n *node) Notification(method string, params map[string]any) {
 		b, r := n.conns[id], n.packets[id]
 		delete(n.packets, id)
 		n.mu.Unlock()
-		if b != nil {
+		switch {
+		case reset:
+			if b != nil {
+				b.hostReset()
+			}
+			// The host holds its end open until this word (docs/protocol.md §6): sent
+			// after the reset, and also for a conn that had already ended here.
+			if err := wire.Notify(n.out, "conn_reset", map[string]any{"conn": id}, -1); err != nil {
+				helperLogf("conn %d: sending conn_reset: %v", id, err)
+			}
+		case b != nil:
 			b.hostClosed()
 		}
 		if r != nil {

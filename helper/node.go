@@ -327,7 +327,7 @@ func (n *node) goOwned(f func()) bool {
 }
 
 // newConn makes the bridge for a tailnet connection and registers it. It owns c: on error
-// c is closed.
+// c is reset.
 func (n *node) newConn(c net.Conn) (*bridge, error) {
 	n.mu.Lock()
 	n.nextConn++
@@ -335,12 +335,12 @@ func (n *node) newConn(c net.Conn) (*bridge, error) {
 	closed := n.closed
 	n.mu.Unlock()
 	if closed {
-		c.Close()
+		resetConn(c)
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	b, err := newBridge(id, c, n.connEnded)
 	if err != nil {
-		c.Close()
+		resetConn(c)
 		return nil, err
 	}
 	n.mu.Lock()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -156,6 +157,18 @@ func readAllAfterConnEnd(t *testing.T, h *wiretest.Host, c *net.UnixConn, conn u
 	return string(got)
 }
 
+// waitConnEnd waits for conn's conn_end (another conn's is skipped).
+func waitConnEnd(t *testing.T, h *wiretest.Host, conn uint64) *wire.Message {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m := h.WaitEvent(time.Until(deadline), "conn_end")
+		if wiretest.UintField(t, m.Params, "conn") == conn {
+			return m
+		}
+	}
+}
+
 // waitForConns polls status until it reports conns connections and, if maxGoroutines is
 // not 0, at most that many goroutines; it returns the goroutine count.
 func waitForConns(t *testing.T, h *wiretest.Host, conns, maxGoroutines uint64) uint64 {
@@ -295,6 +308,34 @@ func TestNodeEndToEnd(t *testing.T) {
 	if m := a.Call("whois", map[string]any{"addr": "100.127.255.254"}); wiretest.ErrCode(m) != wire.CodeNotFound {
 		t.Fatalf("whois of an unknown address: %+v, want not_found", m.Err)
 	}
+
+	// close_conn with reset, after b has sent its request and half-closed (a proxy whose
+	// backend refused): b reads a reset (an unclean conn_end naming it), not an EOF. a keeps
+	// its end of the socketpair open until conn_reset, as a host that resets does
+	// (docs/protocol.md §6).
+	rDial := b.Call("dial", map[string]any{"network": "tcp", "host": "node-a", "port": 8080, "timeout_ms": 20000})
+	if rDial.Err != nil {
+		t.Fatalf("dial node-a:8080 to reset: %v", rDial.Err)
+	}
+	rConnB := takeConn(t, rDial.FD)
+	rAcc := a.WaitEvent(20*time.Second, "accepted")
+	rConnA := takeConn(t, rAcc.FD)
+	a.Notify("grant", map[string]any{"listener": lnID, "n": 1})
+	rConnB.Write([]byte("request"))
+	rConnB.CloseWrite()
+	if got := readAllAfterConnEnd(t, a, rConnA, wiretest.UintField(t, rAcc.Params, "conn")); got != "request" {
+		t.Fatalf("a read %q", got)
+	}
+	a.Notify("close_conn", map[string]any{"conn": wiretest.UintField(t, rAcc.Params, "conn"), "reset": true})
+	if m := a.WaitEvent(10*time.Second, "conn_reset"); m.Params["conn"] != rAcc.Params["conn"] {
+		t.Fatalf("conn_reset %v, want one for conn %v", m.Params, rAcc.Params["conn"])
+	}
+	m := waitConnEnd(t, b, wiretest.UintField(t, rDial.Result, "conn"))
+	if m.Params["clean"] != false || !strings.Contains(fmt.Sprint(m.Params["error"]), "reset") {
+		t.Fatalf("peer's conn_end after a reset %v, want unclean, naming the reset", m.Params)
+	}
+	rConnA.Close()
+	rConnB.Close()
 
 	aConn.Close()
 	bConn.Close()

@@ -159,6 +159,48 @@ async def test_serve_exposes_a_local_service_and_connect_reaches_it(upstream):
         nursery.cancel_scope.cancel()
 
 
+async def test_connect_fails_when_the_served_backend_is_down():
+    """`tsproc serve` resets a connection its backend refuses, so `tsproc connect` says so
+    and exits non-zero instead of printing nothing and exiting 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # closed again: connecting to it is refused
+    async with (
+        local_tailnet(require_auth_key=AUTH_KEY) as tailnet,
+        trio.open_nursery() as nursery,
+    ):
+        common = ["--control-url", tailnet.control_url, "--ephemeral", "--timeout", "60"]
+        env = cli_env(TS_AUTHKEY=AUTH_KEY)
+        serve = await trio.lowlevel.open_process(
+            [*TSPROC, "serve", "80", "--to", f"127.0.0.1:{dead_port}", "--hostname", "web",
+             *common],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )
+        out, err = Lines(), Lines()
+        nursery.start_soon(out.pump, serve.stdout)
+        nursery.start_soon(err.pump, serve.stderr)
+        try:
+            await out.wait_for("serving tailnet port 80")
+            for stdin in (b"GET / HTTP/1.0\r\n\r\n", b""):
+                with trio.fail_after(60):
+                    result = await trio.run_process(
+                        [*TSPROC, "connect", "web", "80", "--hostname", "laptop", *common],
+                        stdin=stdin, capture_stdout=True, capture_stderr=True, env=env,
+                        check=False,
+                    )
+                stderr = result.stderr.decode()
+                assert result.returncode == 1, stderr
+                assert "BrokenResourceError" in stderr and "reset" in stderr, stderr
+                assert result.stdout == b""
+            # serve says why, on its stderr.
+            assert "refused" in (await err.wait_for(f"127.0.0.1:{dead_port}:", timeout=10)).lower()
+        finally:
+            serve.send_signal(signal.SIGINT)
+            with trio.fail_after(30):
+                assert await serve.wait() == 0, "\n".join(err.lines)
+        nursery.cancel_scope.cancel()
+
+
 async def test_connect_fails_clearly_for_an_unknown_host():
     async with local_tailnet() as tailnet:
         result = await trio.run_process(

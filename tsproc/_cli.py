@@ -190,14 +190,15 @@ async def _pump(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStre
     await sink.send_eof()
 
 
-async def _splice(a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStream) -> None:
-    """Copy both ways with half-closes until both directions end; a broken side ends both."""
+async def _splice(tailnet: TailnetStream, local: trio.abc.HalfCloseableStream) -> None:
+    """Copy both ways with half-closes until both directions end. A broken side ends both,
+    and the tailnet peer reads a reset: what it got so far is not the whole reply."""
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, a, b)
-            nursery.start_soon(_pump, b, a)
+            nursery.start_soon(_pump, tailnet, local)
+            nursery.start_soon(_pump, local, tailnet)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+        await tailnet.reset()
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -222,13 +223,26 @@ async def _serve(args: argparse.Namespace) -> None:
                 try:
                     upstream = await trio.open_tcp_stream(to_host, to_port)
                 except OSError as exc:
-                    print(f"tsproc: {to_host}:{to_port}: {exc.strerror or exc}",
+                    print(f"tsproc: {to_host}:{to_port}: {_os_reason(exc)}",
                           file=sys.stderr, flush=True)
+                    # The peer reads a reset, as if it had dialled the backend itself.
+                    await stream.reset()
                     return
                 async with upstream:
                     await _splice(stream, upstream)
 
         await trio.serve_listeners(forward, [listener])
+
+
+def _os_reason(exc: OSError) -> str:
+    """What went wrong, in the system's words: trio's "all attempts to connect … failed"
+    keeps the attempts' errors (Connection refused, say) in its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = {e.strerror for e in cause.exceptions if isinstance(e, OSError) and e.strerror}
+        if reasons:
+            return ", ".join(sorted(reasons))
+    return exc.strerror or str(exc)
 
 
 @asynccontextmanager

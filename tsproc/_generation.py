@@ -67,6 +67,8 @@ class Generation:
         self.died = trio.Event()
         self._death_reason = ""
         self.conns: dict[int, ConnState] = {}
+        # Reset streams' fds, kept open until the helper's conn_reset (TailnetStream.reset).
+        self._held: dict[int, int] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
         self.id_by_listener: dict[TailnetListener, int] = {}
         # Listener ids this host closed whose close_listener the helper has not answered yet:
@@ -170,6 +172,9 @@ class Generation:
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")
         self.conns.clear()
+        for held in self._held.values():
+            os.close(held)
+        self._held.clear()
         self.packets.clear()  # their sockets read EOF from the dead helper's side
         for listener in self.id_by_listener:
             listener.drop_generation(self.number)
@@ -323,7 +328,11 @@ class Generation:
             return
         if msg.fd is not None:
             os.close(msg.fd)  # no other notification carries an fd: it is nobody's
-        if msg.method == "conn_end":
+        if msg.method == "conn_reset":
+            held = self._held.pop(int_field(p, "conn"), None)
+            if held is not None:
+                os.close(held)
+        elif msg.method == "conn_end":
             state = self.conns.pop(int_field(p, "conn"), None)
             if state is not None:
                 state.finish(p.get("clean") is True, str(p.get("error") or ""))
@@ -354,9 +363,9 @@ class Generation:
         if listener is not None:
             listener.push(stream)
             return
-        # For a listener being closed, nobody will accept it: closing the stream drops it in
-        # the helper too. Any other id was never the host's.
-        stream.close_now()
+        # For a listener being closed, nobody will accept it: resetting the stream resets it
+        # in the helper too. Any other id was never the host's.
+        stream.reset_now()
         if listener_id not in self._retired:
             raise ProtocolError("connections arrived for a listener that never appeared")
 
@@ -391,10 +400,22 @@ class Generation:
         if listener_id is not None and stream._state.generation == self.number:
             self.rpc.notify_nowait("grant", {"listener": listener_id, "n": 1})
 
-    def stream_closed(self, state: ConnState) -> None:
-        # Closed before the tailnet side ended: tell the helper to drop the tailnet connection
-        # now, instead of keeping it until the peer speaks again.
-        if self.conns.pop(state.conn_id, None) is not None and not self.died.is_set():
+    def stream_closed(self, state: ConnState, held: int | None) -> None:
+        """A stream was closed, or reset if *held* (a duplicate of its fd, now ours) is given."""
+        pending = self.conns.pop(state.conn_id, None) is not None
+        if self.died.is_set():
+            if held is not None:
+                os.close(held)
+            return
+        if held is not None:
+            # Reset: the helper resets the tailnet side, then answers conn_reset, which closes
+            # *held* (as the helper's death does). Until then the helper cannot read EOF on
+            # its end and half-close the tailnet side before the reset.
+            self.rpc.notify_nowait("close_conn", {"conn": state.conn_id, "reset": True})
+            self._held[state.conn_id] = held
+        elif pending:
+            # Closed before the tailnet side ended: tell the helper to drop the tailnet
+            # connection now, instead of keeping it until the peer speaks again.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
 
 

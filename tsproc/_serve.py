@@ -29,7 +29,8 @@ async def serve_tcp(
 
     The handler learns who called with ``await stream.whois()``. As with trio, each handler
     runs in *handler_nursery* (default: one of this function's own), an exception from a
-    handler propagates, and ``await nursery.start(tsproc.serve_tcp, handler, node, port)``
+    handler propagates (and unlike trio, the connection it leaves open is reset:
+    :meth:`TailnetStream.reset`), and ``await nursery.start(tsproc.serve_tcp, handler, node, port)``
     returns the listeners (one :class:`~tsproc.TailnetListener`) once the port accepts
     connections. The listener is closed when this returns, so the port is free again.
 
@@ -40,7 +41,8 @@ async def serve_tcp(
     listener = await node.listen(port, backlog=backlog)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, handler, [_ClosedByUs(listener)],
+            await nursery.start(partial(trio.serve_listeners, partial(_handle, handler),
+                                        [_ClosedByUs(listener)],
                                         handler_nursery=handler_nursery))
             task_status.started([listener])
     finally:
@@ -49,6 +51,18 @@ async def serve_tcp(
         with trio.CancelScope(shield=True):
             await listener.aclose()
     raise AssertionError("unreachable: trio.serve_listeners returned")  # pragma: no cover
+
+
+async def _handle(handler: Callable[[TailnetStream], Awaitable[object]],
+                  stream: TailnetStream) -> None:
+    try:
+        await handler(stream)
+    except BaseException:
+        # The handler failed (or was cancelled) with the connection open: its peer must read
+        # a reset, not an EOF that passes for a complete reply. After the handler's own close
+        # this does nothing.
+        stream.reset_now()
+        raise
 
 
 @final

@@ -125,7 +125,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         state: ConnState,
         local_addr: object,
         remote_addr: object,
-        on_close: Callable[[ConnState], None] | None = None,
+        on_close: Callable[[ConnState, int | None], None] | None = None,
         *,
         via_funnel: bool = False,
         whois: Callable[[Addr], Awaitable[WhoIs]] | None = None,
@@ -203,15 +203,39 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         self._close_locally()
         await self.socket_stream.aclose()
 
+    async def reset(self) -> None:
+        """Close abortively: the tailnet peer reads a connection reset (``ECONNRESET``; a
+        tsproc peer, :class:`trio.BrokenResourceError`), not the EOF of :meth:`aclose`.
+
+        Use it when the peer must not take what it got for complete: a proxy whose backend
+        refused or broke, a handler that failed half-way through a reply. Bytes sent and not
+        yet delivered are discarded, as a TCP reset discards them. Idempotent, and a no-op
+        after :meth:`aclose`.
+        """
+        self.reset_now()
+        await trio.lowlevel.checkpoint()
+
     def close_now(self) -> None:
         """Close without a checkpoint (for cleanup paths that cannot await)."""
         self._close_locally()
         self.socket_stream.socket.close()
 
-    def _close_locally(self) -> None:
+    def reset_now(self) -> None:
+        """:meth:`reset` without a checkpoint (for cleanup paths that cannot await)."""
+        self._close_locally(reset=True)
+        self.socket_stream.socket.close()
+
+    def _close_locally(self, *, reset: bool = False) -> None:
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
-            on_close(self._state)
+            held = None
+            if reset:
+                # The node keeps a duplicate of our end open until the helper has reset the
+                # tailnet side (its conn_reset): were the helper to read EOF here first, it
+                # would half-close the tailnet connection, and the peer would read EOF.
+                with contextlib.suppress(OSError):
+                    held = os.dup(self.socket_stream.socket.fileno())
+            on_close(self._state, held)
         self._closed = True
         # A task may have read EOF and be waiting in _verify_eof for a conn_end that will now
         # never be delivered (on_close made the node forget this conn): wake it, and it raises
@@ -293,7 +317,7 @@ class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstr
 
     def push(self, stream: TailnetStream) -> None:
         if self._closed:
-            stream.close_now()
+            stream.reset_now()
             return
         self._queue.append(stream)
         self._lot.unpark()
@@ -316,8 +340,10 @@ class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstr
             return False
         self._closed = True
         self._closed_reason = reason
+        # Nobody will accept these: their peers read a reset, not an EOF that looks like an
+        # empty reply.
         while self._queue:
-            self._queue.popleft().close_now()
+            self._queue.popleft().reset_now()
         self._lot.unpark_all()
         return True
 

@@ -258,3 +258,22 @@ async def test_dial_and_ping_take_their_deadline_from_the_callers_cancel_scope(t
             except (tsproc.NotFoundError, tsproc.DialError):
                 scope.cancel()  # a quick "no such peer" is fine too
         assert scope.cancel_called
+
+
+@pytest.mark.parametrize("after", [0.0, 0.5, 2.0])
+async def test_cancelling_a_start_raises_the_callers_plain_cancelled(no_leaks, after):
+    """A start cancelled by the caller's scope (before the helper answers, while it starts
+    tsnet, while it waits for a control server that never answers) ends with trio's own
+    Cancelled, caught by that scope — not a group of the node's internal tasks' Cancelled."""
+    port = free_loopback_port()  # nothing listens there: the node never comes up
+    seen: list[BaseException] = []
+    with trio.move_on_after(after) as scope:
+        try:
+            async with tsproc.Node("cancelled", control_url=f"http://127.0.0.1:{port}",
+                                   ephemeral=True):
+                pytest.fail("the node came up without a control server")
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+    assert scope.cancelled_caught
+    assert [type(exc) for exc in seen] == [trio.Cancelled], seen

@@ -92,7 +92,18 @@ class NodeLifecycle:
             self._start_failure = exc
             with trio.CancelScope(shield=True):
                 await self._shutdown()
-            await stack.__aexit__(None, None, None)
+            try:
+                await stack.__aexit__(None, None, None)
+            except BaseException as close_exc:
+                # Cancelled mid-start: the nursery's tasks were cancelled by the same scope,
+                # and their Cancelled would replace the caller's.
+                if _only_cancelled(close_exc) is None:
+                    raise
+            # A start cancelled by the caller raises what any trio call does, a Cancelled,
+            # not a group of the Cancelled of the tasks that did the starting.
+            cancelled = _only_cancelled(exc)
+            if cancelled is not None and cancelled is not exc:
+                raise cancelled from None
             raise
         self._stack = stack
 
@@ -281,3 +292,12 @@ class NodeLifecycle:
         return await self._running_generation(trio.current_time() + RPC_TIMEOUT)
 
 
+def _only_cancelled(exc: BaseException) -> trio.Cancelled | None:
+    """*exc* if it is a Cancelled, the first one if it is a group of nothing else, else None."""
+    if isinstance(exc, trio.Cancelled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_only_cancelled(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+    return None

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -97,6 +99,42 @@ async def echo_after_eof(stream: trio.SocketStream) -> None:
         await stream.send_all(b"got %d bytes: %s" % (len(data), data[:40]))
 
 
+def node_args(control_url: str) -> list[str]:
+    return ["--control-url", control_url, "--ephemeral", "--timeout", "60"]
+
+
+@asynccontextmanager
+async def tsproc_serve(nursery: trio.Nursery, control_url: str,
+                       local_port: int) -> AsyncIterator[tuple[trio.Process, Lines, Lines]]:
+    """`tsproc serve 80 --to 127.0.0.1:local_port` as node "web", serving until the block
+    ends, then stopped with Ctrl-C (which must exit 0): the process and its output lines."""
+    serve = await trio.lowlevel.open_process(
+        [*TSPROC, "serve", "80", "--to", f"127.0.0.1:{local_port}", "--hostname", "web",
+         *node_args(control_url)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(TS_AUTHKEY=AUTH_KEY),
+    )
+    out, err = Lines(), Lines()
+    nursery.start_soon(out.pump, serve.stdout)
+    nursery.start_soon(err.pump, serve.stderr)
+    try:
+        await out.wait_for("serving tailnet port 80")
+        yield serve, out, err
+    finally:
+        serve.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            assert await serve.wait() == 0, "\n".join(err.lines)
+
+
+async def tsproc_connect_web(control_url: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`tsproc connect web 80` as node "laptop", with *stdin*, to its end."""
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [*TSPROC, "connect", "web", "80", "--hostname", "laptop", *node_args(control_url)],
+            stdin=stdin, capture_stdout=True, capture_stderr=True,
+            env=cli_env(TS_AUTHKEY=AUTH_KEY), check=False,
+        )
+
+
 async def tiny_http(stream: trio.SocketStream) -> None:
     async with stream:
         request = b""
@@ -116,29 +154,13 @@ async def test_serve_exposes_a_local_service_and_connect_reaches_it(upstream):
     ):
         listeners = await nursery.start(partial(trio.serve_tcp, upstream, 0, host="127.0.0.1"))
         local_port = listeners[0].socket.getsockname()[1]
-        common = ["--control-url", tailnet.control_url, "--ephemeral", "--timeout", "60"]
-        env = cli_env(TS_AUTHKEY=AUTH_KEY)
-        serve = await trio.lowlevel.open_process(
-            [*TSPROC, "serve", "80", "--to", f"127.0.0.1:{local_port}", "--hostname", "web",
-             *common],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )
-        out, err = Lines(), Lines()
-        nursery.start_soon(out.pump, serve.stdout)
-        nursery.start_soon(err.pump, serve.stderr)
-        try:
-            await out.wait_for("serving tailnet port 80")
+        async with tsproc_serve(nursery, tailnet.control_url, local_port) as (serve, out, err):
             assert "web is on the tailnet as 100." in "\n".join(err.lines)
             # The key reached the node through the environment only.
             assert not [c for c in cmdlines_of_tree(serve.pid) if AUTH_KEY in c]
 
             request = b"GET /path HTTP/1.0\r\nHost: web\r\n\r\n"
-            with trio.fail_after(60):
-                result = await trio.run_process(
-                    [*TSPROC, "connect", "web", "80", "--hostname", "laptop", *common],
-                    stdin=request, capture_stdout=True, capture_stderr=True, env=env,
-                    check=False,
-                )
+            result = await tsproc_connect_web(tailnet.control_url, request)
             assert result.returncode == 0, result.stderr.decode()
             if upstream is tiny_http:
                 assert result.stdout.startswith(b"HTTP/1.0 200 OK\r\n")
@@ -152,10 +174,6 @@ async def test_serve_exposes_a_local_service_and_connect_reaches_it(upstream):
             assert " 100.64." in line
             assert "(laptop.tailnet.test)" in line
             assert "@" in line  # the login name
-        finally:
-            serve.send_signal(signal.SIGINT)
-            with trio.fail_after(30):
-                assert await serve.wait() == 0, "\n".join(err.lines)
         nursery.cancel_scope.cancel()
 
 
@@ -169,35 +187,15 @@ async def test_connect_fails_when_the_served_backend_is_down():
         local_tailnet(require_auth_key=AUTH_KEY) as tailnet,
         trio.open_nursery() as nursery,
     ):
-        common = ["--control-url", tailnet.control_url, "--ephemeral", "--timeout", "60"]
-        env = cli_env(TS_AUTHKEY=AUTH_KEY)
-        serve = await trio.lowlevel.open_process(
-            [*TSPROC, "serve", "80", "--to", f"127.0.0.1:{dead_port}", "--hostname", "web",
-             *common],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )
-        out, err = Lines(), Lines()
-        nursery.start_soon(out.pump, serve.stdout)
-        nursery.start_soon(err.pump, serve.stderr)
-        try:
-            await out.wait_for("serving tailnet port 80")
+        async with tsproc_serve(nursery, tailnet.control_url, dead_port) as (_, _, err):
             for stdin in (b"GET / HTTP/1.0\r\n\r\n", b""):
-                with trio.fail_after(60):
-                    result = await trio.run_process(
-                        [*TSPROC, "connect", "web", "80", "--hostname", "laptop", *common],
-                        stdin=stdin, capture_stdout=True, capture_stderr=True, env=env,
-                        check=False,
-                    )
+                result = await tsproc_connect_web(tailnet.control_url, stdin)
                 stderr = result.stderr.decode()
                 assert result.returncode == 1, stderr
                 assert "BrokenResourceError" in stderr and "reset" in stderr, stderr
                 assert result.stdout == b""
             # serve says why, on its stderr.
             assert "refused" in (await err.wait_for(f"127.0.0.1:{dead_port}:", timeout=10)).lower()
-        finally:
-            serve.send_signal(signal.SIGINT)
-            with trio.fail_after(30):
-                assert await serve.wait() == 0, "\n".join(err.lines)
         nursery.cancel_scope.cancel()
 
 

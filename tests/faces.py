@@ -59,12 +59,23 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> Non
         time.sleep(0.05)
 
 
+# Prepended to every script. Ctrl-C must reach it as it would an interactive program: a test
+# run started in the background by a non-interactive shell (`make test &`, a CI runner's job)
+# has SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt —
+# every Ctrl-C test failed so, while the same suite in the foreground passed. And SIGUSR1 dumps
+# every thread's stack to stderr, so a script that does hang says where before it is killed.
+_SCRIPT_PRELUDE = (
+    "import faulthandler, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "faulthandler.register(signal.SIGUSR1)\n"
+)
+
+
 class Script:
     """``python -c SOURCE`` with its stdout read line by line."""
 
     def __init__(self, source: str, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", source, *args], stdout=subprocess.PIPE,
+            [sys.executable, "-c", _SCRIPT_PRELUDE + source, *args], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=cli_env(), text=True,
         )
         self.lines: list[str] = []
@@ -80,7 +91,7 @@ class Script:
             if remaining <= 0 or (self.process.poll() is not None and not select.select(
                     [self.process.stdout], [], [], 0)[0]):
                 exited = self.process.poll()
-                self.kill()
+                self.dump_and_kill()
                 raise AssertionError(
                     f"no {prefix!r} line (exit status {exited}, stdout {self.lines}); "
                     f"stderr:\n{self.stderr()}")
@@ -95,7 +106,7 @@ class Script:
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.dump_and_kill()
             message = f"still running {timeout} s after Ctrl-C:\n{self.stderr()}"
             raise AssertionError(message) from None
         return code, self.stderr()
@@ -105,6 +116,13 @@ class Script:
         if self.process.poll() is None:
             return "(still running)"
         return self.process.stderr.read()
+
+    def dump_and_kill(self) -> None:
+        """Kill a script that hangs, after it has written its threads' stacks to stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+        self.kill()
 
     def kill(self) -> None:
         if self.process.poll() is None:

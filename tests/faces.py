@@ -79,26 +79,32 @@ class Script:
             stderr=subprocess.PIPE, env=cli_env(), text=True,
         )
         self.lines: list[str] = []
+        self._partial = ""
 
     def wait_for(self, prefix: str, timeout: float = 90.0) -> str:
         assert self.process.stdout is not None
+        # The pipe's fd, read raw: a buffered readline() can take two lines off the pipe and
+        # return one, and select() then never reports the second (a `ready:` line was lost so).
+        fd = self.process.stdout.fileno()
         deadline = time.monotonic() + timeout
         while True:
             for line in self.lines:
                 if line.startswith(prefix):
                     return line[len(prefix):].strip()
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self.process.poll() is not None and not select.select(
-                    [self.process.stdout], [], [], 0)[0]):
+            if remaining <= 0 or (self.process.poll() is not None
+                                  and not select.select([fd], [], [], 0)[0]):
                 exited = self.process.poll()
                 self.dump_and_kill()
                 raise AssertionError(
                     f"no {prefix!r} line (exit status {exited}, stdout {self.lines}); "
                     f"stderr:\n{self.stderr()}")
-            if select.select([self.process.stdout], [], [], min(remaining, 1.0))[0]:
-                line = self.process.stdout.readline()
-                if line:
-                    self.lines.append(line)
+            if select.select([fd], [], [], min(remaining, 1.0))[0]:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    self._partial += chunk.decode()
+                    *done, self._partial = self._partial.split("\n")
+                    self.lines += [line + "\n" for line in done]
 
     def interrupt(self, timeout: float = 60.0) -> tuple[int, str]:
         """Ctrl-C: SIGINT, then the exit status and stderr."""

@@ -30,7 +30,8 @@ async def serve_tcp(
     The handler learns who called with ``await stream.whois()``. As with trio, each handler
     runs in *handler_nursery* (default: one of this function's own), an exception from a
     handler propagates (and unlike trio, the connection it leaves open is reset:
-    :meth:`TailnetStream.reset`), and ``await nursery.start(tsproc.serve_tcp, handler, node, port)``
+    :meth:`TailnetStream.reset`; one it leaves open when it returns is closed), and
+    ``await nursery.start(tsproc.serve_tcp, handler, node, port)``
     returns the listeners (one :class:`~tsproc.TailnetListener`) once the port accepts
     connections. The listener is closed when this returns, so the port is free again.
 
@@ -63,6 +64,9 @@ async def _handle(handler: Callable[[TailnetStream], Awaitable[object]],
         # this does nothing.
         stream.reset_now()
         raise
+    # A handler that just returns (the README's) has said all it will: close in order now,
+    # rather than when the stream is garbage-collected (with a ResourceWarning).
+    await stream.aclose()
 
 
 @final

@@ -49,6 +49,9 @@ def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
         OSError: it could not be started (the pipe is closed then).
     """
     log_read, log_write = os.pipe()
+    # A child inherits the forking thread's signal mask, and the asyncio and blocking faces'
+    # trio thread blocks SIGINT (tsproc._trio_thread): a helper must start with none blocked.
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -65,6 +68,7 @@ def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
         os.close(log_read)
         raise
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(log_write)
     return popen, log_read
 

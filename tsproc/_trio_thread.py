@@ -24,6 +24,7 @@ node's promises independent of the code that uses it.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, final
@@ -142,6 +143,13 @@ class TrioThread:
             raise RuntimeError(f"the trio thread {self.name!r} failed: {self._crash!r}")
 
     def _main(self) -> None:
+        # SIGINT is for the thread the user's code runs in. The kernel hands a process-directed
+        # signal to any thread that does not block it; when it picked this one, Python's handler
+        # only set its flag, and a main thread asleep in asyncio's select() or a lock (no wakeup
+        # fd there) was not woken: Ctrl-C did nothing until something else woke it. Blocked
+        # here, it always goes to a thread that can act on it. Threads started from this one
+        # inherit the mask; fork_child() unblocks it for the children.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             trio.run(self._run)
         except BaseException as exc:  # pragma: no cover - trio itself failed

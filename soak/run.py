@@ -530,7 +530,10 @@ async def _wait_recovered(soak: Soak, since: float) -> float | None:
                                      f"{sn.node.tailscale_ips} instead of {sn.ips}")
             nxt = soak.nodes[(i + 1) % len(soak.nodes)]
             for src, dst in ((sn, nxt.name), (nxt, sn.name)):
-                while await soak.client.bulk(src.node, dst, 512, 512) != "complete":
+                while (outcome := await soak.client.bulk(src.node, dst, 512, 512)) != "complete":
+                    if soak.cfg.verbose:
+                        log(f"recovery probe {src.name}->{dst}: {outcome}, "
+                            f"{trio.current_time() - since:.1f} s after the fault began")
                     await trio.sleep(0.1)
         return trio.current_time() - since
     return None
@@ -594,13 +597,15 @@ async def _fault_loop(soak: Soak, stop: trio.Event, end_at: float) -> None:
         except Exception as exc:  # the fault's own machinery failed: say so, keep going
             record.failed = f"{type(exc).__name__}: {exc}"
             soak.failures.append(f"fault {kind} on {sn.name} raised {record.failed}")
+        took = trio.current_time() - now
         record.recovery = await _wait_recovered(soak, now)
         if record.recovery is None:
             soak.failures.append(f"fault {kind} on {sn.name}: not recovered within "
                                  f"{RECOVERY_BOUND:g} s")
             return
         if soak.cfg.verbose:
-            log(f"fault {kind}: {record.note}; recovered in {record.recovery:.1f} s")
+            log(f"fault {kind}: {record.note}; recovered in {record.recovery:.1f} s (the "
+                f"fault itself took {took:.1f} s)")
         kind = next(kinds)
 
 

@@ -131,8 +131,10 @@ class Client:
         self.next_id = next_id
 
     async def bulk(self, node: tsproc.Node, target: str, up: int, down: int,
-                   port: int = SERVICE_PORT, rng: random.Random | None = None) -> str:
-        """One bulk transfer (or a short connection, with small sizes); its outcome."""
+                   port: int = SERVICE_PORT, rng: random.Random | None = None,
+                   deadline: float | None = None) -> str:
+        """One bulk transfer (or a short connection, with small sizes); its outcome. It
+        counts as stuck at *deadline* (trio time), by default deadline_for its size."""
         transfer = self.next_id()
         rng = rng or random.Random(transfer)
 
@@ -148,7 +150,7 @@ class Client:
             await s.stream.send_eof()
             await s.read_to_eof()
 
-        return await self._run(node, target, port, "B", transfer, up + down, body)
+        return await self._run(node, target, port, "B", transfer, up + down, body, deadline)
 
     async def request_response(self, node: tsproc.Node, target: str, exchanges: int,
                                rng: random.Random) -> str:
@@ -178,8 +180,10 @@ class Client:
                                body)
 
     async def _run(self, node: tsproc.Node, target: str, port: int, kind: str, transfer: int,
-                   nbytes: int, body: Callable[[Session], object]) -> str:
-        deadline = trio.current_time() + deadline_for(nbytes)
+                   nbytes: int, body: Callable[[Session], object],
+                   deadline: float | None = None) -> str:
+        if deadline is None:
+            deadline = trio.current_time() + deadline_for(nbytes)
         try:
             with trio.fail_at(deadline):
                 stream = await node.dial(target, port)

@@ -217,10 +217,10 @@ async def control_freeze(soak: Soak, sn: SoakNode) -> str:
 
 async def _new_conns_while_frozen(soak: Soak, sn: SoakNode, other: SoakNode,
                                   until: float, outcomes: Counter[str]) -> None:
-    # Each has until 5 s after the thaw, not the usual 45 s: a connection that stalls (seen
-    # once in ~50 freezes here: a dial that never connected, its peer otherwise reachable and
-    # the established stream flowing) is reported in the fault's note and the soak's notes,
-    # and must not hold the fault (and the 1-minute run's whole budget of faults) for 45 s.
+    # Each has until 5 s after the thaw, not the usual 45 s: a dial that never connects (seen
+    # now and then between two running nodes, frozen control or not: docs/reliability.md) is
+    # reported in the fault's note and the soak's notes, and must not hold the fault (and
+    # the 1-minute run's whole budget of faults) for 45 s.
     while trio.current_time() < until - 1:
         outcome = await soak.client.bulk(sn.node, other.name, 1024, 1024, deadline=until + 5)
         outcomes[outcome] += 1

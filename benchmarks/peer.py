@@ -28,10 +28,10 @@ from typing import Any
 import trio
 
 import tsproc
-from tsproc import _protocol as proto
-from tsproc._helper import HelperProcess, find_helper, helper_environment
-from tsproc._rpc import Reply, RpcChannel
-from tsproc._streams import ConnState, TailnetStream
+from tsproc._child.helper import HelperProcess, find_helper, helper_environment
+from tsproc._core.streams import ConnState, TailnetStream
+from tsproc._wire import protocol as proto
+from tsproc._wire.rpc import Reply, RpcChannel
 
 TAILNET_BULK_PORT = 5001
 TAILNET_ECHO_PORT = 5002

@@ -56,9 +56,9 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"tsproc.asgi needs hypercorn: pip install 'tsproc[asgi]' ({exc})"
     ) from exc
 
-from ._node import Node
-from ._streams import TailnetStream
-from ._types import WhoIs
+from ._core.node import Node
+from ._core.streams import TailnetStream
+from ._core.types import WhoIs
 from .errors import TsprocError
 
 __all__ = [

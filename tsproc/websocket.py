@@ -44,9 +44,9 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"tsproc.websocket needs trio-websocket: pip install 'tsproc[websocket]' ({exc})"
     ) from exc
 
-from ._node import Node
-from ._streams import TailnetListener, TailnetStream
-from ._types import WhoIs
+from ._core.node import Node
+from ._core.streams import TailnetListener, TailnetStream
+from ._core.types import WhoIs
 from .errors import TsprocError
 
 __all__ = [

@@ -34,7 +34,7 @@ from .._core.types import PeerStatus, Status, WhoIs
 from ..errors import TsprocError, redact
 from ..testing import local_tailnet
 from .demo import run_demo
-from .start import AUTH_KEY_ENV, _running_node
+from .start import AUTH_KEY_ENV, running_node
 
 __all__ = ["main"]
 
@@ -203,7 +203,7 @@ async def _splice(tailnet: TailnetStream, local: trio.abc.HalfCloseableStream) -
 
 async def _serve(args: argparse.Namespace) -> None:
     to_host, to_port = args.to
-    async with _running_node(args) as node:
+    async with running_node(args) as node:
         listener = await node.listen(args.port)
         print(f"serving tailnet port {args.port} of {node.hostname} "
               f"({node.tailscale_ips[0]}) -> {to_host}:{to_port}", flush=True)
@@ -263,7 +263,7 @@ async def _std_streams() -> AsyncIterator[tuple[trio.lowlevel.FdStream, trio.low
 
 
 async def _connect(args: argparse.Namespace) -> None:
-    async with _running_node(args) as node:
+    async with running_node(args) as node:
         stream = await node.dial(args.host, args.port)
         async with stream, _std_streams() as (stdin, stdout):
 
@@ -324,7 +324,7 @@ def _print_status(status: Status) -> None:
 
 
 async def _status(args: argparse.Namespace) -> None:
-    async with _running_node(args) as node:
+    async with running_node(args) as node:
         status = await node.status()
     if args.json:
         print(json.dumps(_status_json(status), indent=2))

@@ -96,7 +96,7 @@ async def _watch_start(node: Node, progress: _Progress) -> None:
 
 
 @asynccontextmanager
-async def _running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
+async def running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
     """The node the command line describes, once it is running."""
     auth_key = os.environ.get(AUTH_KEY_ENV) or None
     node = Node(

@@ -11,7 +11,7 @@ from typing import Final, final
 import trio
 
 from ..errors import InvalidArgumentError
-from .streams import NoPublicConstructor, _adopt_socket, _split_addr
+from .streams import NoPublicConstructor, adopt_socket, split_addr
 
 __all__ = ["MAX_DATAGRAM", "TailnetPacketConn"]
 
@@ -68,10 +68,10 @@ class TailnetPacketConn(metaclass=NoPublicConstructor):
 
     def __init__(self, fd: int, local_addr: object, remote_addr: object = None,
                  on_close: Callable[[], None] | None = None) -> None:
-        sock = _adopt_socket(fd, None)
+        sock = adopt_socket(fd, None)
         self._sock = trio.socket.from_stdlib_socket(sock)
-        self.local_addr = _split_addr(local_addr)
-        self.remote_addr = _split_addr(remote_addr) if remote_addr else None
+        self.local_addr = split_addr(local_addr)
+        self.remote_addr = split_addr(remote_addr) if remote_addr else None
         self._on_close = on_close
         self._closed = False
 

@@ -74,7 +74,7 @@ class NoPublicConstructor(ABCMeta):
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
-def _adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:
+def adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:
     """The socket behind an fd the helper passed; it owns the fd from now on.
 
     Raises:
@@ -91,7 +91,7 @@ def _adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:
     return sock
 
 
-def _split_addr(text: object) -> Addr:
+def split_addr(text: object) -> Addr:
     """'100.64.0.1:80' or '[fd7a::1]:80' → (host, port); anything else → (str, 0)."""
     if not isinstance(text, str):
         return ("", 0)
@@ -130,13 +130,13 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         via_funnel: bool = False,
         whois: Callable[[Addr], Awaitable[WhoIs]] | None = None,
     ) -> None:
-        sock = _adopt_socket(fd, socket.SOCK_STREAM)
+        sock = adopt_socket(fd, socket.SOCK_STREAM)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         self.socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self.local_addr = _split_addr(local_addr)
-        self.remote_addr = _split_addr(remote_addr)
+        self.local_addr = split_addr(local_addr)
+        self.remote_addr = split_addr(remote_addr)
         self.via_funnel = via_funnel
         self._state = state
         self._on_close = on_close

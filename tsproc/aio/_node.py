@@ -1,33 +1,7 @@
-"""The node for asyncio code: asyncio streams on tailnet connections, with tsproc's promises.
+"""The asyncio node: :class:`Node`, its :class:`EventStream`, and the local tailnet for
+asyncio code.
 
-    import asyncio, tsproc.aio
-
-    async def main():
-        async with tsproc.aio.Node("client", auth_key=key) as node:
-            reader, writer = await node.dial("web", 80)
-            writer.write(b"GET / HTTP/1.0\\r\\n\\r\\n")
-            print(await reader.read())
-            writer.close()
-            await writer.wait_closed()
-
-    asyncio.run(main())
-
-The node itself is tsproc's trio :class:`~tsproc.Node`, running in a thread of its own (one trio
-run per node; see docs/design.md, "Other faces"). Each connection is a real kernel socket: its
-fd (a duplicate of the one the helper passed) becomes an ordinary asyncio transport, so bytes
-never cross threads. What stays true under asyncio:
-
-- A connection cut by a helper crash raises :class:`ConnectionResetError` from the reader; it
-  never reads as a clean EOF (the reader delivers EOF only once the helper has confirmed that the
-  peer ended in order). A stream closed locally raises :class:`ConnectionAbortedError` on read.
-- Cancelling any call (``asyncio.timeout``, ``wait_for``, Ctrl-C under ``asyncio.run``) cancels
-  the trio side too, and a connection that was made anyway is closed, never leaked.
-- Closing the node (leaving ``async with``) closes its connections, stops the helper and ends
-  the node's thread. No loopback TCP port is opened for any of it.
-
-Serve connections with :func:`serve` (shaped like :func:`asyncio.start_server`) and ASGI
-applications with :func:`serve_asgi` (hypercorn's asyncio server; the app sees the caller's
-tailnet identity as with :mod:`tsproc.asgi`).
+Private to :mod:`tsproc.aio`, which re-exports the public names.
 """
 
 from __future__ import annotations
@@ -46,27 +20,16 @@ from .._faces.bridge import BridgedConn, HostedContext, IPAddress, NodeRuntime
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
-from ._serve import ClientConnectedCallback, TailnetServer, serve, serve_asgi
 from ._streams import (
-    _DEFAULT_LIMIT,
+    DEFAULT_LIMIT,
     TailnetStreamWriter,
-    _call_in,
-    _open_streams,
-    _start_host,
-    _stop_host,
+    call_in,
+    open_streams,
+    start_host,
+    stop_host,
 )
 
-__all__ = [
-    "ClientConnectedCallback",
-    "EventStream",
-    "LocalTailnet",
-    "Node",
-    "TailnetServer",
-    "TailnetStreamWriter",
-    "local_tailnet",
-    "serve",
-    "serve_asgi",
-]
+__all__ = ["EventStream", "LocalTailnet", "Node", "local_tailnet"]
 
 
 @final
@@ -86,10 +49,10 @@ class EventStream:
         if self._closed:
             raise StopAsyncIteration
         if self._stream is None:
-            self._stream = await _call_in(self._runtime, self._subscribe)
+            self._stream = await call_in(self._runtime, self._subscribe)
         stream = self._stream
         try:
-            return await _call_in(self._runtime, stream.__anext__)
+            return await call_in(self._runtime, stream.__anext__)
         except NodeClosedError:
             raise StopAsyncIteration from None
 
@@ -106,7 +69,7 @@ class EventStream:
         stream, self._stream = self._stream, None
         if stream is not None:
             with suppress(NodeClosedError):
-                await _call_in(self._runtime, stream.aclose)
+                await call_in(self._runtime, stream.aclose)
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -141,9 +104,9 @@ class Node(NodeFacts):
         if self._entered:
             raise RuntimeError("a Node can be entered only once; create a new one")
         self._entered = True
-        self._ended = await _start_host(self._runtime)
+        self._ended = await start_host(self._runtime)
         try:
-            await _call_in(self._runtime, self._runtime.enter)
+            await call_in(self._runtime, self._runtime.enter)
         except BaseException:
             await self.aclose()
             raise
@@ -157,11 +120,11 @@ class Node(NodeFacts):
         """Close the node and end its thread. Idempotent; bounded by the node's
         ``restart.shutdown_grace``. Cancelling the wait does not stop the close (it goes on
         in the node's thread)."""
-        await _stop_host(self._runtime, self._ended)
+        await stop_host(self._runtime, self._ended)
 
     # -- using the node --
 
-    async def dial(self, host: str, port: int, *, limit: int = _DEFAULT_LIMIT,
+    async def dial(self, host: str, port: int, *, limit: int = DEFAULT_LIMIT,
                    ) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
         """Open a TCP connection to *host*:*port* over the tailnet, as
         :func:`asyncio.open_connection` does: a (reader, writer) pair.
@@ -173,9 +136,9 @@ class Node(NodeFacts):
             NodeClosedError: the node is closed.
         """
         runtime = self._runtime
-        conn = await _call_in(runtime, partial(runtime.dial, host, port),
+        conn = await call_in(runtime, partial(runtime.dial, host, port),
                               dispose=BridgedConn.close_soon)
-        return await _open_streams(runtime, conn, limit)
+        return await open_streams(runtime, conn, limit)
 
     async def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:
         """Who is behind a tailnet address (``writer.remote_addr``, an IP, ``"ip:port"``).
@@ -183,15 +146,15 @@ class Node(NodeFacts):
         Raises:
             NotFoundError: no tailnet node has that address.
         """
-        return await _call_in(self._runtime, partial(self._runtime.node.whois, addr))
+        return await call_in(self._runtime, partial(self._runtime.node.whois, addr))
 
     async def status(self) -> Status:
         """The node's current status: backend state, addresses, peers, helper figures."""
-        return await _call_in(self._runtime, self._runtime.node.status)
+        return await call_in(self._runtime, self._runtime.node.status)
 
     async def ping(self, peer: str) -> PingResult:
         """Ping *peer* with TSMP through WireGuard (see :meth:`tsproc.Node.ping`)."""
-        return await _call_in(self._runtime, partial(self._runtime.node.ping, peer))
+        return await call_in(self._runtime, partial(self._runtime.node.ping, peer))
 
     def events(self) -> EventStream:
         """Subscribe to this node's events (state changes, auth URLs, restarts, crash loop)
@@ -200,7 +163,7 @@ class Node(NodeFacts):
 
     async def _listen(self, port: int, backlog: int) -> TailnetListener:
         runtime = self._runtime
-        return await _call_in(runtime, partial(runtime.node.listen, port, backlog=backlog),
+        return await call_in(runtime, partial(runtime.node.listen, port, backlog=backlog),
                               dispose=runtime.close_listener_soon)
 
 # -- a local tailnet for asyncio tests and demos --
@@ -223,8 +186,8 @@ async def local_tailnet(**kwargs: Any) -> AsyncIterator[LocalTailnet]:
     127.0.0.1 for the ``async with`` block (its trio side runs in a thread of its own).
     Takes the same arguments."""
     host = HostedContext(trio_local_tailnet(**kwargs), "tsproc local tailnet")
-    ended = await _start_host(host)
+    ended = await start_host(host)
     try:
-        yield LocalTailnet(await _call_in(host, host.enter))
+        yield LocalTailnet(await call_in(host, host.enter))
     finally:
-        await _stop_host(host, ended)
+        await stop_host(host, ended)

@@ -17,7 +17,7 @@ import trio
 
 from .._faces.bridge import BridgedConn
 from ..errors import TsprocError
-from ._streams import _DEFAULT_LIMIT, TailnetStreamWriter, _open_streams
+from ._streams import DEFAULT_LIMIT, TailnetStreamWriter, open_streams
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -99,7 +99,7 @@ class TailnetServer:
         task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, conn: BridgedConn) -> None:
-        reader, writer = await _open_streams(self._runtime, conn, self._limit, self._writer_class)
+        reader, writer = await open_streams(self._runtime, conn, self._limit, self._writer_class)
         try:
             result = self._callback(reader, writer)
             if result is not None:
@@ -155,7 +155,7 @@ class TailnetServer:
 
 
 async def serve(client_connected_cb: ClientConnectedCallback, node: Node, port: int, *,
-                limit: int = _DEFAULT_LIMIT, backlog: int = 128) -> TailnetServer:
+                limit: int = DEFAULT_LIMIT, backlog: int = 128) -> TailnetServer:
     """Serve tailnet connections to *port* of *node*, as :func:`asyncio.start_server` does:
     *client_connected_cb* (a function or coroutine function) gets a ``(reader, writer)`` pair
     for each. ``writer.remote_addr`` is the caller's tailnet address (see :meth:`Node.whois`).
@@ -247,7 +247,7 @@ async def serve_asgi(
         await lifespan.wait_for_startup()
         if lifespan_task.done() and lifespan_task.exception() is not None:
             raise lifespan_task.exception()  # type: ignore[misc]
-        server = TailnetServer(node, port, handle, _DEFAULT_LIMIT, _HypercornWriter)
+        server = TailnetServer(node, port, handle, DEFAULT_LIMIT, _HypercornWriter)
         await server._start(backlog)
         try:
             if on_started is not None:

@@ -18,10 +18,10 @@ from ..errors import NodeClosedError
 
 T = TypeVar("T")
 
-_DEFAULT_LIMIT: Final = 2**16  # asyncio.streams' default buffer limit
+DEFAULT_LIMIT: Final = 2**16  # asyncio.streams' default buffer limit
 
 
-async def _call_in(runtime: HostedContext[Any], fn: Callable[[], Awaitable[T]],
+async def call_in(runtime: HostedContext[Any], fn: Callable[[], Awaitable[T]],
                    dispose: Callable[[T], None] | None = None) -> T:
     """Run *fn* in the node's trio thread and wait for it without blocking the loop.
 
@@ -52,7 +52,7 @@ async def _call_in(runtime: HostedContext[Any], fn: Callable[[], Awaitable[T]],
     return result.unwrap()
 
 
-async def _start_host(host: HostedContext[Any]) -> asyncio.Future[None]:
+async def start_host(host: HostedContext[Any]) -> asyncio.Future[None]:
     """Start *host*'s thread; the future it returns is done once the thread has ended."""
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[None] = loop.create_future()
@@ -71,7 +71,7 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _stop_host(host: HostedContext[Any], ended: asyncio.Future[None] | None) -> None:
+async def stop_host(host: HostedContext[Any], ended: asyncio.Future[None] | None) -> None:
     """Leave *host*'s context and wait (without blocking the loop) until its thread ended."""
     host.request_close()
     if ended is not None:
@@ -136,7 +136,7 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
 
     async def _verify_eof(self) -> None:
         try:
-            await _call_in(self._runtime, self._conn.verify_eof)
+            await call_in(self._runtime, self._conn.verify_eof)
         except ConnectionResetError as exc:
             self._eof_state = "broken"
             self._tsproc_reader.set_exception(exc)
@@ -160,7 +160,7 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
         self._conn.close_soon()  # fd B is closed: let fd A and the tailnet connection go
 
 
-async def _open_streams(runtime: NodeRuntime, conn: BridgedConn, limit: int,
+async def open_streams(runtime: NodeRuntime, conn: BridgedConn, limit: int,
                         writer_class: type[TailnetStreamWriter] = TailnetStreamWriter,
                         ) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
     """asyncio streams on a bridged connection; the transport owns fd B from here on."""

@@ -1,30 +1,7 @@
-"""The node for blocking code: plain :class:`socket.socket` objects on tailnet connections.
+"""The blocking node: :class:`Node`, its :class:`EventIterator`, and the local tailnet for
+blocking code.
 
-    import tsproc.blocking
-
-    with tsproc.blocking.Node("client", auth_key=key) as node:
-        sock = node.dial("web", 80, timeout=10)
-        sock.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-        print(sock.recv(65536))
-        sock.close()
-
-For HTTP, :func:`requests_adapter` lets :mod:`requests` (and :func:`pool_manager` urllib3) reach
-tailnet hosts; :class:`TailnetServer` serves like :mod:`socketserver` (``http.server`` handlers
-included). The node itself is tsproc's trio :class:`~tsproc.Node`, running in a thread of its
-own; each connection is a real kernel socket (a duplicate of the fd the helper passed), so
-reads and writes are ordinary system calls in the caller's thread. What stays true:
-
-- A connection cut by a helper crash raises :class:`ConnectionResetError` from ``recv``; it
-  never reads as a clean EOF (``recv`` returns ``b""`` only once the helper has confirmed the
-  peer ended in order).
-- Ctrl-C interrupts any blocking call (``dial``, ``accept``, ``recv``, ``serve_forever``) with
-  :class:`KeyboardInterrupt`; the trio side of the call is cancelled, nothing is leaked, and
-  leaving the ``with`` block stops the helper.
-- Closing the node closes its connections, stops the helper and ends the node's thread. No
-  loopback TCP port is opened for any of it.
-
-Timeouts are ``timeout=`` arguments, as in :func:`socket.create_connection`; they raise
-:class:`~tsproc.NodeTimeoutError`, a :class:`TimeoutError`.
+Private to :mod:`tsproc.blocking`, which re-exports the public names.
 """
 
 from __future__ import annotations
@@ -51,21 +28,9 @@ from .._faces.shared import FaceLocalTailnet, NodeFacts
 from .._faces.trio_thread import TrioThread
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
-from ._serve import TailnetServer, ThreadingTailnetServer, pool_manager, requests_adapter
-from ._socket import _DEFAULT_BACKLOG, Listener, TailnetSocket, _call
+from ._socket import _DEFAULT_BACKLOG, Listener, TailnetSocket, call
 
-__all__ = [
-    "EventIterator",
-    "Listener",
-    "LocalTailnet",
-    "Node",
-    "TailnetServer",
-    "TailnetSocket",
-    "ThreadingTailnetServer",
-    "local_tailnet",
-    "pool_manager",
-    "requests_adapter",
-]
+__all__ = ["EventIterator", "LocalTailnet", "Node", "local_tailnet"]
 
 
 @final
@@ -95,7 +60,7 @@ class Node(NodeFacts):
         self._started = True
         self._runtime.thread.start()
         try:
-            _call(self._runtime.thread, self._runtime.enter)
+            call(self._runtime.thread, self._runtime.enter)
         except BaseException:
             self.close()
             raise
@@ -128,7 +93,7 @@ class Node(NodeFacts):
         runtime = self._runtime
         dial = partial(within, timeout, f"no connection to {host}:{port}",
                        partial(runtime.dial, host, port))
-        conn = _call(runtime.thread, dial,
+        conn = call(runtime.thread, dial,
                      dispose=BridgedConn.close_soon)
         return TailnetSocket._adopt(conn, runtime.thread)
 
@@ -163,9 +128,9 @@ class Node(NodeFacts):
     def _listen(self, open_listener: Callable[..., Awaitable[TailnetListener]], port: int,
                 backlog: int) -> Listener:
         runtime = self._runtime
-        listener = _call(runtime.thread, partial(open_listener, port, backlog=backlog),
+        listener = call(runtime.thread, partial(open_listener, port, backlog=backlog),
                          dispose=runtime.close_listener_soon)
-        return Listener(self, port, listener)
+        return Listener(runtime, self.hostname, port, listener)
 
     def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:
         """Who is behind a tailnet address (``sock.remote_addr``, an IP, ``"ip:port"``).
@@ -173,20 +138,20 @@ class Node(NodeFacts):
         Raises:
             NotFoundError: no tailnet node has that address.
         """
-        return _call(self._runtime.thread, partial(self._runtime.node.whois, addr))
+        return call(self._runtime.thread, partial(self._runtime.node.whois, addr))
 
     def status(self) -> Status:
         """The node's current status: backend state, addresses, peers, helper figures."""
-        return _call(self._runtime.thread, self._runtime.node.status)
+        return call(self._runtime.thread, self._runtime.node.status)
 
     def ping(self, peer: str) -> PingResult:
         """Ping *peer* with TSMP through WireGuard (see :meth:`tsproc.Node.ping`)."""
-        return _call(self._runtime.thread, partial(self._runtime.node.ping, peer))
+        return call(self._runtime.thread, partial(self._runtime.node.ping, peer))
 
     def events(self) -> EventIterator:
         """This node's events (state changes, auth URLs, restarts, crash loop) from now on;
         the iterator ends when the node closes. ``with node.events() as events: for ...``"""
-        stream = _call(self._runtime.thread, self._subscribe)
+        stream = call(self._runtime.thread, self._subscribe)
         return EventIterator(self._runtime.thread, stream)
 
     async def _subscribe(self) -> TrioEventStream:
@@ -206,7 +171,7 @@ class EventIterator:
 
     def __next__(self) -> Event:
         try:
-            return _call(self._thread, self._stream.__anext__)
+            return call(self._thread, self._stream.__anext__)
         except (StopAsyncIteration, NodeClosedError):
             raise StopIteration from None
 
@@ -217,7 +182,7 @@ class EventIterator:
 
     def close(self) -> None:
         with contextlib.suppress(NodeClosedError):
-            _call(self._thread, self._stream.aclose)
+            call(self._thread, self._stream.aclose)
 
     def __enter__(self) -> EventIterator:
         return self
@@ -246,7 +211,7 @@ def local_tailnet(**kwargs: Any) -> Iterator[LocalTailnet]:
     host = HostedContext(trio_local_tailnet(**kwargs), "tsproc local tailnet")
     host.thread.start()
     try:
-        tailnet = _call(host.thread, host.enter)
+        tailnet = call(host.thread, host.enter)
         yield LocalTailnet(tailnet)
     finally:
         host.request_close()

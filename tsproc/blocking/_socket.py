@@ -14,24 +14,21 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar, final
 
 import outcome
 import trio
 
-from .._faces.bridge import BridgedConn, check_timeout
+from .._faces.bridge import BridgedConn, NodeRuntime, check_timeout
 from .._faces.trio_thread import TrioThread
 from ..errors import NodeClosedError, NodeTimeoutError
-
-if TYPE_CHECKING:
-    from ._node import Node
 
 T = TypeVar("T")
 
 _DEFAULT_BACKLOG: Final = 128
 
 
-def _call(thread: TrioThread, fn: Callable[[], Awaitable[T]],
+def call(thread: TrioThread, fn: Callable[[], Awaitable[T]],
           dispose: Callable[[T], None] | None = None) -> T:
     """Run *fn* in the trio thread and wait for it. Interruptible: on KeyboardInterrupt (or any
     exception while waiting) *fn* is cancelled, and a value it still produces is disposed of."""
@@ -145,7 +142,7 @@ class TailnetSocket(socket.socket):
         if conn is None or thread is None:
             raise ConnectionResetError("the tailnet connection is closed")
         try:
-            _call(thread, conn.verify_eof)
+            call(thread, conn.verify_eof)
         except NodeClosedError as exc:
             raise ConnectionResetError(f"tailnet connection broken: {exc}") from None
         self._tsproc_eof_checked = True
@@ -177,11 +174,11 @@ class Listener:
     (readable when a connection may be waiting), ``close()``, and ``with``.
     """
 
-    def __init__(self, node: Node, port: int, listener: Any) -> None:
-        self._node = node
+    def __init__(self, runtime: NodeRuntime, hostname: str, port: int, listener: Any) -> None:
+        self._hostname = hostname
         self.port = port
         """The tailnet port."""
-        self._runtime = node._runtime
+        self._runtime = runtime
         self._ready: collections.deque[BridgedConn] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
@@ -197,7 +194,7 @@ class Listener:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "listening"
-        return f"<tsproc.blocking.Listener {self._node.hostname}:{self.port} {state}>"
+        return f"<tsproc.blocking.Listener {self._hostname}:{self.port} {state}>"
 
     async def _accept_loop(self, listener: Any) -> None:  # trio thread
         self._credit = trio.Semaphore(1)

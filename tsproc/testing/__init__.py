@@ -1,4 +1,24 @@
-"""Tailnets for tests and demos."""
+"""A local tailnet for tests and demos: Tailscale's test control server, a DERP relay and a
+STUN server, all on 127.0.0.1, run by ``tsproc-helper control``.
+
+    async with tsproc.testing.local_tailnet() as tailnet:
+        async with tailnet.node("a") as a, tailnet.node("b") as b:
+            ...
+
+With ``https=True`` the tailnet also issues real certificates (an embedded ACME server, the
+same DNS-01 flow as Let's Encrypt) and plays Funnel's ingress, all offline::
+
+    async with tsproc.testing.local_tailnet(https=True) as tailnet:
+        async with tailnet.node("web") as web:
+            listener = await web.listen_tls(443)
+            ...  # a client trusts tailnet.ssl_context()
+
+With pytest and pytest-trio, the plugin (installed with tsproc) gives the ``tailnet`` fixture
+and the ``tailnet_node`` factory: see the README.
+
+:func:`headscale_tailnet` runs Headscale, the open-source control server people deploy, on
+127.0.0.1 instead (bring your own ``headscale`` binary; see its docstring).
+"""
 
 from __future__ import annotations
 

@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 import trio
 
 from .._child.helper import SECRET_ENV, helper_environment
-from .._wire.protocol import is_int
+from .._util import is_int
 from ..errors import InvalidArgumentError, redact
 from .supervisor import RestartPolicy
 
 __all__ = [
     "DEFAULT_BACKLOG", "DIAL_BOUND", "PING_BOUND", "NodeConfig", "call_deadline", "check_backlog",
-    "check_host", "check_port", "limit_until", "ms_until",
+    "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -43,6 +43,8 @@ PING_BOUND: Final = 10.0
 # A helper that has not answered this long after the timeout it was given is treated as hung.
 _ANSWER_GRACE: Final = 5.0
 _MAX_HELPER_MS: Final = (1 << 31) - 1
+# The largest timeout argument: about 31 years, far inside what select() and time_t take.
+_MAX_TIMEOUT: Final = 1e9
 
 
 def check_port(port: object, what: str = "port") -> int:
@@ -63,9 +65,23 @@ def check_host(host: object) -> str:
     return host
 
 
-def check_timeout(timeout: object, what: str) -> float:
-    if not (is_int(timeout) or isinstance(timeout, float)) or not timeout > 0:
-        raise InvalidArgumentError(f"{what} must be a positive number of seconds, got {timeout!r}")
+def check_timeout(timeout: object, what: str = "timeout") -> float | None:
+    """None (no deadline), or a finite positive number of seconds as a float.
+
+    The one rule for every timeout argument, the trio node's and the faces' alike. Not a bool
+    (Python counts it as an int), not NaN, and not infinite: None is how to say "no deadline",
+    and an infinite or absurdly large number would reach ``select``/``time_t`` in the blocking
+    face and fail there with an OverflowError instead of here with a clear message.
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    if timeout is None:
+        return None
+    if (not (is_int(timeout) or isinstance(timeout, float)) or not 0 < timeout <= _MAX_TIMEOUT):
+        raise InvalidArgumentError(
+            f"{what} must be None or a positive number of seconds (at most {_MAX_TIMEOUT:g}), "
+            f"got {timeout!r}")
     return float(timeout)
 
 
@@ -135,8 +151,7 @@ class NodeConfig:
         for tag in tags:
             if not isinstance(tag, str) or not _TAG.match(tag):
                 raise InvalidArgumentError(f"invalid tag {tag!r}: tags look like 'tag:web'")
-        if self.up_timeout is not None:
-            check_timeout(self.up_timeout, "up_timeout")
+        check_timeout(self.up_timeout, "up_timeout")
         memory_limit = self.memory_limit
         if memory_limit is not None and (not is_int(memory_limit) or memory_limit < 16 << 20):
             raise InvalidArgumentError("memory_limit must be a number of bytes, at least 16 MiB")

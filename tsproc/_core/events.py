@@ -6,7 +6,7 @@ from typing import Final, final
 
 import trio
 
-from .streams import NoPublicConstructor
+from .._util import NoPublicConstructor
 from .types import Event
 
 __all__ = ["EventHub", "EventStream"]

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar, overload
 import trio
 
 from .._child.helper import HelperProcess
+from .._util import is_int
 from .._wire import protocol as proto
 from .._wire.rpc import Disposable, Reply, RpcChannel
 from ..errors import (
@@ -34,9 +35,9 @@ from ..errors import (
 )
 from .config import NodeConfig
 from .packet import TailnetPacketConn
-from .streams import Addr, ConnState, TailnetListener, TailnetStream
+from .streams import ConnState, TailnetListener, TailnetStream
 from .supervisor import RestartPolicy
-from .types import IPAddress, Status, WhoIs
+from .types import Addr, IPAddress, Status, WhoIs
 
 __all__ = ["RPC_TIMEOUT", "Generation", "int_field"]
 
@@ -436,7 +437,7 @@ class _ListenerClaim:
 def _claim_fd(reply: Reply, key: str, what: str) -> tuple[int, int]:
     """The id under *key* and the fd of an answer that must carry both."""
     ident, fd = reply.result.get(key), reply.fd
-    if fd is None or not proto.is_int(ident):
+    if fd is None or not is_int(ident):
         reply.close_now()
         raise ProtocolError(f"{what} must carry a {key} id and an fd")
     return ident, fd
@@ -444,6 +445,6 @@ def _claim_fd(reply: Reply, key: str, what: str) -> tuple[int, int]:
 
 def int_field(params: dict[str, Any], key: str) -> int:
     value = params.get(key)
-    if not proto.is_int(value):
+    if not is_int(value):
         raise ProtocolError(f"field {key!r} must be an integer, got {value!r}")
     return value

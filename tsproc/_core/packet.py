@@ -10,8 +10,9 @@ from typing import Final, final
 
 import trio
 
+from .._util import NoPublicConstructor
 from ..errors import InvalidArgumentError
-from .streams import NoPublicConstructor, adopt_socket, split_addr
+from .streams import adopt_socket, split_addr
 
 __all__ = ["MAX_DATAGRAM", "TailnetPacketConn"]
 

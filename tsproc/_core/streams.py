@@ -12,19 +12,20 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from abc import ABCMeta
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
+from .._util import NoPublicConstructor
 from ..errors import ProtocolError
+from .types import Addr
 
 if TYPE_CHECKING:
     from .types import WhoIs
 
-__all__ = ["ConnState", "NoPublicConstructor", "TailnetListener", "TailnetStream"]
+__all__ = ["ConnState", "TailnetListener", "TailnetStream", "adopt_socket", "split_addr"]
 
 # Bigger socketpair buffers than the kernel default (about 200 KiB) let bulk transfers move in
 # larger steps; the kernel caps them at net.core.{r,w}mem_max.
@@ -56,22 +57,7 @@ class ConnState:
             self.ended.set()
 
 
-Addr = tuple[str, int]
 _T = TypeVar("_T")
-
-
-class NoPublicConstructor(ABCMeta):
-    """Metaclass of the types only tsproc makes (trio's pattern): ``Type(...)`` raises
-    TypeError; tsproc calls ``Type._create(...)``. Their constructors take internals (fds,
-    the helper's ids) that an application has no business passing."""
-
-    def __call__(cls, *args: object, **kwargs: object) -> None:
-        raise TypeError(
-            f"{cls.__module__}.{cls.__qualname__} has no public constructor: a Node makes them"
-        )
-
-    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
-        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
 def adopt_socket(fd: int, kind: socket.SocketKind | None) -> socket.socket:

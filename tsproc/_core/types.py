@@ -13,14 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._wire.protocol import is_int
+from .._util import is_int
 from ..errors import ProtocolError
 
 __all__ = [
+    "Addr",
     "AuthUrlEvent",
     "CrashLoopEvent",
     "Event",
     "HelperRestartedEvent",
+    "IPAddress",
     "NodeInfo",
     "NodeState",
     "PeerStatus",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Addr = tuple[str, int]
+"""A tailnet (host, port), as the connection types report them."""
 
 
 class NodeState(enum.Enum):

@@ -26,25 +26,23 @@ helper's ``conn_end`` and reports EOF only if that says clean, else raises, whic
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Final, Generic, TypeVar, final
 
 import trio
 
 from .. import Node, TailnetListener, TailnetStream
-from ..errors import InvalidArgumentError, NodeClosedError, NodeTimeoutError
+from .._core.types import Addr
+from ..errors import NodeClosedError, NodeTimeoutError
 from .trio_thread import TrioThread
 
-__all__ = ["BridgedConn", "HostedContext", "IPAddress", "NodeRuntime", "check_timeout", "within"]
+__all__ = ["JOIN_TIMEOUT", "BridgedConn", "HostedContext", "NodeRuntime", "within"]
 
 T = TypeVar("T")
-
-Addr = tuple[str, int]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # How long a face waits for the node's thread to end after it closed the node (the close itself
 # is bounded by RestartPolicy.shutdown_grace, twice).
@@ -59,16 +57,6 @@ async def within(seconds: float | None, what: str, fn: Callable[[], Awaitable[T]
     with trio.move_on_after(seconds):
         return await fn()
     raise NodeTimeoutError(f"{what} within {seconds:g} s")
-
-
-def check_timeout(timeout: object, what: str = "timeout") -> float | None:
-    """None, or a positive number of seconds (bad values raise InvalidArgumentError)."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidArgumentError(f"{what} must be None or a positive number of seconds, "
-                                   f"got {timeout!r}")
-    return float(timeout)
 
 
 @final
@@ -114,7 +102,9 @@ class BridgedConn:
 
     async def verify_eof(self) -> None:
         """Called once the other world read EOF on fd B: return if the connection ended
-        cleanly, else raise ConnectionResetError (trio thread)."""
+        cleanly, else raise ConnectionResetError (trio thread). The faces call it inside
+        :meth:`verifying_eof`, so that this is the one place where a bridged connection's end
+        becomes their ConnectionResetError."""
         try:
             data = await self._stream.receive_some(1)
         except trio.BrokenResourceError as exc:
@@ -124,6 +114,17 @@ class BridgedConn:
                                        "or the stream was closed) before it ended") from None
         if data:  # pragma: no cover - fd B read EOF, so this socket has nothing left
             raise ConnectionResetError("bytes after the end of a tailnet connection")
+
+
+    @staticmethod
+    @contextlib.contextmanager
+    def verifying_eof() -> Iterator[None]:
+        """Around a face's call of :meth:`verify_eof` (any thread): a node whose run ended
+        before it could answer closed the connection first, which is a reset too."""
+        try:
+            yield
+        except NodeClosedError as exc:
+            raise ConnectionResetError(f"tailnet connection broken: {exc}") from None
 
 
 def _reason(exc: BaseException) -> str:

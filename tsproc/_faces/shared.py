@@ -14,7 +14,8 @@ from .. import NodeState
 
 if TYPE_CHECKING:
     from .. import testing
-    from .bridge import IPAddress, NodeRuntime
+    from .._core.types import IPAddress
+    from .bridge import NodeRuntime
 
 
 class NodeFacts:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 import msgpack
 
+from .._util import is_int
 from ..errors import ProtocolError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "encode_notification",
     "encode_request",
     "encode_response",
-    "is_int",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -149,12 +149,6 @@ def _wants_fd(fields: dict[str, Any]) -> bool:
     if not isinstance(fd, bool):
         raise ProtocolError(f'"fd" must be a bool, got {type(fd).__name__}')
     return fd
-
-
-def is_int(value: object) -> TypeGuard[int]:
-    """An int, and not a bool (which Python counts as one): the only integer check tsproc uses
-    for protocol fields and arguments alike."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _uint_id(value: object) -> int:

@@ -16,7 +16,8 @@ from typing import Any, final
 from .. import Event, PingResult, Status, TailnetListener, WhoIs
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
-from .._faces.bridge import BridgedConn, HostedContext, IPAddress, NodeRuntime
+from .._core.types import IPAddress
+from .._faces.bridge import BridgedConn, HostedContext, NodeRuntime
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet

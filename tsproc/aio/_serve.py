@@ -10,14 +10,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final, final
+from functools import partial
+from typing import TYPE_CHECKING, Any, final
 
 import outcome
 import trio
 
+from .._core.config import DEFAULT_BACKLOG
 from .._faces.bridge import BridgedConn
-from ..errors import TsprocError
-from ._streams import DEFAULT_LIMIT, TailnetStreamWriter, open_streams
+from .._identity import PeerApp, TailnetSocketInfo, identity, whois_peer
+from ..errors import NodeClosedError
+from ._streams import DEFAULT_LIMIT, TailnetStreamWriter, call_in, open_streams
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -31,7 +34,6 @@ ClientConnectedCallback = Callable[
 """What :func:`serve` calls for each connection, like :func:`asyncio.start_server`'s."""
 
 
-_WHOIS_TIMEOUT: Final = 10.0
 _log = logging.getLogger("tsproc.aio")
 
 
@@ -155,7 +157,7 @@ class TailnetServer:
 
 
 async def serve(client_connected_cb: ClientConnectedCallback, node: Node, port: int, *,
-                limit: int = DEFAULT_LIMIT, backlog: int = 128) -> TailnetServer:
+                limit: int = DEFAULT_LIMIT, backlog: int = DEFAULT_BACKLOG) -> TailnetServer:
     """Serve tailnet connections to *port* of *node*, as :func:`asyncio.start_server` does:
     *client_connected_cb* (a function or coroutine function) gets a ``(reader, writer)`` pair
     for each. ``writer.remote_addr`` is the caller's tailnet address (see :meth:`Node.whois`).
@@ -176,9 +178,7 @@ async def serve(client_connected_cb: ClientConnectedCallback, node: Node, port: 
 class _HypercornWriter(TailnetStreamWriter):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":  # what hypercorn's TCPServer reads the addresses from
-            from ..asgi import _TailnetSocketInfo  # noqa: PLC0415 - imported by serve_asgi
-
-            return _TailnetSocketInfo(self)
+            return TailnetSocketInfo(self)
         return super().get_extra_info(name, default)
 
 
@@ -188,7 +188,7 @@ async def serve_asgi(
     port: int = 80,
     *,
     config: Config | None = None,
-    backlog: int = 128,
+    backlog: int = DEFAULT_BACKLOG,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_started: Callable[[str], object] | None = None,
 ) -> None:
@@ -216,8 +216,6 @@ async def serve_asgi(
     from hypercorn.config import Config  # noqa: PLC0415
     from hypercorn.utils import wrap_app  # noqa: PLC0415
 
-    from ..asgi import _identity, _PeerApp  # noqa: PLC0415 - it imports hypercorn too
-
     config = config if config is not None else Config()
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
@@ -232,14 +230,16 @@ async def serve_asgi(
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
+        runtime = node._runtime
         try:
-            async with asyncio.timeout(_WHOIS_TIMEOUT):
-                who = await node.whois(writer.remote_addr)
-        except (TsprocError, TimeoutError) as exc:
-            _log.warning("closing connection from %s: WhoIs failed: %s", writer.remote_addr, exc)
+            who = await call_in(runtime,
+                                partial(whois_peer, runtime.node, writer.remote_addr, _log))
+        except NodeClosedError:
+            who = None
+        if who is None:
             writer.close()
             return
-        await TCPServer(_PeerApp(wrapped, _identity(who)), loop, config, context,
+        await TCPServer(PeerApp(wrapped, identity(who)), loop, config, context,
                         lifespan_state, reader, writer)
 
     lifespan_task = loop.create_task(lifespan.handle_lifespan())

@@ -14,7 +14,6 @@ from typing import Any, Final, TypeVar
 import outcome
 
 from .._faces.bridge import BridgedConn, HostedContext, NodeRuntime
-from ..errors import NodeClosedError
 
 T = TypeVar("T")
 
@@ -136,14 +135,11 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
 
     async def _verify_eof(self) -> None:
         try:
-            await call_in(self._runtime, self._conn.verify_eof)
+            with BridgedConn.verifying_eof():
+                await call_in(self._runtime, self._conn.verify_eof)
         except ConnectionResetError as exc:
             self._eof_state = "broken"
             self._tsproc_reader.set_exception(exc)
-        except NodeClosedError as exc:
-            self._eof_state = "broken"
-            self._tsproc_reader.set_exception(ConnectionResetError(
-                f"tailnet connection broken: {exc}"))
         else:
             self._eof_state = "clean"
             self._tsproc_reader.feed_eof()

@@ -15,20 +15,20 @@ from typing import Any, final
 from .. import Event, PingResult, Status, TailnetListener, WhoIs
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
+from .._core.config import DEFAULT_BACKLOG, check_timeout
+from .._core.types import IPAddress
 from .._faces.bridge import (
     JOIN_TIMEOUT,
     BridgedConn,
     HostedContext,
-    IPAddress,
     NodeRuntime,
-    check_timeout,
     within,
 )
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from .._faces.trio_thread import TrioThread
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
-from ._socket import _DEFAULT_BACKLOG, Listener, TailnetSocket, call
+from ._socket import Listener, TailnetSocket, call
 
 __all__ = ["EventIterator", "LocalTailnet", "Node", "local_tailnet"]
 
@@ -106,7 +106,7 @@ class Node(NodeFacts):
             sock.settimeout(timeout)
         return sock
 
-    def listen(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> Listener:
+    def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for tailnet connections to *port* (see :class:`Listener`).
 
         Raises:
@@ -114,7 +114,7 @@ class Node(NodeFacts):
         """
         return self._listen(self._runtime.node.listen, port, backlog)
 
-    def listen_tls(self, port: int, *, backlog: int = _DEFAULT_BACKLOG) -> Listener:
+    def listen_tls(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for TLS connections to *port* with a certificate for this node's MagicDNS
         name (see :meth:`tsproc.Node.listen_tls`): the helper terminates TLS, so the accepted
         sockets carry plaintext.

@@ -11,8 +11,9 @@ import socketserver
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core.config import DEFAULT_BACKLOG
 from ..errors import InvalidArgumentError, NodeTimeoutError, TsprocError
-from ._socket import _DEFAULT_BACKLOG, TailnetSocket
+from ._socket import TailnetSocket
 
 if TYPE_CHECKING:
     from ._node import Node
@@ -33,7 +34,7 @@ class TailnetServer(socketserver.BaseServer):
     def __init__(self, node: Node, port: int,
                  RequestHandlerClass: Callable[[Any, Any, TailnetServer],
                                                socketserver.BaseRequestHandler],
-                 *, backlog: int = _DEFAULT_BACKLOG) -> None:
+                 *, backlog: int = DEFAULT_BACKLOG) -> None:
         self.node = node
         self.listener = node.listen(port, backlog=backlog)
         super().__init__((node.hostname, port), RequestHandlerClass)

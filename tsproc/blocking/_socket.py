@@ -14,19 +14,17 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Final, TypeVar, final
+from typing import Any, TypeVar, final
 
 import outcome
 import trio
 
-from .._faces.bridge import BridgedConn, NodeRuntime, check_timeout
+from .._core.config import check_timeout
+from .._faces.bridge import BridgedConn, NodeRuntime
 from .._faces.trio_thread import TrioThread
-from ..errors import NodeClosedError, NodeTimeoutError
+from ..errors import NodeTimeoutError
 
 T = TypeVar("T")
-
-_DEFAULT_BACKLOG: Final = 128
-
 
 def call(thread: TrioThread, fn: Callable[[], Awaitable[T]],
           dispose: Callable[[T], None] | None = None) -> T:
@@ -141,10 +139,8 @@ class TailnetSocket(socket.socket):
         conn, thread = self._tsproc_conn, self._tsproc_thread
         if conn is None or thread is None:
             raise ConnectionResetError("the tailnet connection is closed")
-        try:
+        with BridgedConn.verifying_eof():
             call(thread, conn.verify_eof)
-        except NodeClosedError as exc:
-            raise ConnectionResetError(f"tailnet connection broken: {exc}") from None
         self._tsproc_eof_checked = True
 
     # -- closing: the node learns when the last user of the fd lets go --

@@ -51,7 +51,7 @@ import trio
 
 from .._child.process import ChildProcess, fork_child
 from .._core.node import Node
-from .._wire.protocol import is_int
+from .._util import is_int
 from ..errors import InvalidArgumentError, TsprocError, redact
 
 __all__ = ["HEADSCALE_VERSION", "HeadscaleError", "HeadscaleNode", "HeadscaleTailnet",

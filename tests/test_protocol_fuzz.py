@@ -79,7 +79,7 @@ def pipes():
     p.cleanup()
 
 
-# -- an oracle: what docs/protocol.md §1 allows, written independently of _protocol.py --
+# -- an oracle: what docs/protocol.md §1 allows, written independently of _wire/protocol.py --
 
 MAX_ID = 1 << 32
 

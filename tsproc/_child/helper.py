@@ -87,7 +87,7 @@ def helper_environment(extra: Mapping[str, str] = {}) -> dict[str, str]:
 
 
 class HelperProcess(ChildProcess):
-    """One running helper: a :class:`~tsproc._process.ChildProcess` with the host end of its
+    """One running helper: a :class:`~tsproc._child.process.ChildProcess` with the host end of its
     control channel (a socketpair that is the helper's stdin and stdout)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], control: socket.socket, log_fd: int):
@@ -103,7 +103,7 @@ class HelperProcess(ChildProcess):
     def spawn(cls, path: Path, args: list[str], env: Mapping[str, str]) -> HelperProcess:
         """Start the helper with a fresh socketpair as its stdin/stdout and a pipe as stderr.
 
-        It forks from the calling (trio) thread (see ``_process.py``). The helper itself
+        It forks from the calling (trio) thread (see ``process.py``). The helper itself
         watches its parent with a pidfd and exits at EOF on its stdin; it does not use
         PR_SET_PDEATHSIG (docs/protocol.md §11).
 

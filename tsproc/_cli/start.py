@@ -1,6 +1,6 @@
 """Starting a node for the ``tsproc`` command line: a live progress line on stderr that shows
 the node's state and tsnet's health text as they come, and an interactive login URL printed
-prominently (kept apart from ``_cli.py``, which parses arguments and runs the commands)."""
+prominently (kept apart from ``main.py``, which parses arguments and runs the commands)."""
 
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
 A *generation* says hello, starts tsnet, comes up, re-creates the node's listeners, and from then
 on carries the node's traffic until it dies. It owns the tables that map the helper's conn and
 listener ids to the host's streams and listeners; :meth:`Generation.die` fails them all at once.
-The :class:`~tsproc._supervisor.Supervisor` replaces a dead generation with a new one.
+The :class:`~tsproc._core.supervisor.Supervisor` replaces a dead generation with a new one.
 
 Every object the helper makes for a request (a connection, a listener, a UDP socket) is
 registered by the request's result handler, in the reader task, in order with the messages that
-follow its answer (``accepted``, ``conn_end``): see :meth:`~tsproc._rpc.RpcChannel.request`.
+follow its answer (``accepted``, ``conn_end``): see :meth:`~tsproc._wire.rpc.RpcChannel.request`.
 :meth:`Generation.request` is where what the channel raises becomes what the node's caller sees.
 """
 

@@ -1,9 +1,9 @@
 """A node's life: its state machine, and the supervision of the helpers behind it.
 
 :class:`NodeLifecycle` is the private base of :class:`~tsproc.Node`: it starts the supervisor,
-starts each :class:`~tsproc._generation.Generation` (handshake, start, up, listeners again),
+starts each :class:`~tsproc._core.generation.Generation` (handshake, start, up, listeners again),
 follows them into running, restarting, failed and closed through one :meth:`_set_state`, and
-shuts everything down. ``_node.py`` holds the public face: arguments, properties and calls.
+shuts everything down. ``node.py`` holds the public face: arguments, properties and calls.
 """
 
 from __future__ import annotations

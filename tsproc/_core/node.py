@@ -1,9 +1,9 @@
 """The public :class:`Node`: its arguments, properties, context manager and calls.
 
 Its life (state machine, supervision of the helpers behind it) is the private base class in
-``_lifecycle.py``; the helpers are :class:`~tsproc._generation.Generation` objects. The node's
+``lifecycle.py``; the helpers are :class:`~tsproc._core.generation.Generation` objects. The node's
 identity lives in its state directory, so a new helper is the same tailnet node. Arguments are
-checked by :class:`~tsproc._config.NodeConfig`; events fan out through ``_events.py``.
+checked by :class:`~tsproc._core.config.NodeConfig`; events fan out through ``events.py``.
 """
 
 from __future__ import annotations

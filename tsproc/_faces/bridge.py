@@ -1,7 +1,7 @@
 """The trio side of the asyncio and blocking faces: a node kept entered in its own trio thread,
 and connections handed to another world as a duplicate of their fd.
 
-Everything here runs in the node's :class:`~tsproc._trio_thread.TrioThread` and uses only the
+Everything here runs in the node's :class:`~tsproc._faces.trio_thread.TrioThread` and uses only the
 public trio API (:class:`~tsproc.Node`, :class:`~tsproc.TailnetStream`,
 :class:`~tsproc.TailnetListener`); the faces turn it into asyncio or blocking objects.
 

@@ -2,7 +2,7 @@
 
 This module never touches a socket. :class:`Decoder` takes bytes and file descriptors exactly as
 ``recvmsg`` returned them and gives back whole messages, each with the fd it carries; the
-``encode_*`` functions turn messages into frame bytes. The trio layer (``_rpc.py``) moves the bytes
+``encode_*`` functions turn messages into frame bytes. The trio layer (``rpc.py``) moves the bytes
 and fds; everything that can go wrong with their content is decided here, where it is testable
 byte by byte.
 

@@ -278,7 +278,7 @@ async def headscale_tailnet(
 
 
 class _Server:
-    """One ``headscale serve`` process (a :class:`~tsproc._process.ChildProcess`) and the
+    """One ``headscale serve`` process (a :class:`~tsproc._child.process.ChildProcess`) and the
     tail of its log.
 
     Headscale does not notice that its parent died, so on Linux it is started through util-linux's

@@ -1,7 +1,8 @@
 """One child process under trio: started, reaped, its log forwarded, stopped.
 
-Used for the helper (``helper.py``) and for Headscale (``tsproc/testing/_headscale.py``). It knows nothing of
-what the child is: the caller gives the argv, the fds and how to read one log line.
+Used for the helper (``helper.py``) and for Headscale (``tsproc/testing/_headscale.py``). It
+knows nothing of what the child is: the caller gives the argv, the fds and how to read one log
+line.
 
 - It forks from the calling (trio) thread, not through ``trio.lowlevel.open_process``, which
   forks from a worker thread that exits when idle: a child whose parent-death signal is armed

@@ -1,8 +1,8 @@
 """The trio side of the protocol: one control channel to one helper process.
 
-It moves bytes and fds between a trio socket and the sans-IO :class:`~tsproc._wire.protocol.Decoder`,
-matches responses to requests, and hands notifications to a callback. It knows nothing of tsnet,
-processes or restarts.
+It moves bytes and fds between a trio socket and the sans-IO
+:class:`~tsproc._wire.protocol.Decoder`, matches responses to requests, and hands notifications
+to a callback. It knows nothing of tsnet, processes or restarts.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class Node(NodeLifecycle):
         HelperCrashLoop.
     """
 
+    _tsproc_face = "trio"  # tsproc._util.require_face: integrations check the node's world
+
     def __init__(
         self,
         hostname: str,

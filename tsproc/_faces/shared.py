@@ -1,4 +1,4 @@
-"""What the asyncio and blocking faces share above the trio side (:mod:`tsproc._bridge`): the
+"""What the asyncio and blocking faces share above the trio side (:mod:`tsproc._faces.bridge`): the
 node's read-only facts, and the local tailnet a face's tests and demos run on.
 
 Both are the same code for either face: attribute reads of trio objects, which never wait,
@@ -8,6 +8,7 @@ so they need no call into the node's thread.
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import NodeState
@@ -15,7 +16,7 @@ from .. import NodeState
 if TYPE_CHECKING:
     from .. import testing
     from .._core.types import IPAddress
-    from .bridge import NodeRuntime
+    from .bridge import HostedContext, NodeRuntime
 
 
 class NodeFacts:
@@ -37,7 +38,39 @@ class NodeFacts:
 
     @property
     def helper_pid(self) -> int | None:
+        """The current helper's process id (None while none runs)."""
         return self._runtime.node.helper_pid
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The state directory in use (None before the node starts)."""
+        return self._runtime.node.state_dir
+
+    @property
+    def backend_state(self) -> str:
+        """The tailnet backend's state as the helper last reported it (``NeedsLogin``,
+        ``Running`` …; '' before the first report)."""
+        return self._runtime.node.backend_state
+
+    @property
+    def health(self) -> tuple[str, ...]:
+        """tsnet's warnings as the helper last reported them; empty when all is well."""
+        return self._runtime.node.health
+
+    @property
+    def auth_url(self) -> str:
+        """The interactive login URL while the node needs one, else ''."""
+        return self._runtime.node.auth_url
+
+    @property
+    def control_url(self) -> str | None:
+        """The coordination server it was given (None: Tailscale's)."""
+        return self._runtime.node.control_url
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether it registered as an ephemeral node."""
+        return self._runtime.node.ephemeral
 
 
 class _Named(Protocol):
@@ -49,8 +82,9 @@ class FaceLocalTailnet:
     """A local tailnet (:func:`tsproc.testing.local_tailnet`) whose trio side runs in a thread
     of its own, as a face shows it: everything but the trio nodes forwards to it."""
 
-    def __init__(self, tailnet: testing.LocalTailnet) -> None:
+    def __init__(self, tailnet: testing.LocalTailnet, host: HostedContext[Any]) -> None:
         self._tailnet = tailnet
+        self._host = host  # the trio thread the tailnet runs in (for complete_login)
         self.control_url = tailnet.control_url
         """Give it to a node as ``control_url``."""
 

@@ -25,11 +25,16 @@ never cross threads. What stays true under asyncio:
 - Closing the node (leaving ``async with``) closes its connections, stops the helper and ends
   the node's thread. No loopback TCP port is opened for any of it.
 
-Serve connections with :func:`serve` (shaped like :func:`asyncio.start_server`) and ASGI
+The node has every call of :class:`tsproc.Node`, as coroutines: ``listen``/``listen_tls``/
+``listen_funnel``/``listen_any_port`` give a :class:`Listener` of asyncio streams,
+``listen_packet``/``dial_udp`` a :class:`PacketConn`, and ``wait_running``, ``logout``,
+``cert_domains``, ``cert_pair`` … return what the trio node's do. Serve connections with
+:func:`serve` (shaped like :func:`asyncio.start_server`) and ASGI
 applications with :func:`serve_asgi` (hypercorn's asyncio server; the app sees the caller's
 tailnet identity as with :mod:`tsproc.asgi`).
 """
 
+from ._listener import Listener, PacketConn
 from ._node import EventStream, LocalTailnet, Node, local_tailnet
 from ._serve import ClientConnectedCallback, TailnetServer, serve, serve_asgi
 from ._streams import TailnetStreamWriter
@@ -37,8 +42,10 @@ from ._streams import TailnetStreamWriter
 __all__ = [
     "ClientConnectedCallback",
     "EventStream",
+    "Listener",
     "LocalTailnet",
     "Node",
+    "PacketConn",
     "TailnetServer",
     "TailnetStreamWriter",
     "local_tailnet",

@@ -7,20 +7,24 @@ Private to :mod:`tsproc.aio`, which re-exports the public names.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from types import TracebackType
 from typing import Any, final
 
-from .. import Event, PingResult, Status, TailnetListener, WhoIs
+from .. import Event, PingResult, Status, TailnetListener, TailnetPacketConn, WhoIs
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
+from .._core.config import DEFAULT_BACKLOG
 from .._core.types import IPAddress
 from .._faces.bridge import BridgedConn, HostedContext, NodeRuntime
+from .._faces.packet import BridgedPacketConn
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
+from ._listener import Listener, PacketConn
 from ._streams import (
     DEFAULT_LIMIT,
     TailnetStreamWriter,
@@ -91,6 +95,8 @@ class Node(NodeFacts):
     Raises (from ``__aenter__``) what :class:`tsproc.Node` raises.
     """
 
+    _tsproc_face = "asyncio"  # tsproc._util.require_face
+
     def __init__(self, hostname: str, **kwargs: Any) -> None:
         self._runtime = NodeRuntime(TrioNode(hostname, **kwargs))
         self._entered = False
@@ -125,10 +131,25 @@ class Node(NodeFacts):
 
     # -- using the node --
 
+    async def wait_running(self) -> None:
+        """Wait until the node is Running on the tailnet (after an interactive login, say:
+        ``Node(..., wait_running=False, up_timeout=None)``, then watch :meth:`events` for an
+        :class:`~tsproc.AuthUrlEvent`). Bound it with ``asyncio.timeout``.
+
+        Raises:
+            HelperCrashLoop (or the error that failed the node), NodeClosedError.
+        """
+        await call_in(self._runtime, self._runtime.node.wait_running)
+
     async def dial(self, host: str, port: int, *, limit: int = DEFAULT_LIMIT,
+                   ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None,
                    ) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
         """Open a TCP connection to *host*:*port* over the tailnet, as
         :func:`asyncio.open_connection` does: a (reader, writer) pair.
+
+        With *ssl*, TLS runs over it in this loop (verified against *ssl*'s CAs, for
+        *server_hostname*, default *host*): ``ssl=tailnet.ssl_context(),
+        server_hostname="web.tailnet.test"`` to a :meth:`listen_tls` node.
 
         Raises:
             InvalidArgumentError: bad host or port.
@@ -138,8 +159,75 @@ class Node(NodeFacts):
         """
         runtime = self._runtime
         conn = await call_in(runtime, partial(runtime.dial, host, port),
-                              dispose=BridgedConn.close_soon)
-        return await open_streams(runtime, conn, limit)
+                             dispose=BridgedConn.close_soon)
+        return await open_streams(runtime, conn, limit, ssl=ssl,
+                                  server_hostname=server_hostname or host if ssl else None)
+
+    async def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Listen for tailnet TCP connections to *port* (see :class:`Listener`).
+
+        Raises:
+            AddressInUseError: this node already listens on that port.
+        """
+        return await self._listen(partial(self._runtime.node.listen, port, backlog=backlog))
+
+    async def listen_tls(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Listen for TLS connections to *port* with a certificate for this node's MagicDNS
+        name (see :meth:`tsproc.Node.listen_tls`): the helper terminates TLS, so the accepted
+        streams carry plaintext.
+
+        Raises:
+            TlsUnavailableError: the tailnet issues no certificates to this node.
+        """
+        return await self._listen(partial(self._runtime.node.listen_tls, port, backlog=backlog))
+
+    async def listen_funnel(self, port: int, *, funnel_only: bool = False,
+                            backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Listen on *port* for connections from the internet through Funnel (and from the
+        tailnet, unless *funnel_only*); TLS is terminated in the helper. See
+        :meth:`tsproc.Node.listen_funnel`.
+
+        Raises:
+            TlsUnavailableError, FunnelUnavailableError.
+        """
+        return await self._listen(partial(self._runtime.node.listen_funnel, port,
+                                          funnel_only=funnel_only, backlog=backlog))
+
+    async def listen_any_port(self, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Accept TCP connections to every port of this node no other listener holds; each
+        writer's ``local_addr`` is the address the peer dialled."""
+        return await self._listen(partial(self._runtime.node.listen_any_port, backlog=backlog))
+
+    async def _listen(self, open_listener: Callable[[], Awaitable[TailnetListener]],
+                      ) -> Listener:
+        runtime = self._runtime
+        listener = await call_in(runtime, open_listener, dispose=runtime.close_listener_soon)
+        return Listener(runtime, self.hostname, listener)
+
+    async def listen_packet(self, port: int = 0) -> PacketConn:
+        """A UDP socket on *port* of this node's tailnet IPv4 address (0: any free port).
+
+        Raises:
+            AddressInUseError: the port is taken.
+        """
+        return await self._packet(partial(self._runtime.node.listen_packet, port))
+
+    async def dial_udp(self, host: str, port: int) -> PacketConn:
+        """A UDP socket connected to *host*:*port* on the tailnet (``send``/``receive``).
+
+        Raises:
+            DialError: *host* is not on the tailnet.
+        """
+        return await self._packet(partial(self._runtime.node.dial_udp, host, port))
+
+    async def _packet(self, open_conn: Callable[[], Awaitable[TailnetPacketConn]],
+                      ) -> PacketConn:
+        thread = self._runtime.thread
+
+        async def bridged() -> BridgedPacketConn:
+            return BridgedPacketConn(thread, await open_conn())
+
+        return PacketConn(await call_in(self._runtime, bridged, dispose=BridgedPacketConn.close))
 
     async def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:
         """Who is behind a tailnet address (``writer.remote_addr``, an IP, ``"ip:port"``).
@@ -157,15 +245,34 @@ class Node(NodeFacts):
         """Ping *peer* with TSMP through WireGuard (see :meth:`tsproc.Node.ping`)."""
         return await call_in(self._runtime, partial(self._runtime.node.ping, peer))
 
+    async def cert_domains(self) -> tuple[str, ...]:
+        """The DNS names the tailnet issues HTTPS certificates for to this node."""
+        return await call_in(self._runtime, self._runtime.node.cert_domains)
+
+    async def cert_pair(self, domain: str) -> tuple[bytes, bytes]:
+        """The PEM certificate chain and private key for *domain* (see
+        :meth:`tsproc.Node.cert_pair`); the key is a secret.
+
+        Raises:
+            TlsUnavailableError: no certificates for *domain*.
+        """
+        return await call_in(self._runtime, partial(self._runtime.node.cert_pair, domain))
+
+    async def logout(self) -> None:
+        """Log the node out of the tailnet (its saved identity becomes useless)."""
+        await call_in(self._runtime, self._runtime.node.logout)
+
     def events(self) -> EventStream:
         """Subscribe to this node's events (state changes, auth URLs, restarts, crash loop)
         from the first ``__anext__`` on; the iterator ends when the node closes."""
         return EventStream(self._runtime)
 
-    async def _listen(self, port: int, backlog: int) -> TailnetListener:
+    async def _listen_port(self, port: int, backlog: int) -> TailnetListener:
+        """The trio listener :func:`serve` accepts from."""
         runtime = self._runtime
         return await call_in(runtime, partial(runtime.node.listen, port, backlog=backlog),
-                              dispose=runtime.close_listener_soon)
+                             dispose=runtime.close_listener_soon)
+
 
 # -- a local tailnet for asyncio tests and demos --
 
@@ -180,6 +287,11 @@ class LocalTailnet(FaceLocalTailnet):
         getting its certificates from the tailnet's ACME server); use it with ``async with``."""
         return Node(hostname, **self._node_kwargs(kwargs))
 
+    async def complete_login(self, auth_url: str) -> None:
+        """Complete an interactive login, as a person opening *auth_url* would (see
+        :meth:`tsproc.testing.LocalTailnet.complete_login`)."""
+        await call_in(self._host, partial(self._tailnet.complete_login, auth_url))
+
 
 @asynccontextmanager
 async def local_tailnet(**kwargs: Any) -> AsyncIterator[LocalTailnet]:
@@ -189,6 +301,6 @@ async def local_tailnet(**kwargs: Any) -> AsyncIterator[LocalTailnet]:
     host = HostedContext(trio_local_tailnet(**kwargs), "tsproc local tailnet")
     ended = await start_host(host)
     try:
-        yield LocalTailnet(await call_in(host, host.enter))
+        yield LocalTailnet(await call_in(host, host.enter), host)
     finally:
         await stop_host(host, ended)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
@@ -19,6 +20,7 @@ import trio
 from .._core.config import DEFAULT_BACKLOG
 from .._faces.bridge import BridgedConn
 from .._identity import PeerApp, TailnetSocketInfo, identity, whois_peer
+from .._util import require_face
 from ..errors import NodeClosedError
 from ._streams import DEFAULT_LIMIT, TailnetStreamWriter, call_in, open_streams
 
@@ -43,8 +45,10 @@ class TailnetServer:
     ``close()``, ``await wait_closed()``, ``await serve_forever()``, ``async with``."""
 
     def __init__(self, node: Node, port: int, callback: ClientConnectedCallback, limit: int,
-                 writer_class: type[TailnetStreamWriter]) -> None:
+                 writer_class: type[TailnetStreamWriter], *,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         self._node = node
+        self._ssl = ssl
         self._runtime = node._runtime
         self.port = port
         """The tailnet port it serves."""
@@ -66,7 +70,7 @@ class TailnetServer:
         return f"http://{self._node.hostname}:{self.port}/"
 
     async def _start(self, backlog: int) -> None:
-        listener = await self._node._listen(self.port, backlog)
+        listener = await self._node._listen_port(self.port, backlog)
         loop = self._loop
 
         async def accept_loop() -> None:  # in the trio thread, until cancelled
@@ -101,7 +105,8 @@ class TailnetServer:
         task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, conn: BridgedConn) -> None:
-        reader, writer = await open_streams(self._runtime, conn, self._limit, self._writer_class)
+        reader, writer = await open_streams(self._runtime, conn, self._limit, self._writer_class,
+                                            ssl=self._ssl, server_side=True)
         try:
             result = self._callback(reader, writer)
             if result is not None:
@@ -157,17 +162,24 @@ class TailnetServer:
 
 
 async def serve(client_connected_cb: ClientConnectedCallback, node: Node, port: int, *,
-                limit: int = DEFAULT_LIMIT, backlog: int = DEFAULT_BACKLOG) -> TailnetServer:
+                limit: int = DEFAULT_LIMIT, backlog: int = DEFAULT_BACKLOG,
+                ssl: ssl_module.SSLContext | None = None) -> TailnetServer:
     """Serve tailnet connections to *port* of *node*, as :func:`asyncio.start_server` does:
     *client_connected_cb* (a function or coroutine function) gets a ``(reader, writer)`` pair
     for each. ``writer.remote_addr`` is the caller's tailnet address (see :meth:`Node.whois`).
+
+    With *ssl* (a server context, say from :meth:`Node.cert_pair`), each connection runs TLS
+    in this loop, as with :func:`asyncio.start_server`.
 
     Returns once the port accepts connections.
 
     Raises:
         AddressInUseError: the node already listens on *port*.
+        TypeError: *node* is not a :class:`tsproc.aio.Node`.
     """
-    server = TailnetServer(node, port, client_connected_cb, limit, TailnetStreamWriter)
+    require_face(node, "tsproc.aio.serve", ("asyncio",),
+                 {"trio": "tsproc.serve_tcp", "blocking": "tsproc.blocking.TailnetServer"})
+    server = TailnetServer(node, port, client_connected_cb, limit, TailnetStreamWriter, ssl=ssl)
     await server._start(backlog)
     return server
 
@@ -208,6 +220,7 @@ async def serve_asgi(
     Needs ``pip install 'tsproc[asgi]'`` (hypercorn, pinned: its asyncio ``TCPServer``,
     ``Lifespan`` and ``WorkerContext`` are internal, as ``hypercorn.asyncio.run`` uses them).
     """
+    require_face(node, "tsproc.aio.serve_asgi", ("asyncio",), {"trio": "tsproc.asgi.serve"})
     # hypercorn is an optional extra: imported when an ASGI app is served, not with tsproc.aio.
     from hypercorn.asyncio.lifespan import Lifespan  # noqa: PLC0415
     from hypercorn.asyncio.statsd import StatsdLogger  # noqa: PLC0415

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Final, TypeVar
@@ -118,8 +119,12 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
     reader only once the trio side has confirmed the connection ended cleanly."""
 
     def __init__(self, reader: asyncio.StreamReader, conn: BridgedConn, runtime: NodeRuntime,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, *, over_ssl: bool = False) -> None:
         super().__init__(reader, loop=loop)
+        # Over TLS, the end is TLS's to judge: a close_notify is a clean end, and a socket
+        # that ends without one fails the read in asyncio's TLS layer (a truncation attack
+        # looks the same as a helper that died).
+        self._tsproc_over_ssl = over_ssl
         self._tsproc_reader = reader  # the base class keeps only a weak reference
         self._tsproc_loop = loop
         self._conn = conn
@@ -128,6 +133,9 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
         self._verifier: asyncio.Task[None] | None = None
 
     def eof_received(self) -> bool:
+        if self._tsproc_over_ssl:
+            self._eof_state = "clean"
+            return bool(super().eof_received())
         if self._eof_state == "open":
             self._eof_state = "verifying"
             self._verifier = self._tsproc_loop.create_task(self._verify_eof())
@@ -157,9 +165,15 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
 
 
 async def open_streams(runtime: NodeRuntime, conn: BridgedConn, limit: int,
-                        writer_class: type[TailnetStreamWriter] = TailnetStreamWriter,
+                        writer_class: type[TailnetStreamWriter] = TailnetStreamWriter, *,
+                        ssl: ssl_module.SSLContext | None = None, server_side: bool = False,
+                        server_hostname: str | None = None,
                         ) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
-    """asyncio streams on a bridged connection; the transport owns fd B from here on."""
+    """asyncio streams on a bridged connection; the transport owns fd B from here on.
+
+    With *ssl*, TLS runs in this loop over the connection (as :func:`asyncio.open_connection`
+    and :func:`asyncio.start_server` run it): a client's handshake names *server_hostname*,
+    a server's (*server_side*) uses the context's certificate."""
     loop = asyncio.get_running_loop()
     try:
         sock = socket.socket(fileno=conn.take_fd())
@@ -167,9 +181,13 @@ async def open_streams(runtime: NodeRuntime, conn: BridgedConn, limit: int,
         conn.close_soon()
         raise
     reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = _TailnetProtocol(reader, conn, runtime, loop)
+    protocol = _TailnetProtocol(reader, conn, runtime, loop, over_ssl=ssl is not None)
     try:
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        if ssl is None or server_side:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=ssl)
+        else:
+            transport, _ = await loop.create_connection(
+                lambda: protocol, sock=sock, ssl=ssl, server_hostname=server_hostname)
     except BaseException:
         sock.close()
         conn.close_soon()

@@ -27,15 +27,18 @@ Timeouts are ``timeout=`` arguments, as in :func:`socket.create_connection`; the
 :class:`~tsproc.NodeTimeoutError`, a :class:`TimeoutError`.
 """
 
+from ._listener import Listener
 from ._node import EventIterator, LocalTailnet, Node, local_tailnet
+from ._packet import PacketSocket
 from ._serve import TailnetServer, ThreadingTailnetServer, pool_manager, requests_adapter
-from ._socket import Listener, TailnetSocket
+from ._socket import TailnetSocket
 
 __all__ = [
     "EventIterator",
     "Listener",
     "LocalTailnet",
     "Node",
+    "PacketSocket",
     "TailnetServer",
     "TailnetSocket",
     "ThreadingTailnetServer",

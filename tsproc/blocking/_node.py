@@ -10,9 +10,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import Any, final
+from typing import Any, TypeVar, final
 
-from .. import Event, PingResult, Status, TailnetListener, WhoIs
+from .. import Event, PingResult, Status, TailnetListener, TailnetPacketConn, WhoIs
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
 from .._core.config import DEFAULT_BACKLOG, check_timeout
@@ -24,13 +24,18 @@ from .._faces.bridge import (
     NodeRuntime,
     within,
 )
+from .._faces.packet import BridgedPacketConn
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from .._faces.trio_thread import TrioThread
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
-from ._socket import Listener, TailnetSocket, call
+from ._listener import Listener
+from ._packet import PacketSocket
+from ._socket import TailnetSocket, call
 
 __all__ = ["EventIterator", "LocalTailnet", "Node", "local_tailnet"]
+
+T = TypeVar("T")
 
 
 @final
@@ -43,6 +48,8 @@ class Node(NodeFacts):
 
     Raises (from ``start``) what :class:`tsproc.Node` raises.
     """
+
+    _tsproc_face = "blocking"  # tsproc._util.require_face
 
     def __init__(self, hostname: str, **kwargs: Any) -> None:
         self._runtime = NodeRuntime(TrioNode(hostname, **kwargs))
@@ -106,13 +113,24 @@ class Node(NodeFacts):
             sock.settimeout(timeout)
         return sock
 
+    def wait_running(self, *, timeout: float | None = None) -> None:
+        """Wait until the node is Running on the tailnet (after an interactive login, say:
+        ``Node(..., wait_running=False, up_timeout=None)``, then watch :meth:`events` for an
+        :class:`~tsproc.AuthUrlEvent`).
+
+        Raises:
+            NodeTimeoutError: not running within *timeout* (None: wait as long as it takes).
+            HelperCrashLoop (or the error that failed the node), NodeClosedError.
+        """
+        self._call(self._runtime.node.wait_running, timeout, "the node was not running")
+
     def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for tailnet connections to *port* (see :class:`Listener`).
 
         Raises:
             AddressInUseError: this node already listens on that port.
         """
-        return self._listen(self._runtime.node.listen, port, backlog)
+        return self._listen(partial(self._runtime.node.listen, port, backlog=backlog), port)
 
     def listen_tls(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for TLS connections to *port* with a certificate for this node's MagicDNS
@@ -123,30 +141,102 @@ class Node(NodeFacts):
             TlsUnavailableError: the tailnet issues no certificates to this node.
             AddressInUseError: this node already listens on that port.
         """
-        return self._listen(self._runtime.node.listen_tls, port, backlog)
+        return self._listen(partial(self._runtime.node.listen_tls, port, backlog=backlog), port)
 
-    def _listen(self, open_listener: Callable[..., Awaitable[TailnetListener]], port: int,
-                backlog: int) -> Listener:
+    def listen_funnel(self, port: int, *, funnel_only: bool = False,
+                      backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Listen on *port* for connections from the internet through Funnel (and from the
+        tailnet, unless *funnel_only*); TLS is terminated in the helper. See
+        :meth:`tsproc.Node.listen_funnel`.
+
+        Raises:
+            TlsUnavailableError, FunnelUnavailableError.
+        """
+        return self._listen(partial(self._runtime.node.listen_funnel, port,
+                                    funnel_only=funnel_only, backlog=backlog), port)
+
+    def listen_any_port(self, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Accept TCP connections to every port of this node no other listener holds; each
+        socket's ``getsockname()`` is the address the peer dialled."""
+        return self._listen(partial(self._runtime.node.listen_any_port, backlog=backlog), 0)
+
+    def _listen(self, open_listener: Callable[[], Awaitable[TailnetListener]],
+                port: int) -> Listener:
         runtime = self._runtime
-        listener = call(runtime.thread, partial(open_listener, port, backlog=backlog),
-                         dispose=runtime.close_listener_soon)
+        listener = call(runtime.thread, open_listener, dispose=runtime.close_listener_soon)
         return Listener(runtime, self.hostname, port, listener)
 
-    def whois(self, addr: str | tuple[str, int] | IPAddress) -> WhoIs:
+    def listen_packet(self, port: int = 0) -> PacketSocket:
+        """A UDP socket on *port* of this node's tailnet IPv4 address (0: any free port).
+
+        Raises:
+            AddressInUseError: the port is taken.
+        """
+        return self._packet(partial(self._runtime.node.listen_packet, port), None)
+
+    def dial_udp(self, host: str, port: int, *, timeout: float | None = None) -> PacketSocket:
+        """A UDP socket connected to *host*:*port* on the tailnet (``send``/``recv``).
+
+        Raises:
+            DialError: *host* is not on the tailnet.
+            NodeTimeoutError: *host* not resolved within *timeout* (None: the node's bound).
+        """
+        return self._packet(partial(self._runtime.node.dial_udp, host, port), timeout)
+
+    def _packet(self, open_conn: Callable[[], Awaitable[TailnetPacketConn]],
+                timeout: float | None) -> PacketSocket:
+        thread = self._runtime.thread
+
+        async def bridged() -> BridgedPacketConn:
+            return BridgedPacketConn(thread, await open_conn())
+
+        conn = self._call(bridged, timeout, "no UDP socket", dispose=BridgedPacketConn.close)
+        return PacketSocket._adopt(conn)
+
+    def whois(self, addr: str | tuple[str, int] | IPAddress, *,
+              timeout: float | None = None) -> WhoIs:
         """Who is behind a tailnet address (``sock.remote_addr``, an IP, ``"ip:port"``).
 
         Raises:
             NotFoundError: no tailnet node has that address.
+            NodeTimeoutError: no answer within *timeout*.
         """
-        return call(self._runtime.thread, partial(self._runtime.node.whois, addr))
+        return self._call(partial(self._runtime.node.whois, addr), timeout, "no WhoIs answer")
 
-    def status(self) -> Status:
+    def status(self, *, timeout: float | None = None) -> Status:
         """The node's current status: backend state, addresses, peers, helper figures."""
-        return call(self._runtime.thread, self._runtime.node.status)
+        return self._call(self._runtime.node.status, timeout, "no status")
 
-    def ping(self, peer: str) -> PingResult:
-        """Ping *peer* with TSMP through WireGuard (see :meth:`tsproc.Node.ping`)."""
-        return call(self._runtime.thread, partial(self._runtime.node.ping, peer))
+    def ping(self, peer: str, *, timeout: float | None = None) -> PingResult:
+        """Ping *peer* with TSMP through WireGuard (see :meth:`tsproc.Node.ping`; *timeout*
+        None: its own 10 s bound)."""
+        return self._call(partial(self._runtime.node.ping, peer), timeout,
+                          f"no answer from {peer}")
+
+    def cert_domains(self, *, timeout: float | None = None) -> tuple[str, ...]:
+        """The DNS names the tailnet issues HTTPS certificates for to this node."""
+        return self._call(self._runtime.node.cert_domains, timeout, "no answer")
+
+    def cert_pair(self, domain: str, *, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """The PEM certificate chain and private key for *domain* (see
+        :meth:`tsproc.Node.cert_pair`); the key is a secret.
+
+        Raises:
+            TlsUnavailableError: no certificates for *domain*.
+            NodeTimeoutError: none within *timeout* (issuing one can take seconds).
+        """
+        return self._call(partial(self._runtime.node.cert_pair, domain), timeout,
+                          f"no certificate for {domain}")
+
+    def logout(self, *, timeout: float | None = None) -> None:
+        """Log the node out of the tailnet (its saved identity becomes useless)."""
+        self._call(self._runtime.node.logout, timeout, "not logged out")
+
+    def _call(self, fn: Callable[[], Awaitable[T]], timeout: float | None, what: str,
+              dispose: Callable[[T], None] | None = None) -> T:
+        """*fn* in the node's thread under *timeout* (a trio cancel scope there)."""
+        timeout = check_timeout(timeout)
+        return call(self._runtime.thread, partial(within, timeout, what, fn), dispose=dispose)
 
     def events(self) -> EventIterator:
         """This node's events (state changes, auth URLs, restarts, crash loop) from now on;
@@ -203,6 +293,11 @@ class LocalTailnet(FaceLocalTailnet):
         getting its certificates from the tailnet's ACME server); use it with ``with``."""
         return Node(hostname, **self._node_kwargs(kwargs))
 
+    def complete_login(self, auth_url: str) -> None:
+        """Complete an interactive login, as a person opening *auth_url* would (see
+        :meth:`tsproc.testing.LocalTailnet.complete_login`)."""
+        call(self._host.thread, partial(self._tailnet.complete_login, auth_url))
+
 
 @contextlib.contextmanager
 def local_tailnet(**kwargs: Any) -> Iterator[LocalTailnet]:
@@ -212,7 +307,7 @@ def local_tailnet(**kwargs: Any) -> Iterator[LocalTailnet]:
     host.thread.start()
     try:
         tailnet = call(host.thread, host.enter)
-        yield LocalTailnet(tailnet)
+        yield LocalTailnet(tailnet, host)
     finally:
         host.request_close()
         host.thread.join(JOIN_TIMEOUT)

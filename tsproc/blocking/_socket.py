@@ -6,23 +6,17 @@ Private to :mod:`tsproc.blocking`, which re-exports :class:`TailnetSocket` and :
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import select
 import socket
+import ssl
+import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, TypeVar, final
+from typing import Any, TypeVar
 
 import outcome
-import trio
 
-from .._core.config import check_timeout
-from .._faces.bridge import BridgedConn, NodeRuntime
+from .._faces.bridge import BridgedConn
 from .._faces.trio_thread import TrioThread
-from ..errors import NodeTimeoutError
 
 T = TypeVar("T")
 
@@ -49,7 +43,57 @@ def call(thread: TrioThread, fn: Callable[[], Awaitable[T]],
     return box[0].unwrap()
 
 
-class TailnetSocket(socket.socket):
+class _ConnSocket:
+    """What a socket carrying a bridged tailnet connection adds to the socket it is: the
+    tailnet addresses, the honest EOF (an empty read is checked with the node), and telling
+    the node when the fd is closed. Mixed into :class:`TailnetSocket` and into the TLS socket
+    that ``SSLContext.wrap_socket`` makes of one (:func:`_tls_socket_class`)."""
+
+    _tsproc_conn: BridgedConn | None = None
+    _tsproc_thread: TrioThread | None = None
+    _tsproc_eof_checked = False
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        """This node's tailnet (ip, port)."""
+        return self._tsproc_conn.local_addr if self._tsproc_conn else ("", 0)
+
+    @property
+    def remote_addr(self) -> tuple[str, int]:
+        """The peer's tailnet (ip, port); pass it to :meth:`Node.whois`."""
+        return self._tsproc_conn.remote_addr if self._tsproc_conn else ("", 0)
+
+    def getpeername(self) -> tuple[str, int]:
+        return self.remote_addr
+
+    def getsockname(self) -> tuple[str, int]:
+        return self.local_addr
+
+    def _check_eof(self) -> None:
+        """An empty read: return if the connection ended cleanly, else raise
+        ConnectionResetError (asks the node once)."""
+        if self._tsproc_eof_checked:
+            return
+        conn, thread = self._tsproc_conn, self._tsproc_thread
+        if conn is None or thread is None:
+            raise ConnectionResetError("the tailnet connection is closed")
+        with BridgedConn.verifying_eof():
+            call(thread, conn.verify_eof)
+        self._tsproc_eof_checked = True
+
+    def _real_close(self, _ss: Any = socket.socket) -> None:
+        # socket.close() and the last makefile() closing both end here (http.client closes the
+        # socket while its response still reads through makefile: the connection must live
+        # until then).
+        try:
+            super()._real_close()  # type: ignore[misc]
+        finally:
+            conn, self._tsproc_conn = self._tsproc_conn, None
+            if conn is not None:
+                conn.close_soon()
+
+
+class TailnetSocket(_ConnSocket, socket.socket):
     """A :class:`socket.socket` carrying one tailnet TCP connection.
 
     Use it as any connected stream socket (``sendall``, ``recv``, ``makefile``, ``settimeout``,
@@ -57,12 +101,9 @@ class TailnetSocket(socket.socket):
     only for a clean end and raises :class:`ConnectionResetError` when the connection was cut;
     ``getpeername()``/``getsockname()`` give the tailnet addresses (the kernel socket is a
     socketpair with none); it cannot be ``dup()``-ed or ``detach()``-ed (the node must see its
-    close to end the tailnet connection).
+    close to end the tailnet connection), but ``ssl.SSLContext.wrap_socket`` works on it: the
+    TLS socket it returns carries the connection on, with the same honest EOF and close.
     """
-
-    _tsproc_conn: BridgedConn | None = None
-    _tsproc_thread: TrioThread | None = None
-    _tsproc_eof_checked = False
 
     @classmethod
     def _adopt(cls, conn: BridgedConn, thread: TrioThread) -> TailnetSocket:
@@ -83,22 +124,6 @@ class TailnetSocket(socket.socket):
         local, remote = conn.local_addr, conn.remote_addr
         return (f"<tsproc.blocking.TailnetSocket fd={self.fileno()} "
                 f"{local[0]}:{local[1]} <-> {remote[0]}:{remote[1]}>")
-
-    @property
-    def local_addr(self) -> tuple[str, int]:
-        """This node's tailnet (ip, port)."""
-        return self._tsproc_conn.local_addr if self._tsproc_conn else ("", 0)
-
-    @property
-    def remote_addr(self) -> tuple[str, int]:
-        """The peer's tailnet (ip, port); pass it to :meth:`Node.whois`."""
-        return self._tsproc_conn.remote_addr if self._tsproc_conn else ("", 0)
-
-    def getpeername(self) -> tuple[str, int]:
-        return self.remote_addr
-
-    def getsockname(self) -> tuple[str, int]:
-        return self.local_addr
 
     # -- honest EOF: every receive path checks an empty read with the node --
 
@@ -133,139 +158,78 @@ class TailnetSocket(socket.socket):
             self._check_eof()
         return result
 
-    def _check_eof(self) -> None:
-        if self._tsproc_eof_checked:
-            return
-        conn, thread = self._tsproc_conn, self._tsproc_thread
-        if conn is None or thread is None:
-            raise ConnectionResetError("the tailnet connection is closed")
-        with BridgedConn.verifying_eof():
-            call(thread, conn.verify_eof)
-        self._tsproc_eof_checked = True
-
-    # -- closing: the node learns when the last user of the fd lets go --
-
-    def _real_close(self, _ss: Any = socket.socket) -> None:
-        # socket.close() and the last makefile() closing both end here (http.client closes the
-        # socket while its response still reads through makefile: the connection must live
-        # until then).
-        try:
-            super()._real_close()  # type: ignore[misc]
-        finally:
-            conn, self._tsproc_conn = self._tsproc_conn, None
-            if conn is not None:
-                conn.close_soon()
-
     def dup(self) -> TailnetSocket:
         raise OSError("a tailnet socket cannot be duplicated (its node must see it close)")
 
     def detach(self) -> int:
-        raise OSError("a tailnet socket cannot be detached (its node must see it close)")
+        """Refused, but for ``SSLContext.wrap_socket``: the TLS socket it makes takes the fd
+        over, and with it the connection's bookkeeping (see :func:`_tls_socket_class`)."""
+        tls = _ssl_socket_taking_over(self)
+        if tls is None:
+            raise OSError("a tailnet socket cannot be detached (its node must see it close); "
+                          "ssl.SSLContext.wrap_socket works on it")
+        tls.__class__ = _tls_socket_class(type(tls))
+        conn, self._tsproc_conn = self._tsproc_conn, None
+        tls._tsproc_conn = conn  # type: ignore[attr-defined]
+        tls._tsproc_thread = self._tsproc_thread  # type: ignore[attr-defined]
+        return super().detach()
 
 
-@final
-class Listener:
-    """Accepts tailnet connections to one port (:meth:`Node.listen`), like a listening socket:
-    ``accept()`` → ``(TailnetSocket, (ip, port))``, ``fileno()`` for ``select``/``selectors``
-    (readable when a connection may be waiting), ``close()``, and ``with``.
-    """
+# -- TLS over a tailnet socket: what SSLContext.wrap_socket makes of one --
+#
+# ssl.SSLContext.wrap_socket(sock) is SSLSocket._create: it makes an SSLSocket on sock's fd
+# number and then calls sock.detach(), keeping no reference to sock. A tailnet socket must not
+# lose its bookkeeping there (the node would never learn of the close, and an empty TLS read
+# after a suppressed "ragged" EOF would pass a helper's death off as a clean end). So its
+# detach() hands the bookkeeping to the SSLSocket being made, which it finds as _create's
+# `self`, and makes it a subclass with _ConnSocket mixed in. Any other caller of detach() is
+# refused. This is the one place tsproc depends on ssl.py's internals: the code object of
+# SSLSocket._create and the name of its local; tests/test_faces_tls.py pins both.
+_SSL_CREATE_CODE = ssl.SSLSocket._create.__func__.__code__  # type: ignore[attr-defined]
+_tls_classes: dict[type[ssl.SSLSocket], type[ssl.SSLSocket]] = {}
 
-    def __init__(self, runtime: NodeRuntime, hostname: str, port: int, listener: Any) -> None:
-        self._hostname = hostname
-        self.port = port
-        """The tailnet port."""
-        self._runtime = runtime
-        self._ready: collections.deque[BridgedConn] = collections.deque()
-        self._lock = threading.Lock()
-        self._closed = False
-        # Readiness without a port: the trio side writes a byte to this socketpair for each
-        # connection it hands over (one at a time, so the listener's backlog keeps working).
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._stopped = threading.Event()
-        self._credit: trio.Semaphore | None = None
-        self._accepting = self._runtime.thread.submit(
-            partial(self._accept_loop, listener), lambda _: self._stopped.set())
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "listening"
-        return f"<tsproc.blocking.Listener {self._hostname}:{self.port} {state}>"
+def _ssl_socket_taking_over(sock: socket.socket) -> ssl.SSLSocket | None:
+    frame = sys._getframe(2)  # detach() <- SSLSocket._create
+    if frame.f_code is not _SSL_CREATE_CODE:
+        return None
+    tls = frame.f_locals.get("self")
+    if not isinstance(tls, ssl.SSLSocket) or tls.fileno() != sock.fileno():
+        return None
+    return tls
 
-    async def _accept_loop(self, listener: Any) -> None:  # trio thread
-        self._credit = trio.Semaphore(1)
-        try:
-            while True:
-                await self._credit.acquire()
-                try:
-                    conn = await self._runtime.accept(listener)
-                except trio.ClosedResourceError:
-                    return
-                with self._lock:
-                    if self._closed:
-                        conn.close()
-                        return
-                    self._ready.append(conn)
-                    with contextlib.suppress(OSError):
-                        self._wake_w.send(b"\0")
-        finally:
-            with self._lock:
-                ready, self._ready = list(self._ready), collections.deque()
-            for conn in ready:
-                conn.close()
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
 
-    def fileno(self) -> int:
-        return self._wake_r.fileno()
+def _tls_socket_class(base: type[ssl.SSLSocket]) -> type[ssl.SSLSocket]:
+    """*base* (the context's ``sslsocket_class``) with a tailnet connection's bookkeeping."""
+    cls = _tls_classes.get(base)
+    if cls is None:
+        cls = type(f"Tailnet{base.__name__}", (_TLSConnSocket, base), {
+            "__module__": __name__,
+            "__doc__": "A TLS socket over a tailnet connection (SSLContext.wrap_socket).",
+        })
+        _tls_classes[base] = cls
+    return cls
 
-    def accept(self, timeout: float | None = None) -> tuple[TailnetSocket, tuple[str, int]]:
-        """Wait for the next connection: ``(socket, peer's tailnet (ip, port))``.
 
-        Raises:
-            NodeTimeoutError: none within *timeout* seconds (0: only one already waiting).
-            OSError: the listener is closed.
-        """
-        if timeout != 0:
-            timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise OSError("the listener is closed")
-                conn = self._ready.popleft() if self._ready else None
-            if conn is not None:
-                break
-            if self._stopped.is_set():
-                raise OSError("the listener is closed (its node closed)")
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([self._wake_r], [], [], remaining)
-            if not readable and deadline is not None and time.monotonic() >= deadline:
-                raise NodeTimeoutError(f"no connection to port {self.port} within {timeout} s")
-            with contextlib.suppress(OSError):
-                self._wake_r.recv(4096)
-        self._runtime.thread.run_sync_soon(self._release_credit)
-        sock = TailnetSocket._adopt(conn, self._runtime.thread)
-        return sock, conn.remote_addr
+class _TLSConnSocket(_ConnSocket):
+    """The reads of an SSLSocket whose empty result the node confirms: a TLS socket returns
+    ``b""`` for a close_notify, and also for a bare EOF (``suppress_ragged_eofs``, the
+    default), which is what a dead helper looks like."""
 
-    def _release_credit(self) -> None:
-        if self._credit is not None:
-            self._credit.release()
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        data: bytes = super().recv(buflen, flags)  # type: ignore[misc]
+        if not data and buflen > 0:
+            self._check_eof()
+        return data
 
-    def close(self) -> None:
-        """Stop listening and release the port (waits for it, a few seconds at most).
-        Connections not yet accepted are closed. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._wake_w.close()
-        self._accepting.cancel()
-        self._stopped.wait(10)
-        self._wake_r.close()
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        n: int = super().recv_into(buffer, nbytes, flags)  # type: ignore[misc]
+        if n == 0 and (nbytes or len(memoryview(buffer))) > 0:
+            self._check_eof()
+        return n
 
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        data = super().read(len, buffer)  # type: ignore[misc]
+        if not data and len > 0:
+            self._check_eof()
+        return data

@@ -42,6 +42,8 @@ from typing import Any, Final, final
 
 import trio
 
+from ._util import require_face
+
 try:
     from hypercorn.config import Config
     from hypercorn.trio.lifespan import Lifespan
@@ -209,6 +211,7 @@ async def serve(
         AddressInUseError: the node already listens on *port*.
         hypercorn's ``LifespanFailureError``: the app's lifespan startup failed.
     """
+    require_face(node, "tsproc.asgi.serve", ("trio",), {"asyncio": "tsproc.aio.serve_asgi"})
     config = config if config is not None else Config()
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")

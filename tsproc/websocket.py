@@ -29,6 +29,8 @@ from typing import Any, Final, NoReturn, cast, final
 
 import trio
 
+from ._util import require_face
+
 try:
     from trio_websocket import (
         ConnectionTimeout,
@@ -135,6 +137,7 @@ async def connect_websocket(
         DialError, NodeTimeoutError: the tailnet dial failed.
         trio_websocket.HandshakeError (ConnectionRejected …): the WebSocket handshake failed.
     """
+    require_face(node, "tsproc.websocket.connect_websocket", ("trio",))
     stream = _ClientStream(await node.dial(host, port))
     try:
         return await wrap_client_stream(
@@ -178,6 +181,7 @@ async def open_websocket(
         trio_websocket.ConnectionTimeout / DisconnectionTimeout: a handshake took too long.
         trio_websocket.HandshakeError (ConnectionRejected …): the server refused.
     """
+    require_face(node, "tsproc.websocket.open_websocket", ("trio",))
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -294,6 +298,7 @@ async def serve_websocket(
     WhoIs) it came from; a connection whose peer cannot be identified is refused with 403. With
     ``nursery.start(serve_websocket, …)`` it reports once the port accepts connections.
     """
+    require_face(node, "tsproc.websocket.serve_websocket", ("trio",))
     listener = await node.listen(port, backlog=backlog)
 
     async def handle(request: WebSocketRequest) -> None:

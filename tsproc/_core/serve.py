@@ -8,6 +8,7 @@ from typing import NoReturn, final
 
 import trio
 
+from .._util import require_face
 from .config import DEFAULT_BACKLOG
 from .node import Node
 from .streams import TailnetListener, TailnetStream
@@ -39,6 +40,8 @@ async def serve_tcp(
         AddressInUseError: the node already listens on *port*.
         InvalidArgumentError: *port* or *backlog* out of range.
     """
+    require_face(node, "tsproc.serve_tcp", ("trio",),
+                 {"asyncio": "tsproc.aio.serve", "blocking": "tsproc.blocking.TailnetServer"})
     listener = await node.listen(port, backlog=backlog)
     try:
         async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from types import TracebackType
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 from .. import Event, PingResult, Status, TailnetListener, TailnetPacketConn, WhoIs
 from .. import EventStream as TrioEventStream
@@ -25,6 +25,7 @@ from .._faces.shared import FaceLocalTailnet, NodeFacts
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
 from ._listener import Listener, PacketConn
+from ._protocol import create_connection
 from ._streams import (
     DEFAULT_LIMIT,
     TailnetStreamWriter,
@@ -35,6 +36,8 @@ from ._streams import (
 )
 
 __all__ = ["EventStream", "LocalTailnet", "Node", "local_tailnet"]
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 @final
@@ -162,6 +165,19 @@ class Node(NodeFacts):
                              dispose=BridgedConn.close_soon)
         return await open_streams(runtime, conn, limit, ssl=ssl,
                                   server_hostname=server_hostname or host if ssl else None)
+
+    async def create_connection(self, protocol_factory: Callable[[], P], host: str, port: int,
+                                *, ssl: ssl_module.SSLContext | None = None,
+                                server_hostname: str | None = None,
+                                ) -> tuple[asyncio.Transport, P]:
+        """:meth:`asyncio.loop.create_connection` over the tailnet: the protocol of your
+        library on a tailnet connection (with TLS for *ssl*), with tsproc's honest EOF (a cut
+        connection reaches the protocol as ``connection_lost(ConnectionResetError)``).
+
+        Raises: what :meth:`dial` raises.
+        """
+        return await create_connection(self._runtime, host, port, protocol_factory, ssl=ssl,
+                                       server_hostname=server_hostname)
 
     async def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for tailnet TCP connections to *port* (see :class:`Listener`).

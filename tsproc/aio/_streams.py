@@ -133,7 +133,9 @@ class _TailnetProtocol(asyncio.StreamReaderProtocol):
         self._verifier: asyncio.Task[None] | None = None
 
     def eof_received(self) -> bool:
-        if self._tsproc_over_ssl:
+        # StreamReaderProtocol's _over_ssl also turns true when writer.start_tls() upgraded
+        # the connection (httpx's https:// does so).
+        if self._tsproc_over_ssl or getattr(self, "_over_ssl", False):
             self._eof_state = "clean"
             return bool(super().eof_received())
         if self._eof_state == "open":

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core.config import DEFAULT_BACKLOG
-from ..errors import InvalidArgumentError, NodeTimeoutError, TsprocError
+from .._util import require_face
+from ..errors import NodeTimeoutError, TsprocError
 from ._socket import TailnetSocket
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class TailnetServer(socketserver.BaseServer):
                  RequestHandlerClass: Callable[[Any, Any, TailnetServer],
                                                socketserver.BaseRequestHandler],
                  *, backlog: int = DEFAULT_BACKLOG) -> None:
+        require_face(node, "tsproc.blocking.TailnetServer", ("blocking",),
+                     {"trio": "tsproc.serve_tcp", "asyncio": "tsproc.aio.serve"})
         self.node = node
         self.listener = node.listen(port, backlog=backlog)
         super().__init__((node.hostname, port), RequestHandlerClass)
@@ -67,45 +70,57 @@ class ThreadingTailnetServer(socketserver.ThreadingMixIn, TailnetServer):
 # -- requests and urllib3 --
 
 def pool_manager(node: Node, **kwargs: Any) -> Any:
-    """A :class:`urllib3.PoolManager` whose ``http://`` connections go through *node*: the URL's
-    host is a tailnet name or IP. Keyword arguments go to the PoolManager.
+    """A :class:`urllib3.PoolManager` whose connections go through *node*: the URL's host is a
+    tailnet name or IP. Keyword arguments go to the PoolManager.
 
-    A failed dial raises urllib3's ``NewConnectionError`` (``ConnectTimeoutError`` for a
-    timeout), as a failed TCP connect does, so retries and ``requests`` work as usual.
-    ``https://`` is refused: the tailnet already encrypts and authenticates every byte.
+    ``https://`` runs TLS over the tailnet connection and verifies the server's certificate as
+    urllib3 always does (``ca_certs``/``ssl_context``; for a local tailnet, its ``ca_cert``), so
+    a :meth:`Node.listen_tls` service is reached by its MagicDNS name
+    (``https://web.tailnet.ts.net/``). A failed dial raises urllib3's ``NewConnectionError``
+    (``ConnectTimeoutError`` for a timeout), as a failed TCP connect does, so retries and
+    ``requests`` work as usual.
     """
+    require_face(node, "tsproc.blocking.pool_manager", ("blocking",),
+                 {"trio": "tsproc.httpx.TailnetTransport",
+                  "asyncio": "tsproc.httpx.TailnetTransport or tsproc.aiohttp.TailnetConnector"})
     # urllib3 and requests are the caller's, not tsproc's, dependencies.
     import urllib3  # noqa: PLC0415
-    from urllib3.connection import HTTPConnection  # noqa: PLC0415
-    from urllib3.connectionpool import HTTPConnectionPool  # noqa: PLC0415
+    from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: PLC0415
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool  # noqa: PLC0415
     from urllib3.exceptions import ConnectTimeoutError, NewConnectionError  # noqa: PLC0415
+
+    def dial(conn: HTTPConnection, default_port: int) -> socket.socket:
+        timeout = _timeout(conn.timeout)
+        try:
+            sock = node.dial(conn._dns_host, conn.port or default_port, timeout=timeout)
+        except NodeTimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"tailnet connection to {conn.host} timed out: {exc}") from exc
+        except TsprocError as exc:
+            raise NewConnectionError(
+                conn, f"Failed to establish a tailnet connection: {exc}") from exc
+        sock.settimeout(timeout)
+        return sock
 
     class TailnetHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
-            timeout = _timeout(self.timeout)
-            try:
-                sock = node.dial(self._dns_host, self.port or 80, timeout=timeout)
-            except NodeTimeoutError as exc:
-                raise ConnectTimeoutError(
-                    self, f"tailnet connection to {self.host} timed out: {exc}") from exc
-            except TsprocError as exc:
-                raise NewConnectionError(
-                    self, f"Failed to establish a tailnet connection: {exc}") from exc
-            sock.settimeout(timeout)
-            return sock
+            return dial(self, 80)
+
+    class TailnetHTTPSConnection(HTTPSConnection):
+        # urllib3 wraps what this returns with SSLContext.wrap_socket, which a TailnetSocket
+        # supports (the TLS socket carries the connection's bookkeeping on).
+        def _new_conn(self) -> socket.socket:
+            return dial(self, 443)
 
     class TailnetHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = TailnetHTTPConnection
 
-    class RefusedHTTPSPool(HTTPConnectionPool):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise InvalidArgumentError(
-                "tsproc's urllib3/requests adapter serves http:// URLs: the tailnet encrypts "
-                "and authenticates the connection already")
+    class TailnetHTTPSConnectionPool(HTTPSConnectionPool):
+        ConnectionCls = TailnetHTTPSConnection
 
     manager = urllib3.PoolManager(**kwargs)
     manager.pool_classes_by_scheme = {"http": TailnetHTTPConnectionPool,
-                                      "https": RefusedHTTPSPool}
+                                      "https": TailnetHTTPSConnectionPool}
     return manager
 
 
@@ -116,11 +131,13 @@ def _timeout(value: object) -> float | None:
 
 
 def requests_adapter(node: Node, **kwargs: Any) -> Any:
-    """A :mod:`requests` transport adapter that sends ``http://`` requests through *node*::
+    """A :mod:`requests` transport adapter that sends requests through *node*::
 
         session = requests.Session()
         session.mount("http://", tsproc.blocking.requests_adapter(node))
+        session.mount("https://", tsproc.blocking.requests_adapter(node))
         session.get("http://web/").text
+        session.get("https://web.tailnet.ts.net/", verify=ca_file).text   # a listen_tls node
 
     Keyword arguments go to ``requests.adapters.HTTPAdapter`` (``max_retries``,
     ``pool_maxsize`` …). Needs ``pip install requests``.

@@ -209,17 +209,17 @@ def test_httpx_http2_and_cert_pair_with_tls_in_the_loop(net, tmp_path):
 
 def test_funnel_from_a_client_off_the_tailnet(net):
     async def main() -> None:
-        async with aio_node(net, "afun") as web:
-            async with await web.listen_funnel(443, funnel_only=True) as funnel:
-                serving = asyncio.create_task(serve_listener(funnel))
-                host, port = net.funnel_address(web, 443)
-                # A plain asyncio TLS client on loopback: "the internet".
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=net.ssl_context(), server_hostname=net.dns_name(web))
-                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert (await reader.readexactly(len(RESPONSE))).endswith(b"hello")
-                writer.close()
-                serving.cancel()
+        async with aio_node(net, "afun") as web, \
+                await web.listen_funnel(443, funnel_only=True) as funnel:
+            serving = asyncio.create_task(serve_listener(funnel))
+            host, port = net.funnel_address(web, 443)
+            # A plain asyncio TLS client on loopback: "the internet".
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=net.ssl_context(), server_hostname=net.dns_name(web))
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readexactly(len(RESPONSE))).endswith(b"hello")
+            writer.close()
+            serving.cancel()
 
     asyncio.run(main())
 
@@ -260,19 +260,19 @@ def test_an_interactive_login_completes_while_wait_running_waits():
 
 def test_helper_sigkill_mid_read_of_an_accepted_stream_raises(net):
     async def main() -> None:
-        async with aio_node(net, "akilled") as victim, aio_node(net, "afar") as far:
-            async with await victim.listen(7) as listener:
-                _, writer = await far.dial("akilled", 7)
-                reader, accepted = await listener.accept()
-                writer.write(b"first half")
-                assert await reader.readexactly(10) == b"first half"
-                kill(victim.helper_pid)
-                with pytest.raises(ConnectionResetError):
-                    async with asyncio.timeout(60):
-                        while await reader.read(100):  # never a clean b"" end
-                            pass
-                accepted.close()
-                writer.close()
+        async with aio_node(net, "akilled") as victim, aio_node(net, "afar") as far, \
+                await victim.listen(7) as listener:
+            _, writer = await far.dial("akilled", 7)
+            reader, accepted = await listener.accept()
+            writer.write(b"first half")
+            assert await reader.readexactly(10) == b"first half"
+            kill(victim.helper_pid)
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(60):
+                    while await reader.read(100):  # never a clean b"" end
+                        pass
+            accepted.close()
+            writer.close()
 
     asyncio.run(main())
 

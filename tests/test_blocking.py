@@ -107,7 +107,9 @@ def test_requests_through_the_adapter_and_http_server(pair):
                                                "forged": None}
                 with pytest.raises(requests.ConnectionError):
                     session.get("http://no-such-node:8080/", timeout=60)
-                with pytest.raises(tsproc.InvalidArgumentError):
+                # https:// runs TLS over the tailnet (tests/test_blocking_surface.py); this
+                # server speaks plain HTTP, so the handshake fails, and says so.
+                with pytest.raises(requests.exceptions.SSLError):
                     session.get("https://bserver:8080/", timeout=60)
         finally:
             httpd.shutdown()
@@ -213,8 +215,9 @@ def test_ctrl_c_while_blocked_exits_with_keyboardinterrupt(net, blocked_in):
 
 
 def tls_client(sock: socket.socket, context: ssl.SSLContext, server_hostname: str):
-    """TLS over a tailnet socket (which cannot be wrapped: ``wrap_socket`` detaches it):
-    an SSLObject and a function that runs one of its calls, moving bytes through *sock*."""
+    """TLS over a tailnet socket through memory BIOs (``wrap_socket`` works too, see
+    tests/test_blocking_surface.py): an SSLObject and a function that runs one of its calls,
+    moving bytes through *sock*."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
 

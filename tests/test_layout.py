@@ -94,8 +94,9 @@ def test_tsproc_import_graph_has_no_cycle() -> None:
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
 
 
-# Every public import path and the names it exported before the layers got folders
-# (its __all__; pytest_plugin, which has none, by the names it defines).
+# Every public import path and the names it exports (its __all__; pytest_plugin, which has
+# none, by the names it defines): what it exported before the layers got folders, and what
+# has been added since (the faces' listeners and UDP sockets, tsproc.aiohttp).
 PUBLIC = {
     "tsproc": [
         "AddressInUseError", "AuthError", "AuthUrlEvent", "CrashLoopEvent", "DialError", "Event",
@@ -117,18 +118,21 @@ PUBLIC = {
         "redact",
     ],
     "tsproc.aio": [
-        "ClientConnectedCallback", "EventStream", "LocalTailnet", "Node", "TailnetServer",
-        "TailnetStreamWriter", "local_tailnet", "serve", "serve_asgi",
+        "ClientConnectedCallback", "EventStream", "Listener", "LocalTailnet", "Node",
+        "PacketConn", "TailnetServer", "TailnetStreamWriter", "local_tailnet", "serve",
+        "serve_asgi",
     ],
     "tsproc.blocking": [
-        "EventIterator", "Listener", "LocalTailnet", "Node", "TailnetServer", "TailnetSocket",
-        "ThreadingTailnetServer", "local_tailnet", "pool_manager", "requests_adapter",
+        "EventIterator", "Listener", "LocalTailnet", "Node", "PacketSocket", "TailnetServer",
+        "TailnetSocket", "ThreadingTailnetServer", "local_tailnet", "pool_manager",
+        "requests_adapter",
     ],
     "tsproc.testing": [
         "HeadscaleError", "HeadscaleNode", "HeadscaleTailnet", "LocalTailnet",
         "headscale_tailnet", "local_tailnet",
     ],
     "tsproc.httpx": ["TailnetNetworkBackend", "TailnetTransport"],
+    "tsproc.aiohttp": ["TailnetConnector"],
     "tsproc.asgi": [
         "ASGIApp", "Config", "HYPERCORN_VERSION", "IDENTITY_HEADER_PREFIXES", "WHOIS_EXTENSION",
         "scope_whois", "serve",

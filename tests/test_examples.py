@@ -131,6 +131,23 @@ async def test_fastapi_greeter_under_asyncio_and_the_requests_client(tailnet):
             assert body["hostname"] == "fetcher"
             assert body["greeting"].startswith("hello ")
             assert body["greeting"].endswith(", on fetcher")
+
+            # The asyncio client, with httpx: two URLs at once, HTTP/2 offered (and over
+            # plain http:// not taken: nothing to negotiate it with).
+            with trio.fail_after(90):
+                result = await trio.run_process(
+                    [sys.executable, str(EXAMPLES / "httpx_asyncio_client.py"), "--control-url",
+                     tailnet.control_url, "--hostname", "asyncfetch", "--http2",
+                     "http://greeter/", "http://greeter/"],
+                    capture_stdout=True, capture_stderr=True, env=cli_env(), check=False,
+                )
+            assert result.returncode == 0, result.stderr.decode()
+            pages = result.stdout.decode().split("GET http://greeter/ -> ")[1:]
+            assert len(pages) == 2
+            for page in pages:
+                status, body = page.split("\n", 1)
+                assert status == "200 (HTTP/1.1)"
+                assert json.loads(body)["hostname"] == "asyncfetch"
         finally:
             await stop(service)
         nursery.cancel_scope.cancel()

@@ -75,6 +75,7 @@ LINE_LABELS = {
     "trio-tcp": "trio TCP",
     "hop": "helper hop⁴",
     "base": "baseline",
+    "aio": "asyncio face",
 }
 PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
 
@@ -90,7 +91,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def _roles(trial: Trial) -> tuple[list[str], list[str]]:
     """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
-    if trial.line.name in ("tsproc", "base"):
+    if trial.line.name in ("tsproc", "aio", "base"):
         return ["client_helper", "server_helper"], ["client_host", "server_host"]
     if trial.line.name == "hop":  # its server process does nothing
         return ["client_helper"], ["client_host"]
@@ -221,7 +222,10 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
 
     ratios: dict[str, dict[str, float]] = {}
     base_ratios: dict[str, dict[str, float]] = {}
+    aio_ratios: dict[str, dict[str, float]] = {}
     for path, lines in summary.items():
+        if "tsproc" in lines and "aio" in lines:
+            aio_ratios[path] = divide(lines["aio"], lines["tsproc"])
         if "tsproc" in lines and "go" in lines:
             ratios[path] = divide(lines["tsproc"], lines["go"])
         if "tsproc" in lines and "base" in lines:
@@ -237,6 +241,7 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         "summary": summary,
         "ratios_to_go": ratios,
         "ratios_to_base": base_ratios,
+        "ratios_aio_to_trio": aio_ratios,
         "goals": goals(summary),
         "trials": per_trial,
     }
@@ -359,7 +364,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def _path_note(lines: dict[str, dict[str, Any]]) -> str:
     notes = []
-    for line in ("tsproc", "go"):
+    for line in ("tsproc", "aio", "go"):
         if line in lines:
             direct = lines[line]["direct"]
             addrs = ", ".join(a for a in lines[line]["cur_addr"] if a) or "none"
@@ -403,11 +408,14 @@ def markdown(results: dict[str, Any]) -> str:
         before = previous["ratios_to_go"].get(path, {}) if previous else None
         out += [f"### {PATH_LABELS[path]}", "", _path_note(lines), ""]
         base = "base" in lines
+        aio = "aio" in lines
         head = ["metric", "tsproc", "pure Go", "tsproc ÷ Go"]
         if before is not None:
             head.append("previous")
         if base:
             head += ["baseline", "tsproc ÷ baseline"]
+        if aio:
+            head += ["asyncio face", "asyncio ÷ trio"]
         head += [LINE_LABELS[e] for e in extra]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -429,6 +437,10 @@ def markdown(results: dict[str, Any]) -> str:
                 b = results["ratios_to_base"].get(path, {}).get(metric.key)
                 cells += [_fmt(lines["base"].get(metric.key), metric.digits),
                           f"{b:.2f}" if b is not None else "-"]
+            if aio:
+                a = results.get("ratios_aio_to_trio", {}).get(path, {}).get(metric.key)
+                cells += [_fmt(lines["aio"].get(metric.key), metric.digits),
+                          f"{a:.2f}" if a is not None else "-"]
             cells += [_fmt(v, metric.digits) for v in values[2:]]
             out.append("| " + " | ".join(cells) + " |")
         hop = hop_overhead_us(summary, path)

@@ -54,6 +54,8 @@ class Line:
 
 LINES: dict[str, Line] = {
     "tsproc": Line("tsproc", "tsproc (trio)", "python", "tsproc", True),
+    # The same workloads through tsproc.aio (peer_aio.py): what the asyncio face costs.
+    "aio": Line("aio", "tsproc (asyncio)", "python", "aio", True),
     "go": Line("go", "pure Go (tsnet)", "go", "tsnet", True),
     "kernel": Line("kernel", "kernel (Go, loopback TCP)", "go", "tcp", False),
     "trio-tcp": Line("trio-tcp", "trio, loopback TCP", "python", "tcp", False),
@@ -132,7 +134,10 @@ class Runner:
 
     def command(self, line: Line, role: str, hostname: str, trial: Trial,
                 server: Mapping[str, Any] | None) -> list[str]:
-        if line.language == "python":
+        if line.net == "aio":
+            cmd = [sys.executable, "-m", "benchmarks.peer_aio", role,
+                   "--hostname", hostname, "--control", self.control_url]
+        elif line.language == "python":
             cmd = [sys.executable, "-m", "benchmarks.peer", role, "--net", line.net,
                    "--hostname", hostname, "--control", self.control_url]
         else:
@@ -336,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--repeats", type=int, default=None,
                         help="trials per line and path (default: 1, or 3 in full mode)")
-    parser.add_argument("--lines", default="tsproc,go,kernel,trio-tcp,hop",
+    parser.add_argument("--lines", default="tsproc,aio,go,kernel,trio-tcp,hop",
                         help=f"comma-separated, from {','.join(LINES)}")
     parser.add_argument("--paths", default="direct,derp", help="direct, derp or both")
     parser.add_argument("--phases", default=None,

@@ -82,6 +82,9 @@ def test_listen_accept_any_port_and_udp_both_ways(net):
                 accepted_writer.close()
                 assert await reader.read() == b"pong"
                 writer.close()
+            with pytest.raises(OSError, match="closed"):
+                await listener.accept()
+            assert [pair async for pair in listener] == []  # a closed listener ends iteration
             with pytest.raises(tsproc.AddressInUseError):
                 async with await server.listen(8), await server.listen(8):
                     pass

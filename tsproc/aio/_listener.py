@@ -11,10 +11,13 @@ import ssl as ssl_module
 from functools import partial
 from typing import final
 
-from .. import TailnetListener
+import trio
+
+from .. import NodeState, TailnetListener
 from .._core.types import Addr
 from .._faces.bridge import BridgedConn, NodeRuntime
 from .._faces.packet import RECEIVE_SIZE, BridgedPacketConn
+from ..errors import NodeClosedError
 from ._streams import DEFAULT_LIMIT, TailnetStreamWriter, call_in, open_streams
 
 __all__ = ["Listener", "PacketConn"]
@@ -51,18 +54,27 @@ class Listener:
         caller (for :meth:`Node.whois`) and ``writer.local_addr`` the address it dialled.
 
         Raises:
-            OSError (ClosedResourceError): the listener or its node is closed.
+            OSError: the listener is closed (or its node: then NodeClosedError).
         """
         runtime = self._runtime
-        conn = await call_in(runtime, partial(runtime.accept, self._listener),
-                             dispose=BridgedConn.close_soon)
+        try:
+            conn = await call_in(runtime, partial(runtime.accept, self._listener),
+                                 dispose=BridgedConn.close_soon)
+        except trio.ClosedResourceError:
+            raise OSError("the listener is closed") from None
         return await open_streams(runtime, conn, limit, ssl=ssl, server_side=True)
 
     def __aiter__(self) -> Listener:
         return self
 
     async def __anext__(self) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
-        return await self.accept()
+        """The next connection; the iteration ends when the listener or its node closes."""
+        try:
+            return await self.accept()
+        except (OSError, NodeClosedError):
+            if self._listener.closed or self._runtime.node.state is NodeState.CLOSED:
+                raise StopAsyncIteration from None
+            raise
 
     async def aclose(self) -> None:
         """Stop listening; returns once the helper has released the port. Idempotent."""

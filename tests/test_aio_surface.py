@@ -10,6 +10,7 @@ Plain functions that call ``asyncio.run``; the tailnet runs in a trio thread of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import aiohttp
@@ -341,3 +342,45 @@ asyncio.run(main())
 @pytest.mark.parametrize("blocked_in", ["accept", "recvfrom"])
 def test_ctrl_c_in_accept_or_recvfrom_exits_with_keyboardinterrupt(net, blocked_in):
     check_ctrl_c(Script(CTRL_C_SCRIPT, net.control_url, blocked_in))
+
+
+def test_a_body_read_to_the_end_of_the_connection_is_never_cut_short_silently(net):
+    """A response without a length ends where the connection ends: a helper killed mid-body
+    must fail the request (aiohttp, httpx), not hand over the part that arrived as the whole."""
+
+    async def main() -> None:
+        async with aio_node(net, "abody") as server, aio_node(net, "areader") as client:
+            async def partial(reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+                await writer.drain()
+                with contextlib.suppress(ConnectionError):  # the client's helper is killed
+                    await reader.read()  # hold the connection open, the body unfinished
+                writer.close()
+
+            async with await tsproc.aio.serve(partial, server, 80):
+                connector = tsproc.aiohttp.TailnetConnector(client)
+                async with aiohttp.ClientSession(connector=connector) as session, \
+                        session.get("http://abody/") as response:
+                    assert await response.content.readexactly(7) == b"partial"
+                    kill(client.helper_pid)
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        async with asyncio.timeout(60):
+                            await response.read()
+
+                async with asyncio.timeout(90):  # the client's helper is back
+                    while client.state is not tsproc.NodeState.RUNNING:
+                        await asyncio.sleep(0.05)
+                transport = tsproc.httpx.TailnetTransport(client)
+                async with httpx.AsyncClient(transport=transport, timeout=30) as http, \
+                        http.stream("GET", "http://abody/") as response:
+                    chunks = response.aiter_raw()
+                    assert await anext(chunks) == b"partial"
+                    kill(client.helper_pid)
+                    with pytest.raises(httpx.ReadError):
+                        async with asyncio.timeout(60):
+                            async for _ in chunks:
+                                pass
+
+    asyncio.run(main())

@@ -246,3 +246,47 @@ with tsproc.blocking.Node("bctrlc2", control_url=sys.argv[1], ephemeral=True) as
 @pytest.mark.parametrize("blocked_in", ["accept", "recvfrom"])
 def test_ctrl_c_in_accept_or_recvfrom_exits_with_keyboardinterrupt(net, blocked_in):
     check_ctrl_c(Script(CTRL_C_SCRIPT, net.control_url, blocked_in))
+
+
+def test_a_body_read_to_the_end_of_the_connection_is_never_cut_short_silently(net):
+    """A response without a length ends where the connection ends: a helper killed mid-body
+    fails the request (requests, httpx.Client), never hands over the part that arrived."""
+    with net.node("bbody") as server, net.node("breader") as client, \
+            server.listen(80) as listener:
+
+        done = threading.Event()
+
+        def partial() -> None:
+            sock, _ = listener.accept(timeout=60)
+            with sock:
+                sock.recv(65536)
+                sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+                done.wait(60)  # hold the connection open, the body unfinished
+
+        for fetch in ("requests", "httpx"):
+            serving = threading.Thread(target=partial, name="partial body")
+            serving.start()
+            wait_until(lambda: client.state is tsproc.NodeState.RUNNING, 90, "the client")
+            if fetch == "requests":
+                with requests.Session() as session:
+                    session.mount("http://", tsproc.blocking.requests_adapter(client))
+                    response = session.get("http://bbody/", stream=True, timeout=60)
+                    assert response.raw.read(7) == b"partial"
+                    kill(client.helper_pid)
+                    # requests' name for a body cut short: "Connection broken: …Reset…".
+                    with pytest.raises(requests.exceptions.ChunkedEncodingError,
+                                       match="ConnectionResetError"):
+                        response.content  # noqa: B018 - reads the rest of the body
+            else:
+                transport = tsproc.httpx.TailnetTransport(client)
+                with httpx.Client(transport=transport, timeout=60) as http, \
+                        http.stream("GET", "http://bbody/") as response:
+                    chunks = response.iter_raw()
+                    assert next(chunks) == b"partial"
+                    kill(client.helper_pid)
+                    with pytest.raises(httpx.ReadError):
+                        for _ in chunks:
+                            pass
+            done.set()
+            serving.join(60)
+            done.clear()

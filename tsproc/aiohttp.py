@@ -14,6 +14,10 @@ runs TLS over the tailnet connection and verifies the certificate as aiohttp alw
 of :mod:`tsproc.aio` hold: a connection cut by a helper crash fails the request (it never
 reads as a clean end), and cancelling a request cancels its dial.
 
+A body that runs to the end of the connection is failed when the connection was cut
+(aiohttp alone would end it there), through aiohttp's private ``_payload`` of its response
+protocol.
+
 How it plugs in: aiohttp has no public seam for "how to open a connection", so
 :class:`TailnetConnector` is a :class:`aiohttp.TCPConnector` with a resolver that resolves
 nothing (the name goes to the tailnet as it is) and its ``_wrap_create_connection`` — the one
@@ -36,12 +40,25 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
                       ) from exc
 
 from ._util import require_face
+from .aio._protocol import create_connection
 from .errors import NodeTimeoutError, TsprocError
 
 if TYPE_CHECKING:
     from .aio import Node
 
 __all__ = ["TailnetConnector"]
+
+
+def _fail_body(protocol: Any, exc: ConnectionResetError) -> None:
+    """Fail the body being read before aiohttp's protocol hears of the cut connection.
+
+    aiohttp ends a body that runs to the end of the connection (no Content-Length, not
+    chunked) on *any* connection_lost, a reset included: the part that arrived would pass for
+    the whole. Its ``_payload`` (the body's reader) raises what it was given first."""
+    payload = getattr(protocol, "_payload", None)
+    if payload is not None:
+        payload.set_exception(aiohttp.ClientPayloadError(
+            f"Response payload is not completed: the tailnet connection broke ({exc})"))
 
 
 @final
@@ -94,9 +111,9 @@ class TailnetConnector(aiohttp.TCPConnector):
         ssl = kwargs.get("ssl") or None
         try:
             async with asyncio.timeout(timeout.sock_connect):
-                return await self._tsproc_node.create_connection(
-                    protocol_factory, host, port, ssl=ssl,
-                    server_hostname=kwargs.get("server_hostname"))
+                return await create_connection(
+                    self._tsproc_node._runtime, host, port, protocol_factory, ssl=ssl,
+                    server_hostname=kwargs.get("server_hostname"), on_broken=_fail_body)
         except ssl_module.CertificateError as exc:  # as aiohttp's own method maps them
             raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
         except ssl_module.SSLError as exc:

@@ -27,8 +27,10 @@ class EofCheckingProtocol(asyncio.Protocol):
     ``_TailnetProtocol``), and this only tells the node when the socket closes."""
 
     def __init__(self, inner: asyncio.Protocol, conn: BridgedConn, runtime: NodeRuntime,
-                 loop: asyncio.AbstractEventLoop, *, over_ssl: bool) -> None:
+                 loop: asyncio.AbstractEventLoop, *, over_ssl: bool,
+                 on_broken: Callable[[Any, ConnectionResetError], None] | None = None) -> None:
         self._inner = inner
+        self._on_broken = on_broken
         self._conn = conn
         self._runtime = runtime
         self._loop = loop
@@ -58,6 +60,8 @@ class EofCheckingProtocol(asyncio.Protocol):
             with BridgedConn.verifying_eof():
                 await call_in(self._runtime, self._conn.verify_eof)
         except ConnectionResetError as exc:
+            if self._on_broken is not None:
+                self._on_broken(self._inner, exc)
             self._inner.connection_lost(exc)
             self._inner = _Forgotten()
             transport.abort()
@@ -88,9 +92,12 @@ async def create_connection(runtime: NodeRuntime, host: str, port: int,
                             ssl: ssl_module.SSLContext | None = None,
                             server_hostname: str | None = None,
                             ssl_shutdown_timeout: float | None = None,
+                            on_broken: Callable[[Any, ConnectionResetError], None] | None = None,
                             ) -> tuple[asyncio.Transport, P]:
     """Dial *host*:*port* and run ``protocol_factory()`` on the connection in this loop, as
-    :meth:`asyncio.loop.create_connection` does (TLS with *ssl*)."""
+    :meth:`asyncio.loop.create_connection` does (TLS with *ssl*). *on_broken* is called with
+    the protocol just before it learns (``connection_lost``) that the connection was cut: for
+    a protocol that would take that for an end (see tsproc.aiohttp)."""
     loop = asyncio.get_running_loop()
     conn = await call_in(runtime, lambda: runtime.dial(host, port),
                          dispose=BridgedConn.close_soon)
@@ -105,7 +112,8 @@ async def create_connection(runtime: NodeRuntime, host: str, port: int,
         protocol = protocol_factory()
         inner.append(protocol)
         assert isinstance(protocol, asyncio.Protocol)
-        return EofCheckingProtocol(protocol, conn, runtime, loop, over_ssl=ssl is not None)
+        return EofCheckingProtocol(protocol, conn, runtime, loop, over_ssl=ssl is not None,
+                                   on_broken=on_broken)
 
     options: dict[str, Any] = {}
     if ssl is not None:

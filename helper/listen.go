@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"math"
 	"net"
 	"strconv"
@@ -12,7 +13,7 @@ import (
 // hand-over of accepted connections (the accept pump itself is in accept.go), and
 // close_listener.
 
-func (n *node) listen(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) listen(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	network := p.String("network")
 	port := p.Uint("port", 1, 65535)
 	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
@@ -118,7 +119,7 @@ func (n *node) listenerEnded(l *tsListener, reason string) {
 	}
 }
 
-func (n *node) closeListener(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) closeListener(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	id := p.Uint("listener", 0, math.MaxUint64)
 	if p.Err != nil {
 		return nil, p.Err

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -49,7 +48,7 @@ func (c connectedPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 
 func (c connectedPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) { return c.Write(b) }
 
-func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) listenPacket(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	port := p.OptUint("port", 0, 65535, 0)
 	if p.Err != nil {
 		return nil, p.Err
@@ -73,9 +72,9 @@ func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
 }
 
 func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	host := p.String("host")
 	port := p.Uint("port", 1, 65535)
-	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -83,7 +82,7 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 	if err != nil {
 		return nil, err
 	}
-	dialCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
+	dialCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
 	ip, err := n.resolver.resolve(dialCtx, srv, lc, host)
 	if err != nil {
@@ -248,6 +247,3 @@ func parsePacketHeader(b []byte) (netip.AddrPort, []byte, error) {
 	port := binary.BigEndian.Uint16(b[1+size:])
 	return netip.AddrPortFrom(ip, port), b[1+size+2:], nil
 }
-
-// msDuration converts a timeout_ms parameter (already capped by maxTimeoutMS).
-func msDuration(ms uint64) time.Duration { return time.Duration(ms) * time.Millisecond }

@@ -22,7 +22,7 @@ import (
 
 // node mode: one tsnet.Server driven by the host over the control channel on fds 0 and 1
 // (docs/protocol.md). This file owns the process lifetime and the node's resources; the
-// method handlers are in methods.go, start.go and connect.go.
+// method table is methods.go, and each handler is in the file named for what it does.
 
 const (
 	// hostGoneGrace bounds the cleanup after the host went away (EOF, protocol error, parent

@@ -59,12 +59,12 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 	}
 	return &wire.Reply{
 		Result: map[string]any{
-			"conn":   b.id,
+			"conn":   b.ID(),
 			"local":  c.LocalAddr().String(),
 			"remote": c.RemoteAddr().String(),
 			"fd":     true,
 		},
-		FD:    b.takePassFD(),
+		FD:    b.TakePassFD(),
 		After: func(sent bool) { n.startConn(b, sent) },
 	}, nil
 }

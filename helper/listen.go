@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -94,16 +95,16 @@ func (n *node) handOver(l *tsListener, c net.Conn) bool {
 	}
 	params := map[string]any{
 		"listener": l.id,
-		"conn":     b.id,
+		"conn":     b.ID(),
 		"local":    c.LocalAddr().String(),
 		"remote":   c.RemoteAddr().String(),
 		"fd":       true,
 	}
-	if src, ok := funnelSource(c); ok {
+	if src, ok := bridge.FunnelSource(c); ok {
 		// The peer is the ingress node; the connection's real origin is the public client.
 		params["remote"], params["funnel"] = src.String(), true
 	}
-	err = wire.Notify(n.out, "accepted", params, b.takePassFD())
+	err = wire.Notify(n.out, "accepted", params, b.TakePassFD())
 	n.startConn(b, err == nil)
 	return err == nil
 }

@@ -90,7 +90,7 @@ func (n *node) Notification(method string, params map[string]any) {
 		switch {
 		case reset:
 			if b != nil {
-				b.hostReset()
+				b.HostReset()
 			}
 			// The host holds its end open until this word (docs/protocol.md §6): sent
 			// after the reset, and also for a conn that had already ended here.
@@ -98,7 +98,7 @@ func (n *node) Notification(method string, params map[string]any) {
 				helperLogf("conn %d: sending conn_reset: %v", id, err)
 			}
 		case b != nil:
-			b.hostClosed()
+			b.HostClosed()
 		}
 		if r != nil {
 			r.close()

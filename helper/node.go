@@ -17,6 +17,9 @@ import (
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
+	"github.com/tsproc/tsproc/helper/internal/nolisten"
+	"github.com/tsproc/tsproc/helper/internal/parentwatch"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -62,15 +65,15 @@ func runNode(args []string) int {
 		stderrLog.Log("error", "helper", "fault: exit_at_start")
 		return 3
 	}
-	// No kernel listener, ever: the only way into the node is the tailnet (nolisten_linux.go).
-	if err := forbidListen(); errors.Is(err, errors.ErrUnsupported) {
+	// No kernel listener, ever: the only way into the node is the tailnet (internal/nolisten).
+	if err := nolisten.Forbid(); errors.Is(err, errors.ErrUnsupported) {
 		helperLogf("host listeners are not forbidden here: %v", err)
 	} else if err != nil {
 		stderrLog.Log("warn", "helper", fmt.Sprintf("cannot forbid host listeners: %v", err))
 	}
 
 	parentGone := make(chan string, 1)
-	watchParent(func(reason string) {
+	parentwatch.Watch(func(reason string) {
 		select {
 		case parentGone <- reason:
 		default:
@@ -169,7 +172,7 @@ type session struct {
 
 // newSession serves the protocol reading from rd and writing to wr, which may be the same
 // connection. It takes ownership of both. A fault other than faultNone wraps the channel
-// (fault.go).
+// (testhook_fault.go).
 func newSession(rd, wr *net.UnixConn, f fault, tsnetLogs bool) *session {
 	r, w, closeFault := withFault(f, wire.NewMsgReader(rd), wire.NewMsgWriter(wr), wr)
 	n := newNode(w, tsnetLogs)
@@ -234,7 +237,7 @@ type node struct {
 	lc           *local.Client
 	watchCancel  context.CancelFunc
 	listeners    map[uint64]*tsListener
-	conns        map[uint64]*bridge
+	conns        map[uint64]*bridge.Bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
 	nextListener uint64
@@ -260,7 +263,7 @@ func newNode(out wire.Sender, tsnetLogs bool) *node {
 		out:        out,
 		tsnetLogs:  tsnetLogs,
 		listeners:  make(map[uint64]*tsListener),
-		conns:      make(map[uint64]*bridge),
+		conns:      make(map[uint64]*bridge.Bridge),
 		packets:    make(map[uint64]*packetRelay),
 		shutdownCh: make(chan struct{}),
 	}
@@ -328,26 +331,26 @@ func (n *node) goOwned(f func()) bool {
 
 // newConn makes the bridge for a tailnet connection and registers it. It owns c: on error
 // c is reset.
-func (n *node) newConn(c net.Conn) (*bridge, error) {
+func (n *node) newConn(c net.Conn) (*bridge.Bridge, error) {
 	n.mu.Lock()
 	n.nextConn++
 	id := n.nextConn
 	closed := n.closed
 	n.mu.Unlock()
 	if closed {
-		resetConn(c)
+		bridge.Reset(c)
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
-	b, err := newBridge(id, c, n.connEnded)
+	b, err := bridge.New(id, c, n.connEnded)
 	if err != nil {
-		resetConn(c)
+		bridge.Reset(c)
 		return nil, err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		b.abort()
-		b.closePassFD()
+		b.Abort()
+		b.ClosePassFD()
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	n.conns[id] = b
@@ -356,19 +359,19 @@ func (n *node) newConn(c net.Conn) (*bridge, error) {
 
 // startConn starts pumping once the host has the bridge's fd, or drops the bridge if it
 // never got it.
-func (n *node) startConn(b *bridge, handedOver bool) {
+func (n *node) startConn(b *bridge.Bridge, handedOver bool) {
 	n.mu.Lock()
 	if !handedOver || n.closed {
-		delete(n.conns, b.id)
+		delete(n.conns, b.ID())
 		n.mu.Unlock()
-		b.abort()
+		b.Abort()
 		return
 	}
 	n.connWG.Add(1)
 	n.mu.Unlock()
-	b.start(func() {
+	b.Start(func() {
 		n.mu.Lock()
-		delete(n.conns, b.id)
+		delete(n.conns, b.ID())
 		n.mu.Unlock()
 		n.connWG.Done()
 	})
@@ -378,7 +381,7 @@ func (n *node) startConn(b *bridge, handedOver bool) {
 func (n *node) connEnded(id uint64, clean bool, err error) {
 	params := map[string]any{"conn": id, "clean": clean}
 	if err != nil {
-		params["error"] = endError(err)
+		params["error"] = bridge.EndError(err)
 	}
 	if err := wire.Notify(n.out, "conn_end", params, -1); err != nil {
 		helperLogf("conn %d: sending conn_end: %v", id, err)
@@ -401,7 +404,7 @@ func (n *node) close() {
 		listeners = append(listeners, l)
 	}
 	clear(n.listeners)
-	conns := make([]*bridge, 0, len(n.conns))
+	conns := make([]*bridge.Bridge, 0, len(n.conns))
 	for _, b := range n.conns {
 		conns = append(conns, b)
 	}
@@ -416,7 +419,7 @@ func (n *node) close() {
 		l.close()
 	}
 	for _, b := range conns {
-		b.abort()
+		b.Abort()
 	}
 	for _, r := range packets {
 		r.close()

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -100,7 +101,7 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 // handOverPacket makes the socketpair for pc and answers with the host's end; the relay
 // starts once the host has it. It owns pc.
 func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*wire.Reply, error) {
-	local, passFD, err := newSocketpair(packetSocketType, "tsproc-packet", 0)
+	local, passFD, err := bridge.NewSocketpair(bridge.PacketSocketType, "tsproc-packet", 0)
 	if err != nil {
 		pc.Close()
 		return nil, wire.NewError(wire.CodeInternal, "%v", err)

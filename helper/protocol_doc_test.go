@@ -89,7 +89,7 @@ func wireErrorCodes(t *testing.T) []string {
 func TestProtocolDocMatchesMethods(t *testing.T) {
 	got := slices.Sorted(maps.Keys(docMethods(t)))
 	// hello is answered by the dispatcher itself; bench_echo is the benchmarks' alone
-	// (benchhop.go) and unknown to every other host.
+	// (testhook_benchecho.go) and unknown to every other host.
 	want := []string{"hello"}
 	for m := range methods {
 		if m != "bench_echo" {

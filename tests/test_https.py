@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import ssl
 import sys
 import tempfile
@@ -182,6 +183,36 @@ async def test_cert_pair_served_by_hypercorn(tailnet, tailnet_node):
                 assert response.status_code == 200
                 assert response.text == f"https {client.tailscale_ips[0]}"
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_tls_listener_is_opened_again_after_a_helper_restart(tailnet, tailnet_node):
+    """After a restart the node opens its listeners in the new helper; listen_tls waits there
+    (timeout_ms), with a deadline of the node's own since no caller waits for it."""
+    async with tailnet_node("web") as web, tailnet_node("client") as client, \
+            trio.open_nursery() as nursery:
+        listener = await web.listen_tls(443)
+        nursery.start_soon(trio.serve_listeners, echo_upper, [listener])
+        events = web.events()
+        os.kill((await web.status()).helper_pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            async for event in events:
+                if isinstance(event, tsproc.HelperRestartedEvent):
+                    break
+            while True:  # the new helper may not have reopened port 443 yet
+                try:
+                    stream = await client.dial("web", 443)
+                except tsproc.DialError:
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    tls = await tls_client(tailnet, stream, "web.tailnet.test")
+                    break
+                except trio.BrokenResourceError:
+                    await stream.aclose()
+                    await trio.sleep(0.1)
+        assert await exchange(tls, b"again") == b"AGAIN"
+        await tls.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def _hold_silently(stream: trio.SocketStream) -> None:

@@ -35,8 +35,8 @@ func (n *node) benchEcho(context.Context, *wire.ParamReader) (*wire.Reply, error
 		_, _ = io.Copy(far, far)
 	}()
 	return &wire.Reply{
-		Result: map[string]any{"conn": b.id, "local": "pipe:0", "remote": "pipe:0", "fd": true},
-		FD:     b.takePassFD(),
+		Result: map[string]any{"conn": b.ID(), "local": "pipe:0", "remote": "pipe:0", "fd": true},
+		FD:     b.TakePassFD(),
 		After:  func(sent bool) { n.startConn(b, sent) },
 	}, nil
 }

@@ -9,9 +9,10 @@
 //
 // Logs go to stderr as JSON lines in both modes.
 //
-// The node mode is this package: node.go owns the process and the node's resources,
-// methods.go is the method table, and the handlers are in files named for what they do
-// (start.go, listen.go, accept.go, dial.go, packet.go, info.go …). Below it: the control
+// The node mode is this package: session.go owns the process and the control channel,
+// node.go the node and its resources, methods.go is the method table, and the handlers are
+// in files named for what they do (start.go, listen.go, accept.go, dial.go, packet.go,
+// info.go …). Below it: the control
 // channel (internal/wire), the per-connection bridge (internal/bridge), the OS shims
 // (internal/parentwatch, internal/nolisten) and the control mode (internal/localtailnet).
 // testhook_*.go are the switches only tests and benchmarks set (TSPROC_HELPER_FAULT, the

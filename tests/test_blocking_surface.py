@@ -155,6 +155,26 @@ def test_cert_pair_and_funnel_from_a_client_off_the_tailnet(net, tmp_path):
         assert cert.startswith(b"-----BEGIN CERTIFICATE-----") and b"PRIVATE KEY" in key
         with pytest.raises(tsproc.TlsUnavailableError):
             web.cert_pair("other.example.com", timeout=30)
+        # TLS terminated here with the node's own certificate: wrap_socket on both ends.
+        (tmp_path / "cert.pem").write_bytes(cert)
+        (tmp_path / "key.pem").write_bytes(key)
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+        with net.node("bfunvisit") as visitor, web.listen(8443) as plain:
+            raw = visitor.dial("bfun", 8443, timeout=30)
+            raw.settimeout(30)
+            accepted, _ = plain.accept(timeout=30)
+            accepted.settimeout(30)
+            handshake = threading.Thread(
+                target=lambda: answer_http(server_context.wrap_socket(accepted, server_side=True)))
+            handshake.start()
+            with net.ssl_context().wrap_socket(raw, server_hostname=domain) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while len(data) < len(RESPONSE):
+                    data += sock.recv(1024)
+                assert data.endswith(b"hello")
+            handshake.join(30)
         with web.listen_funnel(443, funnel_only=True) as funnel:
             Serving(funnel)
             host, port = net.funnel_address(web, 443)

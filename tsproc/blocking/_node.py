@@ -96,12 +96,9 @@ class Node(NodeFacts):
             DialError: unknown host, refused, unreachable.
             NodeTimeoutError: not connected within *timeout* (None: the node's own bound).
         """
-        timeout = check_timeout(timeout)
         runtime = self._runtime
-        dial = partial(within, timeout, f"no connection to {host}:{port}",
-                       partial(runtime.dial, host, port))
-        conn = call(runtime.thread, dial,
-                     dispose=BridgedConn.close_soon)
+        conn = self._call(partial(runtime.dial, host, port), timeout,
+                          f"no connection to {host}:{port}", dispose=BridgedConn.close_soon)
         return TailnetSocket._adopt(conn, runtime.thread)
 
     def create_connection(self, address: tuple[str, int], timeout: float | None = None,

@@ -145,14 +145,16 @@ class Node(NodeFacts):
         await call_in(self._runtime, self._runtime.node.wait_running)
 
     async def dial(self, host: str, port: int, *, limit: int = DEFAULT_LIMIT,
-                   ssl: ssl_module.SSLContext | None = None, server_hostname: str | None = None,
+                   ssl: ssl_module.SSLContext | bool | None = None,
+                   server_hostname: str | None = None,
                    ) -> tuple[asyncio.StreamReader, TailnetStreamWriter]:
         """Open a TCP connection to *host*:*port* over the tailnet, as
         :func:`asyncio.open_connection` does: a (reader, writer) pair.
 
         With *ssl*, TLS runs over it in this loop (verified against *ssl*'s CAs, for
         *server_hostname*, default *host*): ``ssl=tailnet.ssl_context(),
-        server_hostname="web.tailnet.test"`` to a :meth:`listen_tls` node.
+        server_hostname="web.tailnet.test"`` to a :meth:`listen_tls` node; ``ssl=True``
+        trusts the system's CAs, as with :func:`asyncio.open_connection`.
 
         Raises:
             InvalidArgumentError: bad host or port.
@@ -160,11 +162,12 @@ class Node(NodeFacts):
             NodeTimeoutError: the node's own bound on a dial ran out.
             NodeClosedError: the node is closed.
         """
+        context = ssl_module.create_default_context() if ssl is True else ssl or None
         runtime = self._runtime
         conn = await call_in(runtime, partial(runtime.dial, host, port),
                              dispose=BridgedConn.close_soon)
-        return await open_streams(runtime, conn, limit, ssl=ssl,
-                                  server_hostname=server_hostname or host if ssl else None)
+        return await open_streams(runtime, conn, limit, ssl=context,
+                                  server_hostname=server_hostname or host if context else None)
 
     async def create_connection(self, protocol_factory: Callable[[], P], host: str, port: int,
                                 *, ssl: ssl_module.SSLContext | None = None,

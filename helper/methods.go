@@ -10,7 +10,7 @@ import (
 
 // The method table of docs/protocol.md §4 and the host's notifications. The handlers are in
 // files named for what they do: start.go (start, up), listen.go, listen_kinds.go, dial.go,
-// packet.go, ping.go and info.go (status, whois, logout; cert_domains is with the TLS listeners).
+// packet.go, ping.go, forward.go and info.go (status, whois, logout; cert_domains is with the TLS listeners).
 
 const (
 	maxListeners   = 256
@@ -39,6 +39,10 @@ func (n *node) Call(ctx context.Context, method string, params map[string]any) (
 		return n.closeListener(p)
 	case "dial":
 		return n.dial(ctx, p)
+	case "forward":
+		return n.forward(p)
+	case "close_forward":
+		return n.closeForward(p)
 	case "status":
 		return n.status(ctx)
 	case "whois":

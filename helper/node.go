@@ -237,6 +237,7 @@ type node struct {
 	conns        map[uint64]*bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
+	forwards     forwardTable // forward.go
 	nextListener uint64
 	nextConn     uint64
 	state        string // last backend state from the IPN bus
@@ -415,6 +416,7 @@ func (n *node) close() {
 	for _, l := range listeners {
 		l.close()
 	}
+	n.forwards.closeAll()
 	for _, b := range conns {
 		b.abort()
 	}

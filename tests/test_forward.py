@@ -352,3 +352,30 @@ async def test_bad_input_fails_at_forward_time(tailnet_node, tmp_path: Path):
                 async with client.forward("db", 80, unix_dir=locked / "fwd"):
                     pass
         assert not (tmp_path / "x").exists()
+
+
+async def test_the_endpoint_goes_with_cancellation_and_with_the_node(tailnet_node):
+    async with tailnet_node("client") as client:
+        with trio.move_on_after(0.2):
+            async with client.forward("server", 7) as fwd:
+                path = fwd.path
+                assert path is not None and path.exists()
+                await trio.sleep_forever()
+        assert not path.exists() and not path.parent.exists()
+
+    node = tailnet_node("other")
+    with pytest.raises(tsproc.NodeNotStartedError):
+        async with node.forward("server", 7, local_port=0):
+            pass
+    async with node:
+        context = node.forward("server", 7, local_port=0)
+        fwd = await context.__aenter__()
+        proxy_context = node.socks5()
+        proxy = await proxy_context.__aenter__()
+    # The node's close took both endpoints with it; leaving their contexts later is fine.
+    assert fwd.closed and proxy.closed
+    assert proxy.path is not None and not proxy.path.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", fwd.port), timeout=5).close()
+    await context.__aexit__(None, None, None)
+    await proxy_context.__aexit__(None, None, None)

@@ -379,3 +379,23 @@ async def test_the_endpoint_goes_with_cancellation_and_with_the_node(tailnet_nod
         socket.create_connection(("127.0.0.1", fwd.port), timeout=5).close()
     await context.__aexit__(None, None, None)
     await proxy_context.__aexit__(None, None, None)
+
+
+async def test_closing_while_the_guard_resets_connections(tailnet_node):
+    policy = tsproc.RestartPolicy(initial_backoff=60.0, max_backoff=60.0, jitter=0.0)
+    async with tailnet_node("client", restart=policy) as client, \
+            client.forward("client", 7, node_wait=0.5) as fwd:
+        path = fwd.path
+        assert path is not None
+        pid = client.helper_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(2):  # the guard resets connections after 0.5 s, until the close
+            with trio.fail_after(30):
+                stream = await trio.open_unix_socket(str(path))
+                async with stream:
+                    with pytest.raises(trio.BrokenResourceError):
+                        await stream.send_all(b"x")
+                        await stream.receive_some()
+        assert client.helper_pid in (None, pid)
+    assert not path.exists()

@@ -77,7 +77,7 @@ class _Endpoint:
         self._node_wait = node_wait
         self._gen: Generation | None = None  # the helper serving (or being given) the socket
         self._forward_id: int | None = None
-        self._installed = trio.Event()  # set, and replaced, on each installation
+        self._change = trio.Event()  # set, and replaced, when _gen changes
         self._guard_scope = trio.CancelScope()
         self._closed = False
         self._local_port = sock.getsockname()[1] if path is None else None
@@ -106,21 +106,29 @@ class _Endpoint:
         later ones (a new helper) are logged, and the guard resets connections meanwhile."""
         if self._closed or self._gen is gen:
             return
-        self._gen = gen
+        # From here on the guard leaves the socket to this helper: it accepts nothing itself
+        # while the helper is taking it.
+        self._gen, self._forward_id = gen, None
+        self._changed()
         try:
             reply = await gen.request("forward", self._params, fd=self._sock.fileno())
         except HelperDiedError:
-            return  # the next helper gets it (_Host._start_generation)
+            return  # the next helper gets it (NodeLifecycle._start_generation)
         except TsprocError as exc:
+            if self._gen is gen:
+                self._gen = None
+                self._changed()
             if first:
                 raise
             _log.warning("%r: the new helper refused it: %s", self, exc)
             return
         self._forward_id = int(reply.result["forward"])
-        self._installed.set()
-        self._installed = trio.Event()
         if self._closed:  # closed while the helper was taking it
             await self._uninstall()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
 
     async def _uninstall(self) -> None:
         gen, forward_id = self._gen, self._forward_id
@@ -131,33 +139,35 @@ class _Endpoint:
             await gen.request("close_forward", {"forward": forward_id},
                               limit=_CLOSE_FORWARD_TIMEOUT)
 
-    def _serving(self) -> bool:
+    def _helper_has_it(self) -> bool:
+        """Whether a live helper serves the socket (or is being given it)."""
         gen = self._gen
-        return gen is not None and self._forward_id is not None and not gen.died.is_set()
+        return gen is not None and not gen.died.is_set()
 
-    async def _guard(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                     ) -> None:
+    async def _guard(self) -> None:
         """Reset waiting connections while no helper has served the socket for node_wait."""
         with self._guard_scope:
-            task_status.started()
             while True:
+                change = self._change
                 gen = self._gen
-                if self._serving() and gen is not None:
-                    await gen.died.wait()
+                if gen is not None and not gen.died.is_set():
+                    await _first_of(gen.died, change)
                     continue
-                installed = self._installed
                 with trio.move_on_after(self._node_wait):
-                    await installed.wait()
+                    await change.wait()
                     continue
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reset_waiting)
-                    await installed.wait()
+                    await change.wait()
                     nursery.cancel_scope.cancel()
 
     async def _reset_waiting(self) -> None:
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
-            if self._closed or self._serving():
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            except trio.ClosedResourceError:
+                return  # _close_endpoint, which also cancels the guard
+            if self._closed or self._helper_has_it():
                 return
             try:
                 conn, _ = self._sock.accept()
@@ -315,6 +325,18 @@ async def _served(node: _Host, endpoint: _Endpoint) -> AsyncIterator[None]:
         yield
     finally:
         await endpoint.aclose()
+
+
+async def _first_of(a: trio.Event, b: trio.Event) -> None:
+    """Wait until either event is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, a)
+        nursery.start_soon(wait, b)
 
 
 def _check_node_wait(node_wait: object) -> float:

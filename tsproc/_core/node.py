@@ -289,7 +289,8 @@ class Node(NodeLifecycle):
         from another user are refused. With *local_port* (0: any free port) it is a TCP port
         on 127.0.0.1 instead, which **every local process** can connect to.
 
-        The endpoint exists exactly as long as the context (and the node). Bytes go between
+        The endpoint exists exactly as long as the context (and the node); connections
+        still open through it when it ends are reset. Bytes go between
         the endpoint and the tailnet inside the helper, never through Python. *host* is
         resolved by the node (never the system's DNS) when a connection arrives; a target
         off the tailnet, unreachable, or a node not running within *node_wait* seconds

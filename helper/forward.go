@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/socks5"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -27,7 +28,7 @@ import (
 //
 // The host keeps the socket (and its path) for as long as the forward exists: across helper
 // restarts, connections wait in the kernel's backlog for the next helper. The helper never
-// calls listen(2) (nolisten_linux.go forbids it): accepting on a socket that is already
+// calls listen(2) (internal/nolisten forbids it): accepting on a socket that is already
 // listening is all it does.
 
 const (
@@ -67,7 +68,7 @@ type forward struct {
 	conns  map[*forwardConn]struct{}
 }
 
-func (n *node) forward(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) forward(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	fd := p.FD("fd")
 	if fd >= 0 {
 		defer func() {
@@ -81,7 +82,7 @@ func (n *node) forward(p *wire.ParamReader) (*wire.Reply, error) {
 	port := p.OptUint("port", 0, 65535, 0)
 	user := p.OptString("username")
 	pass := p.OptString("password")
-	timeoutMS := p.Uint("timeout_ms", 1, maxTimeoutMS)
+	timeoutMS := p.Uint("conn_timeout_ms", 1, maxTimeoutMS)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -142,7 +143,7 @@ func (n *node) forward(p *wire.ParamReader) (*wire.Reply, error) {
 	return wire.OKReply(map[string]any{"forward": f.id, "addr": ln.Addr().String()}), nil
 }
 
-func (n *node) closeForward(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) closeForward(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	id := p.Uint("forward", 0, 1<<64-1)
 	if p.Err != nil {
 		return nil, p.Err
@@ -316,7 +317,7 @@ func (f *forward) handle(fc *forwardConn) {
 	}
 	if f.kind == "socks5" {
 		if err := socks5.WriteReply(fc.local, socks5.Succeeded); err != nil {
-			resetConn(tn)
+			bridge.Reset(tn)
 			fc.abort()
 			return
 		}
@@ -417,7 +418,7 @@ func (fc *forwardConn) attach(tn net.Conn) bool {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	if fc.ended {
-		resetConn(tn)
+		bridge.Reset(tn)
 		return false
 	}
 	fc.tn = tn
@@ -429,7 +430,7 @@ func (fc *forwardConn) attach(tn net.Conn) bool {
 // closed in order.
 func (fc *forwardConn) pump() {
 	half := func(dst, src net.Conn) {
-		if err := copyFromTailnet(dst, src); err != nil {
+		if err := bridge.Copy(dst, src); err != nil {
 			fc.abort()
 			return
 		}
@@ -471,7 +472,7 @@ func (fc *forwardConn) end(reset bool) {
 			return
 		}
 		if reset {
-			resetConn(tn)
+			bridge.Reset(tn)
 		} else {
 			tn.Close()
 		}

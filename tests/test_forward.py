@@ -302,7 +302,9 @@ async def test_another_uid_is_refused_on_the_unix_endpoint(tailnet_node):
             result = await trio.to_thread.run_sync(lambda: subprocess.run(
                 ["/usr/bin/python3", "-c", _OTHER_UID_CLIENT, str(fwd.path)],
                 user=65534, capture_output=True, text=True, timeout=30, check=True))
-            assert result.stdout.strip() in ("b''", "ConnectionResetError"), result
+            # Closed at once: the client's write or read fails, or it reads EOF; nothing more.
+            assert result.stdout.strip() in ("b''", "ConnectionResetError", "BrokenPipeError"), \
+                result
             stream = await trio.open_unix_socket(str(fwd.path))
             async with stream:
                 await stream.send_all(b"mine")

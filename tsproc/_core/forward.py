@@ -73,7 +73,7 @@ class _Endpoint:
         self._sock = sock
         self._path = path
         self._directory = directory  # made by us, removed on close
-        self._params = {**params, "timeout_ms": max(1, int(node_wait * 1000))}
+        self._params = {**params, "conn_timeout_ms": max(1, int(node_wait * 1000))}
         self._node_wait = node_wait
         self._gen: Generation | None = None  # the helper serving (or being given) the socket
         self._forward_id: int | None = None

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -224,6 +225,7 @@ func (f *forward) serve() {
 			continue
 		}
 		pause = 5 * time.Millisecond
+		setSendBuf(c)
 		fc := &forwardConn{local: c}
 		f.mu.Lock()
 		if f.closed {
@@ -393,6 +395,21 @@ func (n *node) isTailnetName(ctx context.Context, host string) bool {
 	return strings.HasSuffix(name, "."+strings.ToLower(strings.TrimSuffix(st.CurrentTailnet.MagicDNSSuffix, ".")))
 }
 
+// localSendBuf is SO_SNDBUF on an accepted connection: how much tailnet → client data may wait
+// in the kernel for the client to read, as the bridge's hostSendBuf is for a host's
+// socketpair (best effort: the kernel caps it at net.core.wmem_max).
+const localSendBuf = 1 << 20
+
+func setSendBuf(c net.Conn) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, localSendBuf)
+			})
+		}
+	}
+}
+
 // forwardConn is one accepted connection and, once dialled, its tailnet connection.
 type forwardConn struct {
 	local net.Conn
@@ -425,12 +442,12 @@ func (fc *forwardConn) attach(tn net.Conn) bool {
 	return true
 }
 
-// pump copies both ways with the bridge's copier. EOF one way is passed on as a half-close;
+// pump copies both ways with the bridge's copiers. EOF one way is passed on as a half-close;
 // an error either way resets both sides. When both directions have ended in order, both are
 // closed in order.
 func (fc *forwardConn) pump() {
-	half := func(dst, src net.Conn) {
-		if err := bridge.Copy(dst, src); err != nil {
+	half := func(dst net.Conn, copyErr error) {
+		if copyErr != nil {
 			fc.abort()
 			return
 		}
@@ -441,9 +458,11 @@ func (fc *forwardConn) pump() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		half(fc.tn, fc.local)
+		// The local socket is a kernel one (Unix or TCP): read it as the bridge reads its
+		// socketpair, into large pooled buffers only while data waits.
+		half(fc.tn, bridge.CopyFromLocal(fc.tn, fc.local.(syscall.Conn)))
 	}()
-	half(fc.local, fc.tn)
+	half(fc.local, bridge.Copy(fc.local, fc.tn))
 	<-done
 	fc.closeGently()
 }

@@ -337,6 +337,8 @@ async def test_bad_input_fails_at_forward_time(tailnet_node, tmp_path: Path):
              "local_port"),
             ({"host": "db", "port": 80, "node_wait": 0}, tsproc.InvalidArgumentError,
              "node_wait"),
+            ({"host": "db", "port": 80, "node_wait": 1e8}, tsproc.InvalidArgumentError,
+             "node_wait"),
         ]
         for kwargs, error, text in bad:
             with pytest.raises(error, match=text):

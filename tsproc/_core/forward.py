@@ -61,6 +61,8 @@ DEFAULT_NODE_WAIT = 30.0
 # Bound on asking a helper to stop serving an endpoint that is closing.
 _CLOSE_FORWARD_TIMEOUT = 5.0
 _SOCKS_USERNAME = "tsproc"
+# The helper's bound on any millisecond count (2**31 - 1 ms), in seconds.
+_MAX_NODE_WAIT = 2_147_483
 
 
 class _Endpoint:
@@ -345,6 +347,9 @@ def _check_node_wait(node_wait: object) -> float:
         # The helper needs a bound for each connection's dial; "forever" would leave a
         # client hanging on a target that never answers.
         raise InvalidArgumentError("node_wait must be a positive number of seconds, not None")
+    if wait > _MAX_NODE_WAIT:
+        raise InvalidArgumentError(
+            f"node_wait must be at most {_MAX_NODE_WAIT} s (about 24 days), got {node_wait!r}")
     return wait
 
 

@@ -213,7 +213,8 @@ class _Endpoint:
 class Forward(_Endpoint):
     """A local endpoint whose every connection is carried to a tailnet ``host:port``.
 
-    Made by :meth:`tsproc.Node.forward`. ``host`` and ``port`` are what a client connects to:
+    Made by :meth:`tsproc.Node.forward`; ``target`` is the tailnet ``(host, port)`` it carries
+    connections to. ``host`` and ``port`` are what a client connects to:
     for a Unix socket, the private directory and the target's port, which is how libpq
     (psycopg, asyncpg, ``psql``) names a socket (``<dir>/.s.PGSQL.<port>``); for loopback TCP,
     ``127.0.0.1`` and the local port.

@@ -45,7 +45,7 @@ func TestNegotiate(t *testing.T) {
 		{"ipv6", join(greeting(2), auth("u", "p"), []byte{5, 1, 0, 4, 0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80}),
 			Request{"fd7a:115c:a1e0::1", 80}, "", []byte{5, 2, 1, 0}, false},
 		{"no password method", greeting(0), Request{}, "no username/password", []byte{5, 0xff}, false},
-		{"wrong password", join(greeting(2), auth("u", "x"), domainReq), Request{}, "wrong username",
+		{"wrong password", join(greeting(2), auth("u", "WRONG-SECRET"), domainReq), Request{}, "wrong username",
 			[]byte{5, 2, 1, 1}, true},
 		{"wrong user", join(greeting(2), auth("v", "p"), domainReq), Request{}, "wrong username",
 			[]byte{5, 2, 1, 1}, true},
@@ -66,7 +66,7 @@ func TestNegotiate(t *testing.T) {
 			if errors.Is(err, ErrBadCredential) != tt.credFail {
 				t.Errorf("ErrBadCredential: %v", err)
 			}
-			if err != nil && strings.Contains(err.Error(), "p") && tt.credFail && strings.Contains(err.Error(), "\"x\"") {
+			if err != nil && strings.Contains(err.Error(), "WRONG-SECRET") {
 				t.Errorf("the error shows the credential: %v", err)
 			}
 			if req != tt.wantReq {

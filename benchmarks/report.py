@@ -67,6 +67,9 @@ FOOTNOTES = [
     "⁴ The helper hop line: one Python host and its helper, no tailnet; each connection is "
     "bridged to an echo inside the helper (helper/testhook_benchecho.go), so a round trip is "
     "host → helper → host.",
+    "⁵ The forward line: the same client workloads through node.forward()'s Unix socket (the "
+    "helper pumps between it and the tailnet) instead of dial; the server is tsproc's. "
+    "'forward ÷ dial' compares it with the tsproc column.",
 ]
 LINE_LABELS = {
     "tsproc": "tsproc",
@@ -76,6 +79,7 @@ LINE_LABELS = {
     "hop": "helper hop⁴",
     "base": "baseline",
     "aio": "asyncio face",
+    "forward": "forward⁵",
 }
 PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
 
@@ -91,7 +95,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def _roles(trial: Trial) -> tuple[list[str], list[str]]:
     """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
-    if trial.line.name in ("tsproc", "aio", "base"):
+    if trial.line.name in ("tsproc", "aio", "base", "forward"):
         return ["client_helper", "server_helper"], ["client_host", "server_host"]
     if trial.line.name == "hop":  # its server process does nothing
         return ["client_helper"], ["client_host"]
@@ -223,6 +227,7 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
     ratios: dict[str, dict[str, float]] = {}
     base_ratios: dict[str, dict[str, float]] = {}
     aio_ratios: dict[str, dict[str, float]] = {}
+    forward_ratios: dict[str, dict[str, float]] = {}
     for path, lines in summary.items():
         if "tsproc" in lines and "aio" in lines:
             aio_ratios[path] = divide(lines["aio"], lines["tsproc"])
@@ -230,6 +235,8 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
             ratios[path] = divide(lines["tsproc"], lines["go"])
         if "tsproc" in lines and "base" in lines:
             base_ratios[path] = divide(lines["tsproc"], lines["base"])
+        if "tsproc" in lines and "forward" in lines:
+            forward_ratios[path] = divide(lines["forward"], lines["tsproc"])
     return {
         "schema": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -242,6 +249,7 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         "ratios_to_go": ratios,
         "ratios_to_base": base_ratios,
         "ratios_aio_to_trio": aio_ratios,
+        "ratios_forward_to_dial": forward_ratios,
         "goals": goals(summary),
         "trials": per_trial,
     }
@@ -416,6 +424,9 @@ def markdown(results: dict[str, Any]) -> str:
             head += ["baseline", "tsproc ÷ baseline"]
         if aio:
             head += ["asyncio face", "asyncio ÷ trio"]
+        fwd = "forward" in lines
+        if fwd:
+            head += [LINE_LABELS["forward"], "forward ÷ dial"]
         head += [LINE_LABELS[e] for e in extra]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -441,6 +452,10 @@ def markdown(results: dict[str, Any]) -> str:
                 a = results.get("ratios_aio_to_trio", {}).get(path, {}).get(metric.key)
                 cells += [_fmt(lines["aio"].get(metric.key), metric.digits),
                           f"{a:.2f}" if a is not None else "-"]
+            if fwd:
+                f = results.get("ratios_forward_to_dial", {}).get(path, {}).get(metric.key)
+                cells += [_fmt(lines["forward"].get(metric.key), metric.digits),
+                          f"{f:.2f}" if f is not None else "-"]
             cells += [_fmt(v, metric.digits) for v in values[2:]]
             out.append("| " + " | ".join(cells) + " |")
         hop = hop_overhead_us(summary, path)

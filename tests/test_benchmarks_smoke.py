@@ -14,7 +14,8 @@ GOBENCH = ROOT / "benchmarks" / "gobench" / "gobench"
 
 def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     # The pure-Go lines need `make bench` to have built gobench; without it, the Python lines.
-    lines = "tsproc,aio,trio-tcp,hop,go,kernel" if GOBENCH.exists() else "tsproc,aio,trio-tcp,hop"
+    lines = ("tsproc,aio,forward,trio-tcp,hop,go,kernel" if GOBENCH.exists()
+             else "tsproc,aio,forward,trio-tcp,hop")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--mode", "smoke", "--lines", lines,
          "--paths", "direct", "--out", str(tmp_path), "--name", "smoke", "--no-chart",
@@ -34,6 +35,10 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     aio = results["summary"]["direct"]["aio"]
     assert aio["rr_median_us"] > 0 and aio["bulk8_MBps"] > 0 and aio["setup_median_us"] > 0
     assert results["ratios_aio_to_trio"]["direct"]["rr_median_us"] > 0
+    # The forward line: the same workloads through node.forward()'s Unix socket.
+    forward = results["summary"]["direct"]["forward"]
+    assert forward["bulk1_MBps"] > 0 and forward["setup_median_us"] > 0
+    assert results["ratios_forward_to_dial"]["direct"]["bulk1_MBps"] > 0
     # The helper hop line: round trips and set-ups through a helper with no tailnet.
     hop = results["summary"]["loopback"]["hop"]
     assert hop["rr_median_us"] > 0 and hop["setup_median_us"] > 0
@@ -44,3 +49,4 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     assert table.startswith("## tsproc benchmarks")
     assert "| 64 B round trip, median (µs) ↓ |" in table
     assert "asyncio ÷ trio" in table
+    assert "forward ÷ dial" in table

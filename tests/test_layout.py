@@ -96,17 +96,19 @@ def test_tsproc_import_graph_has_no_cycle() -> None:
 
 # Every public import path and the names it exports (its __all__; pytest_plugin, which has
 # none, by the names it defines): what it exported before the layers got folders, and what
-# has been added since (the faces' listeners and UDP sockets, tsproc.aiohttp).
+# has been added since (tsproc.Forward, tsproc.Socks5Proxy; the faces' listeners and UDP
+# sockets, tsproc.aiohttp).
 PUBLIC = {
     "tsproc": [
         "AddressInUseError", "AuthError", "AuthUrlEvent", "CrashLoopEvent", "DialError", "Event",
-        "EventStream", "FunnelUnavailableError", "HelperCrashLoop", "HelperDiedError",
+        "EventStream", "Forward", "FunnelUnavailableError", "HelperCrashLoop", "HelperDiedError",
         "HelperError", "HelperNotFoundError", "HelperRestartedEvent", "HelperVersionError",
         "InvalidArgumentError", "LimitError", "NeedsLoginError", "Node", "NodeClosedError",
         "NodeInfo", "NodeNotStartedError", "NodeState", "NodeTimeoutError", "NotFoundError",
         "PeerStatus", "PingResult", "ProtocolError", "RemoteError", "RestartPolicy",
-        "StateDirLocked", "StateEvent", "Status", "TailnetListener", "TailnetPacketConn",
-        "TailnetStream", "TlsUnavailableError", "TsprocError", "UserInfo", "WhoIs",
+        "Socks5Proxy", "StateDirLocked", "StateEvent", "Status", "TailnetListener",
+        "TailnetPacketConn", "TailnetStream", "TlsUnavailableError", "TsprocError", "UserInfo",
+        "WhoIs",
         "__version__", "serve_tcp",
     ],
     "tsproc.errors": [

@@ -7,6 +7,7 @@ Private to :mod:`tsproc.aio`, which re-exports the public names.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -14,16 +15,27 @@ from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, final
 
-from .. import Event, PingResult, Status, TailnetListener, TailnetPacketConn, WhoIs
+from .. import (
+    Event,
+    Forward,
+    PingResult,
+    Socks5Proxy,
+    Status,
+    TailnetListener,
+    TailnetPacketConn,
+    WhoIs,
+)
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
 from .._core.config import DEFAULT_BACKLOG
+from .._core.forward import DEFAULT_NODE_WAIT
 from .._core.types import IPAddress
 from .._faces.bridge import BridgedConn, HostedContext, NodeRuntime
 from .._faces.packet import BridgedPacketConn
 from .._faces.shared import FaceLocalTailnet, NodeFacts
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
+from ._kept import AsyncKept
 from ._listener import Listener, PacketConn
 from ._protocol import create_connection
 from ._streams import (
@@ -181,6 +193,30 @@ class Node(NodeFacts):
         """
         return await create_connection(self._runtime, host, port, protocol_factory, ssl=ssl,
                                        server_hostname=server_hostname)
+
+    def forward(self, host: str, port: int, *,
+                unix_dir: str | os.PathLike[str] | None = None, local_port: int | None = None,
+                backlog: int = DEFAULT_BACKLOG, node_wait: float = DEFAULT_NODE_WAIT,
+                ) -> AsyncKept[Forward]:
+        """A local endpoint that carries every connection to *host*:*port* on the tailnet,
+        for code that opens its own sockets (asyncpg, ``psql``, ``curl``), as long as the
+        ``async with`` lasts; see :meth:`tsproc.Node.forward`::
+
+            async with node.forward("db", 5432) as fwd:
+                conn = await asyncpg.connect(host=fwd.host, port=fwd.port, ...)
+        """
+        return AsyncKept(self._runtime, partial(
+            self._runtime.node.forward, host, port, unix_dir=unix_dir, local_port=local_port,
+            backlog=backlog, node_wait=node_wait))
+
+    def socks5(self, *, unix_dir: str | os.PathLike[str] | None = None,
+               local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+               node_wait: float = DEFAULT_NODE_WAIT) -> AsyncKept[Socks5Proxy]:
+        """A SOCKS5 proxy into the tailnet for as long as the ``async with`` lasts (its
+        ``url`` for httpx, aiohttp-socks …); see :meth:`tsproc.Node.socks5`."""
+        return AsyncKept(self._runtime, partial(
+            self._runtime.node.socks5, unix_dir=unix_dir, local_port=local_port,
+            backlog=backlog, node_wait=node_wait))
 
     async def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for tailnet TCP connections to *port* (see :class:`Listener`).

@@ -7,15 +7,26 @@ Private to :mod:`tsproc.blocking`, which re-exports the public names.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, final
 
-from .. import Event, PingResult, Status, TailnetListener, TailnetPacketConn, WhoIs
+from .. import (
+    Event,
+    Forward,
+    PingResult,
+    Socks5Proxy,
+    Status,
+    TailnetListener,
+    TailnetPacketConn,
+    WhoIs,
+)
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
 from .._core.config import DEFAULT_BACKLOG, check_timeout
+from .._core.forward import DEFAULT_NODE_WAIT
 from .._core.types import IPAddress
 from .._faces.bridge import (
     JOIN_TIMEOUT,
@@ -29,6 +40,7 @@ from .._faces.shared import FaceLocalTailnet, NodeFacts
 from .._faces.trio_thread import TrioThread
 from ..errors import NodeClosedError
 from ..testing import local_tailnet as trio_local_tailnet
+from ._kept import Kept
 from ._listener import Listener
 from ._packet import PacketSocket
 from ._socket import TailnetSocket, call
@@ -120,6 +132,31 @@ class Node(NodeFacts):
             HelperCrashLoop (or the error that failed the node), NodeClosedError.
         """
         self._call(self._runtime.node.wait_running, timeout, "the node was not running")
+
+    def forward(self, host: str, port: int, *,
+                unix_dir: str | os.PathLike[str] | None = None, local_port: int | None = None,
+                backlog: int = DEFAULT_BACKLOG, node_wait: float = DEFAULT_NODE_WAIT,
+                timeout: float | None = None) -> Kept[Forward]:
+        """A local endpoint that carries every connection to *host*:*port* on the tailnet,
+        for code that opens its own sockets (psycopg, ``psql``, ``curl``), as long as the
+        ``with`` lasts (set up within *timeout*); see :meth:`tsproc.Node.forward`::
+
+            with node.forward("db", 5432) as fwd:
+                conn = psycopg.connect(host=fwd.host, port=fwd.port, ...)
+        """
+        return Kept(self._runtime.thread, partial(
+            self._runtime.node.forward, host, port, unix_dir=unix_dir, local_port=local_port,
+            backlog=backlog, node_wait=node_wait), check_timeout(timeout), "no forward")
+
+    def socks5(self, *, unix_dir: str | os.PathLike[str] | None = None,
+               local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+               node_wait: float = DEFAULT_NODE_WAIT,
+               timeout: float | None = None) -> Kept[Socks5Proxy]:
+        """A SOCKS5 proxy into the tailnet for as long as the ``with`` lasts (its ``url`` for
+        requests with PySocks, ``curl --socks5-hostname`` …); see :meth:`tsproc.Node.socks5`."""
+        return Kept(self._runtime.thread, partial(
+            self._runtime.node.socks5, unix_dir=unix_dir, local_port=local_port,
+            backlog=backlog, node_wait=node_wait), check_timeout(timeout), "no SOCKS5 proxy")
 
     def listen(self, port: int, *, backlog: int = DEFAULT_BACKLOG) -> Listener:
         """Listen for tailnet connections to *port* (see :class:`Listener`).

@@ -37,6 +37,7 @@ type startConfig struct {
 	tags                                    []string
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
+	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (tcpbuffers.go)
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -53,6 +54,7 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 			roots:        p.OptString("acme_roots"),
 		},
 	}
+	c.tcpBufferMax = int(p.OptUint("tcp_buffer_max", minTCPBufferMax, maxTCPBufferMax, 0))
 	routes := p.Strings("advertise_routes")
 	if p.Err != nil {
 		return c, p.Err
@@ -150,6 +152,12 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	if err := srv.Start(); err != nil {
 		// tsnet cleans up after a failed Start; a new start may try again.
 		return nil, wire.NewError(wire.CodeInternal, "starting tsnet: %v", err)
+	}
+	if cfg.tcpBufferMax != 0 {
+		if err := capTCPBuffers(srv, cfg.tcpBufferMax); err != nil {
+			srv.Close()
+			return nil, wire.NewError(wire.CodeInternal, "%v", err)
+		}
 	}
 	lc, err := srv.LocalClient()
 	if err != nil {

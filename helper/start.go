@@ -37,7 +37,8 @@ type startConfig struct {
 	tags                                    []string
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
-	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (tcpbuffers.go)
+	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (memory.go)
+	releaseCodePages                        bool       // memory.go
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -55,6 +56,7 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 		},
 	}
 	c.tcpBufferMax = int(p.OptUint("tcp_buffer_max", minTCPBufferMax, maxTCPBufferMax, 0))
+	c.releaseCodePages = p.OptBool("release_code_pages")
 	routes := p.Strings("advertise_routes")
 	if p.Err != nil {
 		return c, p.Err
@@ -181,6 +183,7 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	n.srv, n.lc, n.watchCancel = srv, lc, cancel
 	n.localNoACME = isLoopbackURL(cfg.controlURL) && cfg.acme.directoryURL == ""
 	n.withAuthKey = cfg.authKey != ""
+	n.releaseCodePages = cfg.releaseCodePages
 	n.mu.Unlock()
 	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
 		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)
@@ -288,6 +291,7 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	defer cancel()
 	st, err := srv.Up(upCtx)
 	if err == nil {
+		n.afterUp()
 		return wire.OKReply(n.statusResult(st)), nil
 	}
 	switch {

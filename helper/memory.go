@@ -3,10 +3,14 @@ package main
 import (
 	"fmt"
 
+	"github.com/tsproc/tsproc/helper/internal/codepages"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"tailscale.com/tsnet"
 )
+
+// What a start request may ask of the node to keep its memory small: tcp_buffer_max and
+// release_code_pages (docs/protocol.md; the host's memory_profile="small" asks for both).
 
 // The cap on netstack's TCP buffers a start request may set (tcp_buffer_max). What bounds the
 // node's memory in a bulk transfer is the data in flight: every packet of it sits in a
@@ -48,4 +52,22 @@ func capTCPBuffers(srv *tsnet.Server, max int) error {
 		return fmt.Errorf("capping the TCP send buffer: %v", err)
 	}
 	return nil
+}
+
+// afterUp releases the pages of the helper's binary it mapped during start-up and does not use
+// (internal/codepages) when start asked for it: once up has run, the code of the node's
+// steady state has run at least once, so what faults back in afterwards is what it uses.
+func (n *node) afterUp() {
+	n.mu.Lock()
+	release := n.releaseCodePages
+	n.mu.Unlock()
+	if !release {
+		return
+	}
+	released, err := codepages.Release()
+	if err != nil {
+		helperLogf("releasing the binary's unused pages: %v", err)
+		return
+	}
+	helperLogf("released %d MiB of the binary's mappings (release_code_pages)", released>>20)
 }

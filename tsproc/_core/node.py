@@ -69,10 +69,10 @@ class Node(NodeLifecycle):
             watch :meth:`events` for an auth URL; then use :meth:`wait_running`.
         restart: how the helper is watched and restarted.
         memory_limit: a soft memory cap for the helper in bytes (Go's GOMEMLIMIT).
-        memory_profile: ``"default"`` (tsnet's sizes, the most throughput) or ``"small"``: a
-            helper for a small machine, ~100 MB at most in bulk transfers instead of several
-            hundred, at the price of a 512 KiB TCP window per connection, which caps one
-            stream at about 10 MB/s on a path of 50 ms round trip (README, "A node on a small
+        memory_profile: ``"default"`` (tsnet's sizes, the most throughput per connection) or
+            ``"small"``: a helper for a small machine, under 100 MB in bulk transfers instead of
+            several hundred, at the price of a 64 KiB TCP window per connection, which caps one
+            stream at about 1.3 MB/s on a path of 50 ms round trip (README, "A node on a small
             machine").
         helper_env: extra environment variables for this node's helper — tsnet and Go knobs
             such as ``TS_DEBUG_USE_DERP_HTTP``; never secrets (a value that looks like an auth

@@ -141,6 +141,10 @@ class Net:
         self.node: tsproc.Node | None = None
         self.hop: HopHelper | None = None
         self.nursery: trio.Nursery | None = None  # for the hop line's helper tasks
+        # The forward line: one node.forward() per target port, its Unix socket dialled
+        # as any program would (the default endpoint of a forward).
+        self.forwards: dict[int, tsproc.Forward] = {}
+        self.forward_stack = contextlib.AsyncExitStack()
 
     async def start(self, hostname: str, *, client: bool = False) -> float:
         """Start the node (tsproc only; the hop line's client starts its bare helper);
@@ -149,7 +153,7 @@ class Net:
             assert self.nursery is not None
             self.hop = HopHelper()
             await self.hop.start(self.nursery)
-        if self.kind != "tsproc":
+        if self.kind not in ("tsproc", "forward"):
             return 0.0
         self.node, took = await start_node(self.control_url, hostname, self.memory_profile)
         return took
@@ -161,12 +165,20 @@ class Net:
         return self.hop.helper_pid if self.hop is not None else None
 
     async def close(self) -> None:
+        await self.forward_stack.aclose()
         if self.node is not None:
             await stop_node(self.node)
         if self.hop is not None:
             await self.hop.close()
 
     async def dial(self, host: str, port: int) -> Stream:
+        if self.node is not None and self.kind == "forward":
+            fwd = self.forwards.get(port)
+            if fwd is None:
+                fwd = await self.forward_stack.enter_async_context(self.node.forward(host, port))
+                self.forwards[port] = fwd
+            assert fwd.path is not None
+            return await trio.open_unix_socket(str(fwd.path))
         if self.node is not None:
             return await self.node.dial(host, port)
         if self.hop is not None:
@@ -445,7 +457,7 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer")
     parser.add_argument("mode", choices=["server", "client"])
-    parser.add_argument("--net", choices=["tsproc", "tcp", "hop"], default="tsproc")
+    parser.add_argument("--net", choices=["tsproc", "tcp", "hop", "forward"], default="tsproc")
     parser.add_argument("--control", default="")
     parser.add_argument("--hostname", default="pybench")
     parser.add_argument("--target", default="")

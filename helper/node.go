@@ -35,6 +35,7 @@ type node struct {
 	conns        map[uint64]*bridge.Bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
+	forwards     forwardTable // forward.go
 	nextListener uint64
 	nextConn     uint64
 	state        string // last backend state from the IPN bus
@@ -215,6 +216,7 @@ func (n *node) close() {
 	for _, l := range listeners {
 		l.close()
 	}
+	n.forwards.closeAll()
 	for _, b := range conns {
 		b.Abort()
 	}

@@ -14,7 +14,7 @@ GOBENCH = ROOT / "benchmarks" / "gobench" / "gobench"
 
 def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     # The pure-Go lines need `make bench` to have built gobench; without it, the Python lines.
-    lines = "tsproc,small,trio-tcp,hop" + (",go,kernel" if GOBENCH.exists() else "")
+    lines = "tsproc,forward,small,trio-tcp,hop" + (",go,kernel" if GOBENCH.exists() else "")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--mode", "smoke", "--lines", lines,
          "--paths", "direct", "--out", str(tmp_path), "--name", "smoke", "--no-chart",
@@ -34,6 +34,10 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     assert small["bulk8_MBps"] > 0 and small["node_rss_load_MB"] > 0
     assert results["ratios_small_to_tsproc"]["direct"]["bulk8_MBps"] > 0
     assert results["summary"]["loopback"]["trio-tcp"]["bulk1_MBps"] > 0
+    # The forward line: the same workloads through node.forward()'s Unix socket.
+    forward = results["summary"]["direct"]["forward"]
+    assert forward["bulk1_MBps"] > 0 and forward["setup_median_us"] > 0
+    assert results["ratios_forward_to_dial"]["direct"]["bulk1_MBps"] > 0
     # The helper hop line: round trips and set-ups through a helper with no tailnet.
     hop = results["summary"]["loopback"]["hop"]
     assert hop["rr_median_us"] > 0 and hop["setup_median_us"] > 0
@@ -43,4 +47,5 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     table = (tmp_path / "smoke.md").read_text()
     assert table.startswith("## tsproc benchmarks")
     assert "| 64 B round trip, median (µs) ↓ |" in table
+    assert "forward ÷ dial" in table
     assert "small ÷ tsproc" in table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, final
@@ -32,6 +33,7 @@ from .config import (
     ms_until,
 )
 from .events import EventStream
+from .forward import DEFAULT_NODE_WAIT, Forward, Socks5Proxy, open_forward, open_socks5
 from .lifecycle import NodeLifecycle
 from .packet import TailnetPacketConn
 from .streams import TailnetListener, TailnetStream
@@ -281,6 +283,53 @@ class Node(NodeLifecycle):
         """
         params = {"backlog": check_backlog(backlog)}
         return await self._open_listener("listen_any_port", params, 0, backlog)
+
+    def forward(self, host: str, port: int, *, unix_dir: str | os.PathLike[str] | None = None,
+                local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+                node_wait: float = DEFAULT_NODE_WAIT) -> AbstractAsyncContextManager[Forward]:
+        """A local endpoint that carries every connection to *host*:*port* on the tailnet,
+        for code that opens its own sockets (database drivers, ``psql``, ``curl``)::
+
+            async with node.forward("db", 5432) as fwd:
+                conn = await psycopg.AsyncConnection.connect(host=fwd.host, port=fwd.port)
+
+        By default the endpoint is a Unix socket ``.s.PGSQL.<port>`` in a new private
+        directory (0700, made at *unix_dir* if given, which must not exist yet); connections
+        from another user are refused. With *local_port* (0: any free port) it is a TCP port
+        on 127.0.0.1 instead, which **every local process** can connect to.
+
+        The endpoint exists exactly as long as the context (and the node); connections
+        still open through it when it ends are reset. Bytes go between
+        the endpoint and the tailnet inside the helper, never through Python. *host* is
+        resolved by the node (never the system's DNS) when a connection arrives; a target
+        off the tailnet, unreachable, or a node not running within *node_wait* seconds
+        (a helper restarting) resets that connection.
+
+        Raises:
+            InvalidArgumentError: a bad host, port or option; *unix_dir* exists or cannot
+                be made.
+            AddressInUseError: *local_port* is taken.
+        """
+        return open_forward(self, host, port, unix_dir=unix_dir, local_port=local_port,
+                            backlog=backlog, node_wait=node_wait)
+
+    def socks5(self, *, unix_dir: str | os.PathLike[str] | None = None,
+               local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+               node_wait: float = DEFAULT_NODE_WAIT) -> AbstractAsyncContextManager[Socks5Proxy]:
+        """A SOCKS5 proxy (CONNECT with a fresh username/password) into the tailnet, for
+        clients that speak SOCKS (httpx with ``socksio``, ``curl --socks5-hostname``)::
+
+            async with node.socks5(local_port=0) as proxy:
+                async with httpx.AsyncClient(proxy=proxy.url) as client: ...
+
+        The endpoint is chosen as for :meth:`forward` (a Unix socket ``socks5.sock`` by
+        default; httpx needs *local_port*). Names in requests are resolved by the node;
+        a wrong credential is refused before anything is dialled, a target off the tailnet
+        gets reply 2 (not allowed), an unknown tailnet name or unreachable node 4 (host
+        unreachable), a refused port 5.
+        """
+        return open_socks5(self, unix_dir=unix_dir, local_port=local_port, backlog=backlog,
+                           node_wait=node_wait)
 
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:

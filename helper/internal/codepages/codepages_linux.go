@@ -13,28 +13,50 @@ import (
 // Release unmaps the pages of the executable's read-only mappings (see the package comment)
 // and returns the size of the mappings it covered, in bytes. Writable mappings (the data
 // segment) are never touched: MADV_DONTNEED would throw away what the program wrote there.
+// Nor is a read-only mapping that holds private copies of written pages (smaps' Anonymous
+// above 0): a PIE build's relocated read-only data is such a mapping, and dropping its pages
+// would bring back the file's unrelocated contents.
 func Release() (uint64, error) {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		return 0, fmt.Errorf("finding the executable: %w", err)
 	}
-	f, err := os.Open("/proc/self/maps")
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return 0, fmt.Errorf("reading the mappings: %w", err)
 	}
 	defer f.Close()
 	var out uint64
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		start, end, ok := readOnlyMappingOf(sc.Text(), exe)
-		if !ok {
-			continue
+	var start, end uintptr
+	candidate := false
+	release := func() error {
+		if !candidate {
+			return nil
 		}
+		candidate = false
 		// The raw call: unix.Madvise takes a []byte, and this range is no Go memory.
 		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, start, end-start, unix.MADV_DONTNEED); errno != 0 {
-			return out, fmt.Errorf("madvise %#x-%#x: %w", start, end, errno)
+			return fmt.Errorf("madvise %#x-%#x: %w", start, end, errno)
 		}
 		out += uint64(end - start)
+		return nil
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "Anonymous:"); ok {
+			// Anonymous comes before the next mapping's header: decide on this one now.
+			if fields := strings.Fields(rest); len(fields) == 0 || fields[0] != "0" {
+				candidate = false
+			}
+			if err := release(); err != nil {
+				return out, err
+			}
+			continue
+		}
+		if s, e, ok := readOnlyMappingOf(line, exe); ok {
+			start, end, candidate = s, e, true
+		}
 	}
 	return out, sc.Err()
 }

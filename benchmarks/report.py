@@ -70,6 +70,7 @@ FOOTNOTES = [
     "⁵ The forward line: the same client workloads through node.forward()'s Unix socket (the "
     "helper pumps between it and the tailnet) instead of dial; the server is tsproc's. "
     "'forward ÷ dial' compares it with the tsproc column.",
+    "⁶ tsproc with `Node(memory_profile=\"small\")` (README, \"A node on a small machine\").",
 ]
 LINE_LABELS = {
     "tsproc": "tsproc",
@@ -80,7 +81,15 @@ LINE_LABELS = {
     "base": "baseline",
     "aio": "asyncio face",
     "forward": "forward⁵",
+    "small": "small memory",
 }
+# Lines shown beside tsproc, each as its figures and their ratio to tsproc's: (line, column
+# label, ratio label, the result's key for the ratios).
+VARIANTS = (
+    ("aio", "asyncio face", "asyncio ÷ trio", "ratios_aio_to_trio"),
+    ("forward", "forward⁵", "forward ÷ dial", "ratios_forward_to_dial"),
+    ("small", "small memory⁶", "small ÷ tsproc", "ratios_small_to_tsproc"),
+)
 PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
 
 
@@ -95,7 +104,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def _roles(trial: Trial) -> tuple[list[str], list[str]]:
     """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
-    if trial.line.name in ("tsproc", "aio", "base", "forward"):
+    if trial.line.name in ("tsproc", "aio", "base", "forward", "small"):
         return ["client_helper", "server_helper"], ["client_host", "server_host"]
     if trial.line.name == "hop":  # its server process does nothing
         return ["client_helper"], ["client_host"]
@@ -226,17 +235,15 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
 
     ratios: dict[str, dict[str, float]] = {}
     base_ratios: dict[str, dict[str, float]] = {}
-    aio_ratios: dict[str, dict[str, float]] = {}
-    forward_ratios: dict[str, dict[str, float]] = {}
+    variant_ratios: dict[str, dict[str, dict[str, float]]] = {v[3]: {} for v in VARIANTS}
     for path, lines in summary.items():
-        if "tsproc" in lines and "aio" in lines:
-            aio_ratios[path] = divide(lines["aio"], lines["tsproc"])
         if "tsproc" in lines and "go" in lines:
             ratios[path] = divide(lines["tsproc"], lines["go"])
         if "tsproc" in lines and "base" in lines:
             base_ratios[path] = divide(lines["tsproc"], lines["base"])
-        if "tsproc" in lines and "forward" in lines:
-            forward_ratios[path] = divide(lines["forward"], lines["tsproc"])
+        for line, _, _, key in VARIANTS:
+            if "tsproc" in lines and line in lines:
+                variant_ratios[key][path] = divide(lines[line], lines["tsproc"])
     return {
         "schema": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -248,8 +255,7 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         "summary": summary,
         "ratios_to_go": ratios,
         "ratios_to_base": base_ratios,
-        "ratios_aio_to_trio": aio_ratios,
-        "ratios_forward_to_dial": forward_ratios,
+        **variant_ratios,
         "goals": goals(summary),
         "trials": per_trial,
     }
@@ -416,17 +422,14 @@ def markdown(results: dict[str, Any]) -> str:
         before = previous["ratios_to_go"].get(path, {}) if previous else None
         out += [f"### {PATH_LABELS[path]}", "", _path_note(lines), ""]
         base = "base" in lines
-        aio = "aio" in lines
+        variants = [v for v in VARIANTS if v[0] in lines]
         head = ["metric", "tsproc", "pure Go", "tsproc ÷ Go"]
         if before is not None:
             head.append("previous")
         if base:
             head += ["baseline", "tsproc ÷ baseline"]
-        if aio:
-            head += ["asyncio face", "asyncio ÷ trio"]
-        fwd = "forward" in lines
-        if fwd:
-            head += [LINE_LABELS["forward"], "forward ÷ dial"]
+        for _, label, ratio_label, _ in variants:
+            head += [label, ratio_label]
         head += [LINE_LABELS[e] for e in extra]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -448,14 +451,10 @@ def markdown(results: dict[str, Any]) -> str:
                 b = results["ratios_to_base"].get(path, {}).get(metric.key)
                 cells += [_fmt(lines["base"].get(metric.key), metric.digits),
                           f"{b:.2f}" if b is not None else "-"]
-            if aio:
-                a = results.get("ratios_aio_to_trio", {}).get(path, {}).get(metric.key)
-                cells += [_fmt(lines["aio"].get(metric.key), metric.digits),
-                          f"{a:.2f}" if a is not None else "-"]
-            if fwd:
-                f = results.get("ratios_forward_to_dial", {}).get(path, {}).get(metric.key)
-                cells += [_fmt(lines["forward"].get(metric.key), metric.digits),
-                          f"{f:.2f}" if f is not None else "-"]
+            for line, _, _, key in variants:
+                r = results.get(key, {}).get(path, {}).get(metric.key)
+                cells += [_fmt(lines[line].get(metric.key), metric.digits),
+                          f"{r:.2f}" if r is not None else "-"]
             cells += [_fmt(v, metric.digits) for v in values[2:]]
             out.append("| " + " | ".join(cells) + " |")
         hop = hop_overhead_us(summary, path)

@@ -67,6 +67,9 @@ LINES: dict[str, Line] = {
     # --base DIR: tsproc from another source tree (its Python package and its helper), for
     # before/after measurements in one run.
     "base": Line("base", "tsproc, baseline tree", "python", "tsproc", True),
+    # The same tsproc with Node(memory_profile="small"): what the small-machine profile costs
+    # and saves, beside the default in the same run.
+    "small": Line("small", "tsproc, memory_profile='small'", "python", "tsproc", True),
 }
 
 
@@ -143,6 +146,8 @@ class Runner:
         elif line.language == "python":
             cmd = [sys.executable, "-m", "benchmarks.peer", role, "--net", line.net,
                    "--hostname", hostname, "--control", self.control_url]
+            if line.name == "small":
+                cmd += ["--memory-profile", "small"]
         else:
             cmd = [str(self.args.gobench), role, "-net", line.net, "-hostname", hostname,
                    "-control", self.control_url]
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--repeats", type=int, default=None,
                         help="trials per line and path (default: 1, or 3 in full mode)")
-    parser.add_argument("--lines", default="tsproc,aio,forward,go,kernel,trio-tcp,hop",
+    parser.add_argument("--lines", default="tsproc,aio,forward,small,go,kernel,trio-tcp,hop",
                         help=f"comma-separated, from {','.join(LINES)}")
     parser.add_argument("--paths", default="direct,derp", help="direct, derp or both")
     parser.add_argument("--phases", default=None,

@@ -41,6 +41,8 @@ type node struct {
 	state        string // last backend state from the IPN bus
 	authURL      string // last auth URL from the IPN bus, until Running
 	lastErr      string // last ErrMessage from the IPN bus, until Running
+	// releaseCodePages: start's release_code_pages, done by afterUp (memory.go).
+	releaseCodePages bool
 	// localNoACME: the node is on a loopback control server that gave it no ACME server
 	// (start's acme_directory_url), so a certificate request would go to Let's Encrypt.
 	localNoACME bool

@@ -14,8 +14,7 @@ GOBENCH = ROOT / "benchmarks" / "gobench" / "gobench"
 
 def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     # The pure-Go lines need `make bench` to have built gobench; without it, the Python lines.
-    lines = ("tsproc,aio,forward,trio-tcp,hop,go,kernel" if GOBENCH.exists()
-             else "tsproc,aio,forward,trio-tcp,hop")
+    lines = "tsproc,aio,forward,small,trio-tcp,hop" + (",go,kernel" if GOBENCH.exists() else "")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--mode", "smoke", "--lines", lines,
          "--paths", "direct", "--out", str(tmp_path), "--name", "smoke", "--no-chart",
@@ -30,6 +29,10 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
                 "rr_cpu_us", "setup_cpu_us"):
         assert tsproc[key] > 0, key
     assert "idle_conns_MB_per_1k" in tsproc
+    # The small-memory line: the same workloads with Node(memory_profile="small").
+    small = results["summary"]["direct"]["small"]
+    assert small["bulk8_MBps"] > 0 and small["node_rss_load_MB"] > 0
+    assert results["ratios_small_to_tsproc"]["direct"]["bulk8_MBps"] > 0
     assert results["summary"]["loopback"]["trio-tcp"]["bulk1_MBps"] > 0
     # The asyncio line: the same workloads through tsproc.aio, and its ratios to trio.
     aio = results["summary"]["direct"]["aio"]
@@ -50,3 +53,4 @@ def test_benchmarks_smoke_mode_writes_every_figure(tmp_path: Path) -> None:
     assert "| 64 B round trip, median (µs) ↓ |" in table
     assert "asyncio ÷ trio" in table
     assert "forward ÷ dial" in table
+    assert "small ÷ tsproc" in table

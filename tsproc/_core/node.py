@@ -71,6 +71,11 @@ class Node(NodeLifecycle):
             watch :meth:`events` for an auth URL; then use :meth:`wait_running`.
         restart: how the helper is watched and restarted.
         memory_limit: a soft memory cap for the helper in bytes (Go's GOMEMLIMIT).
+        memory_profile: ``"default"`` (tsnet's sizes, the most throughput per connection) or
+            ``"small"``: a helper for a small machine, under 100 MB in bulk transfers instead of
+            several hundred, at the price of a 64 KiB TCP window per connection, which caps one
+            stream at about 1.3 MB/s on a path of 50 ms round trip (README, "A node on a small
+            machine").
         helper_env: extra environment variables for this node's helper — tsnet and Go knobs
             such as ``TS_DEBUG_USE_DERP_HTTP``; never secrets (a value that looks like an auth
             key is refused: the helper's environment is visible to the machine's other users).
@@ -103,6 +108,7 @@ class Node(NodeLifecycle):
         wait_running: bool = True,
         restart: RestartPolicy | None = None,
         memory_limit: int | None = None,
+        memory_profile: str = "default",
         helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
         advertise_routes: Iterable[str] = (),
@@ -112,7 +118,8 @@ class Node(NodeLifecycle):
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
             ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
-            restart=restart, memory_limit=memory_limit, helper_env=helper_env,
+            restart=restart, memory_limit=memory_limit, memory_profile=memory_profile,
+            helper_env=helper_env,
             helper_path=helper_path, advertise_routes=advertise_routes,
             acme_directory_url=acme_directory_url, acme_roots=acme_roots,
         ))

@@ -17,6 +17,7 @@ import (
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/statestore"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -173,12 +174,14 @@ type session struct {
 func newSession(rd, wr *net.UnixConn, f fault, tsnetLogs bool) *session {
 	r, w, closeFault := withFault(f, wire.NewMsgReader(rd), wire.NewMsgWriter(wr), wr)
 	n := newNode(w, tsnetLogs)
+	disp := wire.NewDispatcher(n, w, dispatcherConfig())
+	n.host = disp
 	return &session{
 		rd:         rd,
 		wr:         wr,
 		r:          r,
 		node:       n,
-		disp:       wire.NewDispatcher(n, w, dispatcherConfig()),
+		disp:       disp,
 		closeFault: closeFault,
 	}
 }
@@ -221,7 +224,8 @@ func (s *session) closeWithin(d time.Duration) {
 
 // node is the tsnet server and everything the host made with it.
 type node struct {
-	out       wire.Sender // notifications to the host
+	out       wire.Sender       // notifications to the host
+	host      statestore.Caller // requests to the host (the dispatcher), for a host state store
 	tsnetLogs bool
 
 	// startMu is held across tsnet's Start and by close, because tsnet.Server.Close must

@@ -38,6 +38,7 @@ type startConfig struct {
 	tags                                    []string
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
+	credentials                             credentialStart
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -58,6 +59,7 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 	if p.Err != nil {
 		return c, p.Err
 	}
+	var err error
 	for _, r := range routes {
 		pfx, err := netip.ParsePrefix(r)
 		if err != nil || pfx != pfx.Masked() {
@@ -66,6 +68,9 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 		c.advertiseRoutes = append(c.advertiseRoutes, pfx)
 	}
 	if err := c.acme.check(); err != nil {
+		return c, err
+	}
+	if c.credentials, err = parseCredentialStart(p, c.memoryState); err != nil {
 		return c, err
 	}
 	switch {
@@ -148,9 +153,10 @@ func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 	if cfg.memoryState {
 		srv.Store = new(mem.Store)
 	}
+	hostStore := cfg.credentials.apply(srv, n.host)
 	if err := srv.Start(); err != nil {
 		// tsnet cleans up after a failed Start; a new start may try again.
-		return nil, wire.NewError(wire.CodeInternal, "starting tsnet: %v", err)
+		return nil, startFailed(err, cfg.credentials, hostStore)
 	}
 	lc, err := srv.LocalClient()
 	if err != nil {

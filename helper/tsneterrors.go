@@ -34,3 +34,9 @@ func isAuthError(err error) bool {
 	}
 	return false
 }
+
+// isKeyExchangeError reports whether tsnet's Start failed exchanging an OAuth client secret or
+// a workload identity for an auth key ("error resolving auth key: …").
+func isKeyExchangeError(err error) bool {
+	return strings.Contains(err.Error(), "resolving auth key")
+}

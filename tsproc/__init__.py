@@ -10,6 +10,7 @@ See docs/design.md for how it works and docs/protocol.md for the helper protocol
 from ._core.node import EventStream, Node
 from ._core.packet import TailnetPacketConn
 from ._core.serve import serve_tcp
+from ._core.statestore import StateStore
 from ._core.streams import TailnetListener, TailnetStream
 from ._core.supervisor import RestartPolicy
 from ._core.types import (
@@ -46,8 +47,10 @@ from .errors import (
     ProtocolError,
     RemoteError,
     StateDirLocked,
+    StateStoreError,
     TlsUnavailableError,
     TsprocError,
+    UntaggedServiceHostError,
 )
 
 __version__ = "0.1.0"
@@ -84,12 +87,15 @@ __all__ = [
     "RestartPolicy",
     "StateDirLocked",
     "StateEvent",
+    "StateStore",
+    "StateStoreError",
     "Status",
     "TailnetListener",
     "TailnetPacketConn",
     "TailnetStream",
     "TlsUnavailableError",
     "TsprocError",
+    "UntaggedServiceHostError",
     "UserInfo",
     "WhoIs",
     "__version__",

@@ -70,7 +70,8 @@ class NodeLifecycle:
         self._state = NodeState.STARTING  # no event: nobody can be waiting for this one
         path = find_helper(self._config.helper_path)
         self._state_dir = StateDir.acquire(
-            self.hostname, self._config.state_dir, temporary=self._config.ephemeral
+            self.hostname, self._config.state_dir,
+            temporary=self._config.temporary_state_dir,
         )
         stack = AsyncExitStack()
         try:
@@ -134,7 +135,7 @@ class NodeLifecycle:
         process = HelperProcess.spawn(path, self._config.helper_args(),
                                       self._config.helper_environment(number))
         gen = Generation(number, process, self._on_down, self._on_backend_state,
-                         whois=self._stream_whois)
+                         whois=self._stream_whois, on_request=self._config.state_answers())
         self._spawned.add(gen)
         self._nursery.start_soon(self._run_generation, gen)
         try:

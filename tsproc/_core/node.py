@@ -32,6 +32,7 @@ from .config import (
 from .events import EventStream
 from .lifecycle import NodeLifecycle
 from .packet import TailnetPacketConn
+from .statestore import StateStore
 from .streams import TailnetListener, TailnetStream
 from .supervisor import RestartPolicy
 from .types import IPAddress, NodeState, PingResult, Status, WhoIs
@@ -77,6 +78,17 @@ class Node(NodeLifecycle):
         acme_directory_url: the ACME server that issues this node's certificates instead of
             Let's Encrypt (a local tailnet's own, set by ``LocalTailnet.node``).
         acme_roots: PEM certificates the node trusts for that ACME server (and only those).
+        state: where the node keeps its identity, instead of *state_dir*: a directory,
+            ``"memory"`` (ephemeral nodes only: nothing is kept), or a
+            :class:`~tsproc.StateStore` — any object with ``read(key)`` and
+            ``write(key, value)``, plain or async — that the helper asks for every read and
+            write, so the keys can live in a database, a Secret or a vault.
+        client_secret: an OAuth client secret (``tskey-client-…``) to get an auth key with,
+            instead of *auth_key*; *tags* are then required by Tailscale.
+        client_id, id_token, audience: workload identity federation: the OAuth client's ID
+            with an ID token from the workload's identity provider, or with the *audience*
+            to request one for. Like *auth_key*, these never reach argv, a child's
+            environment, logs or reprs. All of them need Tailscale's API.
 
     Raises (from ``__aenter__``):
         InvalidArgumentError, AuthError, NodeTimeoutError (with the node's health),
@@ -102,20 +114,29 @@ class Node(NodeLifecycle):
         advertise_routes: Iterable[str] = (),
         acme_directory_url: str | None = None,
         acme_roots: str | None = None,
+        state: str | os.PathLike[str] | StateStore | None = None,
+        client_secret: str | None = None,
+        client_id: str | None = None,
+        id_token: str | None = None,
+        audience: str | None = None,
     ) -> None:
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
             ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
             restart=restart, memory_limit=memory_limit, helper_env=helper_env,
             helper_path=helper_path, advertise_routes=advertise_routes,
-            acme_directory_url=acme_directory_url, acme_roots=acme_roots,
+            acme_directory_url=acme_directory_url, acme_roots=acme_roots, state=state,
+            client_secret=client_secret, client_id=client_id, id_token=id_token,
+            audience=audience,
         ))
         self.control_url = control_url
         self.ephemeral = ephemeral
 
     def __repr__(self) -> str:
         ips = ",".join(str(ip) for ip in self._ips) or "no IP yet"
-        key = ", auth_key=<redacted>" if self._config.auth_key else ""
+        config = self._config
+        key = "".join(f", {name}=<redacted>" for name in ("auth_key", "client_secret", "id_token")
+                      if getattr(config, name))
         state = self._state.value
         if self._state is NodeState.NEW:
             state = "new (not started: use `async with node`)"

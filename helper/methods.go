@@ -63,6 +63,10 @@ func (n *node) Call(ctx context.Context, method string, params map[string]any) (
 		return n.certDomains(ctx)
 	case "cert_pair":
 		return n.certPair(ctx, p)
+	case "capture_pcap":
+		return n.capturePcap(p)
+	case "stop_capture":
+		return n.stopCapture(p)
 	case "bench_echo":
 		return n.benchEcho()
 	case "shutdown":

@@ -252,6 +252,8 @@ type node struct {
 	withAuthKey bool     // start had an auth key: a refused login is about that key
 	healthTexts []string // last health warnings from the IPN bus (non-nil once seen)
 
+	captures captures // running packet captures (capture.go)
+
 	wg     sync.WaitGroup // the IPN bus watcher and the listener pumps
 	connWG sync.WaitGroup // running bridges
 
@@ -400,6 +402,7 @@ func (n *node) close() {
 		return
 	}
 	n.closed = true
+	n.captures.stopAll()
 	listeners := make([]*tsListener, 0, len(n.listeners))
 	for _, l := range n.listeners {
 		listeners = append(listeners, l)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, final
@@ -17,6 +18,7 @@ from typing import Any, final
 import trio
 
 from ..errors import HelperDiedError, InvalidArgumentError, ProtocolError
+from .capture import CaptureFormat, capture_to_file
 from .config import (
     DEFAULT_BACKLOG,
     DIAL_BOUND,
@@ -441,8 +443,28 @@ class Node(NodeLifecycle):
         reply = await gen.request("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
 
+    def capture_pcap(self, path: str | os.PathLike[str], *,
+                     format: CaptureFormat = "ip") -> AbstractAsyncContextManager[None]:
+        """Capture the node's tailnet packets into the pcap file *path* while the ``async
+        with`` block runs (tsnet's ``CapturePcap``)::
+
+            async with node.capture_pcap("node.pcap"):
+                ...
+
+        ``format="ip"`` writes raw IP packets that tcpdump and Wireshark decode as they are;
+        ``"tailscale"`` keeps tsnet's own records (with each packet's path through the node),
+        for Wireshark with Tailscale's ``ts-dissector.lua``. The file is created 0600: it holds
+        the plaintext of the node's traffic. A capture ends with the helper that made it (a
+        restart ends it early).
+
+        Raises:
+            InvalidArgumentError: *path* cannot be written, or an unknown *format*.
+        """
+        return capture_to_file(self._live_generation, path, format)
+
     async def logout(self) -> None:
         """Log the node out of the tailnet (its saved identity becomes useless)."""
         gen = await self._live_generation()
         await gen.request("logout", {})
+
 

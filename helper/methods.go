@@ -63,6 +63,8 @@ func (n *node) Call(ctx context.Context, method string, params map[string]any) (
 		return n.certDomains(ctx)
 	case "cert_pair":
 		return n.certPair(ctx, p)
+	case "listen_service":
+		return n.listenService(ctx, p)
 	case "capture_pcap":
 		return n.capturePcap(p)
 	case "stop_capture":

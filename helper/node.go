@@ -252,7 +252,8 @@ type node struct {
 	withAuthKey bool     // start had an auth key: a refused login is about that key
 	healthTexts []string // last health warnings from the IPN bus (non-nil once seen)
 
-	captures captures // running packet captures (capture.go)
+	captures captures   // running packet captures (capture.go)
+	services serviceSet // Tailscale Services this node hosts (service.go)
 
 	wg     sync.WaitGroup // the IPN bus watcher and the listener pumps
 	connWG sync.WaitGroup // running bridges

@@ -57,18 +57,17 @@ async def test_capture_pcap_holds_the_packets_of_a_known_connection(tmp_path):
     async with local_tailnet() as tailnet, tailnet.node("server") as server, \
             tailnet.node("client") as client:
         listener = await server.listen(7123)
-        async with client.capture_pcap(path):
-            async with trio.open_nursery() as nursery:
+        async with client.capture_pcap(path), trio.open_nursery() as nursery:
 
-                async def echo() -> None:
-                    async with await listener.accept() as stream:
-                        await stream.send_all(await stream.receive_some(100))
+            async def echo() -> None:
+                async with await listener.accept() as stream:
+                    await stream.send_all(await stream.receive_some(100))
 
-                nursery.start_soon(echo)
-                with trio.fail_after(20):
-                    async with await client.dial("server", 7123) as stream:
-                        await stream.send_all(MARKER)
-                        assert await stream.receive_some(100) == MARKER
+            nursery.start_soon(echo)
+            with trio.fail_after(20):
+                async with await client.dial("server", 7123) as stream:
+                    await stream.send_all(MARKER)
+                    assert await stream.receive_some(100) == MARKER
         client_ip, server_ip = str(client.tailscale_ips[0]), str(server.tailscale_ips[0])
         # After the block the capture has stopped: the file no longer grows.
         size = path.stat().st_size

@@ -296,6 +296,33 @@ class Node(NodeLifecycle):
         params = {"backlog": check_backlog(backlog)}
         return await self._open_listener("listen_any_port", params, 0, backlog)
 
+    async def listen_service(self, service: str, port: int, *, terminate_tls: bool = False,
+                             backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
+        """Host the Tailscale Service *service* (``"svc:web"``) on *port*: advertise this node
+        as one of its hosts and accept the connections clients make to the service — by its
+        MagicDNS name (``node.dial("web.<tailnet domain>", port)`` or ``"svc:web"``), which
+        reaches whichever host the tailnet routes the service to. Closing the listener
+        withdraws the advertisement (when no other listener of this node hosts the service).
+
+        Only tagged nodes may host a service, and the tailnet must approve the host (its
+        policy's auto-approvers, or an admin); a service with several ports needs a listener
+        per port. With *terminate_tls* the helper terminates TLS with a certificate for the
+        service's name, which needs HTTPS certificates on the tailnet.
+
+        Raises:
+            InvalidArgumentError: not a service name (``svc:`` and a DNS label), bad port.
+            UntaggedServiceHostError: this node has no tags.
+            AddressInUseError: this node already hosts *service* on *port*.
+            TlsUnavailableError: *terminate_tls* without HTTPS certificates.
+        """
+        if not isinstance(service, str) or not service.startswith("svc:"):
+            raise InvalidArgumentError(
+                f"service must be a Tailscale Service name like 'svc:web', got {service!r}")
+        check_port(port)
+        params = {"service": service, "port": port, "terminate_tls": bool(terminate_tls),
+                  "backlog": check_backlog(backlog)}
+        return await self._open_listener("listen_service", params, port, backlog)
+
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:
         gen = await self._live_generation()

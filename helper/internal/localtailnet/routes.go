@@ -18,17 +18,22 @@ const routeCheckInterval = 200 * time.Millisecond
 
 // runRouteApprover approves every subnet route a node advertises (Hostinfo.RoutableIPs), as
 // a tailnet whose policy auto-approves all routes does, until ctx is done. A node that stops
-// advertising a route loses it.
+// advertising a route loses it. Exit routes (0.0.0.0/0, ::/0) are routes like any other.
+// It also hosts Tailscale Services (services.go), whose VIPs are routes of their primary host.
 func runRouteApprover(ctx context.Context, control *testcontrol.Server) {
 	approved := map[key.NodePublic][]netip.Prefix{}
+	services := newServiceHosts(control)
 	t := time.NewTicker(routeCheckInterval)
 	defer t.Stop()
 	for {
-		for _, n := range control.AllNodes() {
+		nodes := control.AllNodes()
+		vipRoutes := services.update(ctx, nodes)
+		for _, n := range nodes {
 			var want []netip.Prefix
 			if n.Hostinfo.Valid() {
 				want = n.Hostinfo.RoutableIPs().AsSlice()
 			}
+			want = append(want, vipRoutes[n.Key]...)
 			slices.SortFunc(want, func(a, b netip.Prefix) int {
 				if c := a.Addr().Compare(b.Addr()); c != 0 {
 					return c

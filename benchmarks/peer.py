@@ -68,8 +68,8 @@ class Stdin:
 
 class HopHelper:
     """A helper without a tailnet, for the "helper hop" line: hello, then bench_echo
-    connections (see helper/benchhop.go), with the same conn_end/close_conn bookkeeping as a
-    node's generation (tsproc/_core/generation.py)."""
+    connections (see helper/testhook_benchecho.go), with the same conn_end/close_conn
+    bookkeeping as a node's generation (tsproc/_core/generation.py)."""
 
     def __init__(self) -> None:
         self._conns: dict[int, ConnState] = {}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"io"
 	"math"
@@ -110,7 +111,7 @@ func (c *captures) hook(path packet.CapturePath, when time.Time, data []byte, me
 	}
 }
 
-func (n *node) capturePcap(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) capturePcap(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	format := p.OptString("format")
 	if p.Err != nil {
 		return nil, p.Err
@@ -152,7 +153,7 @@ func (n *node) capturePcap(p *wire.ParamReader) (*wire.Reply, error) {
 	}}, nil
 }
 
-func (n *node) stopCapture(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) stopCapture(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	id := p.Uint("capture", 0, math.MaxUint64)
 	if p.Err != nil {
 		return nil, p.Err

@@ -75,6 +75,7 @@ func (l *serviceListener) Close() error {
 }
 
 func (n *node) listenService(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p) // first: the error a call without it gets names it
 	name := tailcfg.ServiceName(p.String("service"))
 	port := uint16(p.Uint("port", 1, 65535))
 	terminateTLS := p.OptBool("terminate_tls")
@@ -92,11 +93,13 @@ func (n *node) listenService(ctx context.Context, p *wire.ParamReader) (*wire.Re
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	sctx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
+	what := "hosting " + string(name)
 	st, err := lc.StatusWithoutPeers(sctx)
 	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "reading the node's status: %v", err)
+		return nil, n.callError(ctx, sctx, what, timeoutMS,
+			wire.NewError(wire.CodeInternal, "reading the node's status: %v", err))
 	}
 	if st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0 {
 		return nil, wire.NewError(wire.CodeUntaggedServiceHost, "%v: give the node tags (Node(tags=...))", tsnet.ErrUntaggedServiceHost)
@@ -104,7 +107,7 @@ func (n *node) listenService(ctx context.Context, p *wire.ParamReader) (*wire.Re
 	var tlsConfig *tls.Config
 	if terminateTLS {
 		if _, err := requireCerts(sctx, n); err != nil {
-			return nil, err
+			return nil, n.callError(ctx, sctx, what, timeoutMS, err)
 		}
 		tlsConfig = &tls.Config{GetCertificate: lc.GetCertificate}
 	}
@@ -116,7 +119,7 @@ func (n *node) listenService(ctx context.Context, p *wire.ParamReader) (*wire.Re
 	s.mu.Lock()
 	if err := s.host(sctx, n, name, port); err != nil {
 		s.mu.Unlock()
-		return nil, err
+		return nil, n.callError(ctx, sctx, what, timeoutMS, err)
 	}
 	sl := &serviceListener{
 		name: name,

@@ -30,8 +30,8 @@ from .statestore import StateKind, StoreAnswers, check_state
 from .supervisor import RestartPolicy
 
 __all__ = [
-    "DEFAULT_BACKLOG", "DIAL_BOUND", "PING_BOUND", "NodeConfig", "call_deadline", "check_backlog",
-    "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
+    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "PING_BOUND", "NodeConfig", "call_deadline",
+    "check_backlog", "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -41,6 +41,10 @@ DEFAULT_BACKLOG: Final = 128
 # them, so that nothing waits forever on a helper.
 DIAL_BOUND: Final = 30.0
 PING_BOUND: Final = 10.0
+# The bound of every other call that waits in the helper (status, whois, logout, cert_domains,
+# cert_pair, listen_tls, listen_funnel): the helper gets the time left as timeout_ms, and no
+# constant of its own (docs/protocol.md §4).
+CALL_BOUND: Final = 60.0
 # A helper that has not answered this long after the timeout it was given is treated as hung.
 _ANSWER_GRACE: Final = 5.0
 _MAX_HELPER_MS: Final = (1 << 31) - 1

@@ -33,7 +33,7 @@ from ..errors import (
     RemoteError,
     TsprocError,
 )
-from .config import NodeConfig
+from .config import CALL_BOUND, NodeConfig, limit_until, ms_until
 from .packet import TailnetPacketConn
 from .streams import ConnState, TailnetListener, TailnetStream
 from .supervisor import RestartPolicy
@@ -42,8 +42,9 @@ from .types import Addr, IPAddress, Status, WhoIs
 __all__ = ["RPC_TIMEOUT", "Generation", "int_field"]
 
 _HELLO_TIMEOUT: Final = 10.0
-# A request the helper neither answers nor fails within this is treated as a hang (the heartbeat
-# normally notices much sooner).
+# A request that does not wait in the helper (start, listen, close_listener …), neither answered
+# nor failed within this, is treated as a hang (the heartbeat normally notices much sooner).
+# Requests that wait in the helper carry the caller's deadline instead (_config.call_deadline).
 RPC_TIMEOUT: Final = 60.0
 # How long closing a listener waits for the helper to confirm it.
 _CLOSE_LISTENER_TIMEOUT: Final = 5.0
@@ -269,8 +270,10 @@ class Generation:
             if listener.closed:
                 continue
             method, params = listener.spec
-            await self.request(method, params,
-                               on_result=self.listener_handler(listener, new=False))
+            deadline = trio.current_time() + CALL_BOUND  # no caller waits on a restart
+            await self.request(method, {**params, "timeout_ms": ms_until(deadline)},
+                               on_result=self.listener_handler(listener, new=False),
+                               limit=limit_until(deadline))
             if listener.closed:
                 # The application closed it while this helper was opening it again: the node
                 # told the dead generation, which held nothing, so close it here, or this

@@ -17,9 +17,11 @@ from typing import Any, final
 
 import trio
 
+from .._wire.rpc import Reply
 from ..errors import HelperDiedError, InvalidArgumentError, ProtocolError
 from .capture import CaptureFormat, capture_to_file
 from .config import (
+    CALL_BOUND,
     DEFAULT_BACKLOG,
     DIAL_BOUND,
     PING_BOUND,
@@ -325,10 +327,13 @@ class Node(NodeLifecycle):
 
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:
-        gen = await self._live_generation()
+        deadline, own = call_deadline(CALL_BOUND)
+        gen = await self._running_generation(own)
         listener = TailnetListener._create(port, backlog, self._on_accept,
                                            self._on_listener_close, spec=(method, params))
-        await gen.request(method, params, on_result=gen.listener_handler(listener, new=True))
+        await gen.request(method, {**params, "timeout_ms": ms_until(deadline)},
+                          on_result=gen.listener_handler(listener, new=True),
+                          limit=limit_until(deadline))
         self._listeners.add(listener)
         return listener
 
@@ -385,8 +390,7 @@ class Node(NodeLifecycle):
     async def cert_domains(self) -> tuple[str, ...]:
         """The DNS names the tailnet issues HTTPS certificates for to this node (empty when
         HTTPS is not enabled: then :meth:`listen_tls` and :meth:`listen_funnel` fail)."""
-        gen = await self._live_generation()
-        reply = await gen.request("cert_domains", {})
+        reply = await self._request_in_time("cert_domains", {})
         domains = reply.result.get("domains")
         return tuple(str(d) for d in domains) if isinstance(domains, list) else ()
 
@@ -404,8 +408,7 @@ class Node(NodeLifecycle):
         """
         if not isinstance(domain, str) or not domain:
             raise InvalidArgumentError("cert_pair needs a domain, one of cert_domains()")
-        gen = await self._live_generation()
-        reply = await gen.request("cert_pair", {"domain": domain})
+        reply = await self._request_in_time("cert_pair", {"domain": domain})
         cert, key = reply.result.get("cert_pem"), reply.result.get("key_pem")
         if not isinstance(cert, bytes) or not isinstance(key, bytes):
             raise ProtocolError("cert_pair answer without cert_pem and key_pem bytes")
@@ -441,8 +444,10 @@ class Node(NodeLifecycle):
 
     async def status(self) -> Status:
         """The node's current status: backend state, addresses, peers, helper figures."""
-        gen = await self._live_generation()
-        reply = await gen.request("status", {})
+        deadline, own = call_deadline(CALL_BOUND)
+        gen = await self._running_generation(own)
+        reply = await gen.request("status", {"timeout_ms": ms_until(deadline)},
+                                  limit=limit_until(deadline))
         restarts = self._supervisor.restarts if self._supervisor else 0
         return Status.from_wire(reply.result, pid=gen.process.pid, restarts=restarts)
 
@@ -466,8 +471,7 @@ class Node(NodeLifecycle):
             text = str(addr)
         if not text:
             raise InvalidArgumentError("whois needs an address")
-        gen = await self._live_generation()
-        reply = await gen.request("whois", {"addr": text})
+        reply = await self._request_in_time("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
 
     def capture_pcap(self, path: str | os.PathLike[str], *,
@@ -491,7 +495,14 @@ class Node(NodeLifecycle):
 
     async def logout(self) -> None:
         """Log the node out of the tailnet (its saved identity becomes useless)."""
-        gen = await self._live_generation()
-        await gen.request("logout", {})
+        await self._request_in_time("logout", {})
+
+    async def _request_in_time(self, method: str, params: dict[str, Any]) -> Reply:
+        """A request that waits in the helper, within the caller's deadline (else CALL_BOUND
+        from now), which the helper is given as its timeout_ms."""
+        deadline, own = call_deadline(CALL_BOUND)
+        gen = await self._running_generation(own)
+        return await gen.request(method, {**params, "timeout_ms": ms_until(deadline)},
+                                 limit=limit_until(deadline))
 
 

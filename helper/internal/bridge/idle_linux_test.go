@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"io"
@@ -14,7 +14,7 @@ import (
 func hostPumpsRunning() int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	return strings.Count(string(buf), "(*bridge).runHostPump")
+	return strings.Count(string(buf), "(*Bridge).runHostPump")
 }
 
 // TestBridgeIdleHostPumpHoldsNoGoroutine checks the idle hand-over: a bridge that carries

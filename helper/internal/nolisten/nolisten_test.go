@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package nolisten
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 // a seccomp filter cannot be taken back.
 const forbidListenChildEnv = "TSPROC_TEST_FORBID_LISTEN_CHILD"
 
-// TestForbidListen: after forbidListen no thread of the process can open a TCP or Unix
+// TestForbidListen: after Forbid no thread of the process can open a TCP or Unix
 // listener, while everything the node helper does still works: UDP (WireGuard), outbound TCP,
 // socketpairs.
 func TestForbidListen(t *testing.T) {
@@ -50,7 +50,7 @@ func forbidListenChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer before.Close()
-	if err := forbidListen(); err != nil {
+	if err := Forbid(); err != nil {
 		t.Skipf("seccomp unavailable here: %v", err)
 	}
 	done := make(chan struct{})
@@ -84,7 +84,7 @@ func forbidListenChild(t *testing.T) {
 		t.Fatalf("outbound TCP: %v", err)
 	}
 	c.Close()
-	if _, err := socketpair(); err != nil {
+	if _, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0); err != nil {
 		t.Fatalf("socketpair: %v", err)
 	}
 }

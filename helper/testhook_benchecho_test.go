@@ -28,12 +28,12 @@ func TestBenchEcho(t *testing.T) {
 	defer n.close()
 	benchEnabled = false
 	var rerr *wire.Error
-	if _, err := n.benchEcho(); !errors.As(err, &rerr) || rerr.Code != wire.CodeUnknownMethod {
+	if _, err := n.benchEcho(t.Context(), nil); !errors.As(err, &rerr) || rerr.Code != wire.CodeUnknownMethod {
 		t.Fatalf("without %s: %v", benchEnv, err)
 	}
 	benchEnabled = true
 	defer func() { benchEnabled = false }()
-	rep, err := n.benchEcho()
+	rep, err := n.benchEcho(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

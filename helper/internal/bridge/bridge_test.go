@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"errors"
@@ -66,16 +66,16 @@ func (r *connEndRecord) get() []connEndCall {
 }
 
 // startTestBridge bridges tn and returns the host's end of the socketpair.
-func startTestBridge(t *testing.T, tn net.Conn, rec *connEndRecord) (*bridge, *net.UnixConn, chan struct{}) {
+func startTestBridge(t *testing.T, tn net.Conn, rec *connEndRecord) (*Bridge, *net.UnixConn, chan struct{}) {
 	t.Helper()
-	b, err := newBridge(7, tn, rec.onEnd)
+	b, err := New(7, tn, rec.onEnd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := fdtest.FDConn(t, b.takePassFD())
+	host := fdtest.FDConn(t, b.TakePassFD())
 	t.Cleanup(func() { host.Close() })
 	finished := make(chan struct{})
-	b.start(func() { close(finished) })
+	b.Start(func() { close(finished) })
 	return b, host, finished
 }
 
@@ -203,13 +203,13 @@ func ptrTo[T any](v T) *T { return &v }
 
 func TestBridgeAbortBeforeStart(t *testing.T) {
 	_, tn := tcpPair(t)
-	b, err := newBridge(1, tn, func(uint64, bool, error) { t.Error("conn_end from a bridge never started") })
+	b, err := New(1, tn, func(uint64, bool, error) { t.Error("conn_end from a bridge never started") })
 	if err != nil {
 		t.Fatal(err)
 	}
 	fd := b.passFD
-	b.abort()
-	b.closePassFD()
+	b.Abort()
+	b.ClosePassFD()
 	if fdtest.FDIsOpen(fd) {
 		t.Error("host end still open")
 	}
@@ -246,9 +246,9 @@ func TestBridgeNoGoroutineLeak(t *testing.T) {
 // reset) or torn down (the helper shutting down) resets the tailnet connection, so the peer
 // reads ECONNRESET, never an EOF that would make a cut-off transfer look complete.
 func TestBridgeEndsAbortively(t *testing.T) {
-	for name, end := range map[string]func(*bridge){
-		"close_conn with reset": (*bridge).hostReset,
-		"helper shutting down":  (*bridge).abort,
+	for name, end := range map[string]func(*Bridge){
+		"close_conn with reset": (*Bridge).HostReset,
+		"helper shutting down":  (*Bridge).Abort,
 	} {
 		t.Run(name, func(t *testing.T) {
 			peer, tn := tcpPair(t)
@@ -280,7 +280,7 @@ func TestBridgeOrderlyCloseAfterClosedHost(t *testing.T) {
 	b, host, finished := startTestBridge(t, tn, rec)
 	host.Write([]byte("whole reply"))
 	host.Close()
-	b.hostClosed()
+	b.HostClosed()
 	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if got, err := io.ReadAll(peer); err != nil || string(got) != "whole reply" {
 		t.Fatalf("peer read %q, %v; want the reply and EOF", got, err)
@@ -288,11 +288,11 @@ func TestBridgeOrderlyCloseAfterClosedHost(t *testing.T) {
 	waitClosed(t, finished, "bridge end")
 }
 
-// TestResetConnFindsTheNetstackEndpoint: resetConn reaches gonet.TCPConn's unexported
-// endpoint by name and type (reset.go); a gVisor upgrade that moves it fails here, not by
+// TestResetFindsTheNetstackEndpoint: Reset reaches gonet.TCPConn's unexported
+// endpoint by name and type (tailnetconn.go); a gVisor upgrade that moves it fails here, not by
 // quietly turning resets into orderly closes. node_e2e_test resets a real tsnet connection.
-func TestResetConnFindsTheNetstackEndpoint(t *testing.T) {
+func TestResetFindsTheNetstackEndpoint(t *testing.T) {
 	if gonetEndpointField == nil {
-		t.Fatal("gonet.TCPConn has no field ep of type tcpip.Endpoint: update reset.go")
+		t.Fatal("gonet.TCPConn has no field ep of type tcpip.Endpoint: update tailnetconn.go")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net"
 	"os"
@@ -18,7 +19,7 @@ const benchEnv = "TSPROC_HELPER_BENCH"
 
 var benchEnabled = os.Getenv(benchEnv) == "1"
 
-func (n *node) benchEcho() (*wire.Reply, error) {
+func (n *node) benchEcho(context.Context, *wire.ParamReader) (*wire.Reply, error) {
 	if !benchEnabled {
 		return nil, wire.NewError(wire.CodeUnknownMethod, "no method %q", "bench_echo")
 	}
@@ -34,8 +35,8 @@ func (n *node) benchEcho() (*wire.Reply, error) {
 		_, _ = io.Copy(far, far)
 	}()
 	return &wire.Reply{
-		Result: map[string]any{"conn": b.id, "local": "pipe:0", "remote": "pipe:0", "fd": true},
-		FD:     b.takePassFD(),
+		Result: map[string]any{"conn": b.ID(), "local": "pipe:0", "remote": "pipe:0", "fd": true},
+		FD:     b.TakePassFD(),
 		After:  func(sent bool) { n.startConn(b, sent) },
 	}, nil
 }

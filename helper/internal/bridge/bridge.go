@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A bridge joins one tailnet connection to one AF_UNIX socketpair (docs/protocol.md §6). The
+// A Bridge joins one tailnet connection to one AF_UNIX socketpair (docs/protocol.md §6). The
 // helper keeps one end and pumps bytes both ways; the other end is handed to the host, so
 // bytes never travel in RPC messages.
 
@@ -43,7 +43,7 @@ var largeBufs = sync.Pool{New: func() any { b := make([]byte, pumpLargeBufSize);
 // the verdict before it can read EOF.
 type connEndFunc func(id uint64, clean bool, err error)
 
-type bridge struct {
+type Bridge struct {
 	id     uint64
 	tn     net.Conn      // the tailnet connection
 	local  *net.UnixConn // the helper's end of the socketpair
@@ -56,17 +56,18 @@ type bridge struct {
 
 	// hostGone is set by close_conn: the host closed its end for good. forwarded is set once
 	// everything the host wrote has reached the tailnet connection. When both hold, the
-	// tailnet connection is closed fully, as closing a TCP socket would (see hostClosed).
+	// tailnet connection is closed fully, as closing a TCP socket would (see HostClosed).
 	hostGone  atomic.Bool
 	forwarded atomic.Bool
 
-	bridgeIdleState // the host → tailnet pump's idle hand-over (bridge_idle_*.go)
+	bridgeIdleState // the host → tailnet pump's idle hand-over (idle_*.go)
 }
 
-// newBridge makes the socketpair for tn. Until start is called nothing is pumped; the caller
-// hands passFD to the host and then calls start, or abort if the hand-over failed.
-func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
-	local, passFD, err := newSocketpair(unix.SOCK_STREAM, "tsproc-conn", hostSendBuf)
+// New makes the socketpair for tn, the tailnet connection with the helper-wide id. Until Start
+// is called nothing is pumped; the caller hands TakePassFD to the host and then calls Start,
+// or Abort if the hand-over failed. onEnd is called once the tailnet → host direction ends.
+func New(id uint64, tn net.Conn, onEnd connEndFunc) (*Bridge, error) {
+	local, passFD, err := NewSocketpair(unix.SOCK_STREAM, "tsproc-conn", hostSendBuf)
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +77,7 @@ func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
 		unix.Close(passFD)
 		return nil, fmt.Errorf("socketpair end: %w", err)
 	}
-	return &bridge{
+	return &Bridge{
 		id:      id,
 		tn:      tn,
 		local:   local,
@@ -86,9 +87,9 @@ func newBridge(id uint64, tn net.Conn, onEnd connEndFunc) (*bridge, error) {
 	}, nil
 }
 
-// start runs the two pumps in goroutines the bridge owns. When both have ended it closes
+// Start runs the two pumps in goroutines the bridge owns. When both have ended it closes
 // both sides and calls finished (from the pump that ended last: no third goroutine waits).
-func (b *bridge) start(finished func()) {
+func (b *Bridge) Start(finished func()) {
 	b.pumps.Store(2)
 	done := func() {
 		if b.pumps.Add(-1) == 0 {
@@ -106,25 +107,25 @@ func (b *bridge) start(finished func()) {
 // pumpToHost copies tailnet → host. An orderly EOF from the tailnet peer is reported as a
 // clean end, and only then does the host's end see EOF; anything else is reported unclean
 // and tears the bridge down, so a truncated transfer never looks complete.
-func (b *bridge) pumpToHost() {
+func (b *Bridge) pumpToHost() {
 	err := copyFromTailnet(b.local, b.tn)
 	if err == nil {
 		b.onEnd(b.id, true, nil)
 		if err := b.local.CloseWrite(); err != nil {
-			b.abort()
+			b.Abort()
 		}
 		return
 	}
 	b.onEnd(b.id, false, err)
-	b.abort()
+	b.Abort()
 }
 
 // finishHostPump ends the host → tailnet direction once its copy has returned err. EOF from
 // the host (the application half-closed) is passed on as a half-close of the tailnet
 // connection.
-func (b *bridge) finishHostPump(err error) {
+func (b *Bridge) finishHostPump(err error) {
 	if err != nil {
-		b.abort()
+		b.Abort()
 		return
 	}
 	cw, ok := b.tn.(interface{ CloseWrite() error })
@@ -133,7 +134,7 @@ func (b *bridge) finishHostPump(err error) {
 		return
 	}
 	if cw.CloseWrite() != nil {
-		b.abort()
+		b.Abort()
 		return
 	}
 	b.forwarded.Store(true)
@@ -142,41 +143,41 @@ func (b *bridge) finishHostPump(err error) {
 	}
 }
 
-// hostClosed handles close_conn: the application closed its stream before the tailnet side
+// HostClosed handles close_conn: the application closed its stream before the tailnet side
 // ended. Bytes it wrote before closing are still forwarded (the host → tailnet pump reads them
 // up to EOF); then the tailnet connection is closed for good instead of waiting, half-closed,
 // for a peer that may never speak again. The two atomics make sure that whichever of this and
 // the pump's end comes last does the closing.
-func (b *bridge) hostClosed() {
+func (b *Bridge) HostClosed() {
 	b.hostGone.Store(true)
 	if b.forwarded.Load() {
 		b.finish()
 	}
 }
 
-// hostReset handles close_conn with reset: the application dropped the connection (a proxy
+// HostReset handles close_conn with reset: the application dropped the connection (a proxy
 // whose backend refused it, say) and the tailnet peer must read a reset, not an EOF.
 // Whatever the host wrote and the pump has not yet forwarded is discarded, as a kernel
 // socket's RST discards its send queue. The host keeps its end open until the conn_reset
 // that follows, so the host → tailnet pump cannot read EOF and half-close first.
-func (b *bridge) hostReset() { b.abort() }
+func (b *Bridge) HostReset() { b.Abort() }
 
-// abort ends the bridge abortively: both sides closed, and the tailnet connection reset
-// (resetConn), so that a peer never reads a cut-off transfer as complete. It is how every
+// Abort ends the bridge abortively: both sides closed, and the tailnet connection reset
+// (Reset), so that a peer never reads a cut-off transfer as complete. It is how every
 // end that is not an orderly one goes: a pump's error, a hand-over that failed, the helper
 // shutting down. It is safe to call more than once, and before start (when the hand-over
 // failed; then the host's end is closed as well).
-func (b *bridge) abort() { b.end(true) }
+func (b *Bridge) Abort() { b.end(true) }
 
 // finish closes both sides in order (the tailnet peer reads EOF): both directions have
-// ended, or the host closed and everything it wrote has been forwarded. After abort it does
+// ended, or the host closed and everything it wrote has been forwarded. After Abort it does
 // nothing.
-func (b *bridge) finish() { b.end(false) }
+func (b *Bridge) finish() { b.end(false) }
 
-func (b *bridge) end(reset bool) {
+func (b *Bridge) end(reset bool) {
 	b.abortO.Do(func() {
 		if reset {
-			resetConn(b.tn)
+			Reset(b.tn)
 		} else {
 			b.tn.Close()
 		}
@@ -187,23 +188,26 @@ func (b *bridge) end(reset bool) {
 	b.disarm()
 }
 
-// closePassFD closes the host's end if it was never handed over.
-func (b *bridge) closePassFD() {
+// ID is the connection's id, unique for the helper process's lifetime (docs/protocol.md §6).
+func (b *Bridge) ID() uint64 { return b.id }
+
+// ClosePassFD closes the host's end if it was never handed over.
+func (b *Bridge) ClosePassFD() {
 	if b.passFD >= 0 {
 		unix.Close(b.passFD)
 		b.passFD = -1
 	}
 }
 
-// takePassFD hands the host's end to the caller, who must see to its closing.
-func (b *bridge) takePassFD() int {
+// TakePassFD hands the host's end to the caller, who must see to its closing.
+func (b *Bridge) TakePassFD() int {
 	fd := b.passFD
 	b.passFD = -1
 	return fd
 }
 
-// endError describes a pump error for conn_end.
-func endError(err error) string {
+// EndError describes a pump error for conn_end.
+func EndError(err error) string {
 	if errors.Is(err, net.ErrClosed) {
 		return "connection closed by the helper"
 	}
@@ -244,7 +248,7 @@ func copyFromTailnet(dst io.Writer, src io.Reader) error {
 
 // copyFromHost copies the socketpair to the tailnet connection until EOF (nil) or an error,
 // holding a buffer only while there is data to move.
-func (b *bridge) copyFromHost() error {
+func (b *Bridge) copyFromHost() error {
 	for {
 		buf, n, err := b.readHost()
 		if n > 0 {
@@ -261,7 +265,7 @@ func (b *bridge) copyFromHost() error {
 
 // readHost waits until the socketpair is readable, then reads into a pooled buffer. It
 // returns the buffer (nil when none is held), the count (0 at EOF) and an error.
-func (b *bridge) readHost() (buf *[]byte, n int, err error) {
+func (b *Bridge) readHost() (buf *[]byte, n int, err error) {
 	rerr := b.localRC.Read(func(fd uintptr) bool {
 		if buf == nil {
 			buf = largeBufs.Get().(*[]byte)

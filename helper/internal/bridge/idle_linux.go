@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"errors"
@@ -33,7 +33,7 @@ type idlePoller struct {
 	err  error
 
 	mu    sync.Mutex
-	byFD  map[int32]*bridge
+	byFD  map[int32]*Bridge
 	spare []unix.EpollEvent
 }
 
@@ -47,7 +47,7 @@ func (p *idlePoller) start() error {
 		if p.err != nil {
 			return
 		}
-		p.byFD = make(map[int32]*bridge)
+		p.byFD = make(map[int32]*Bridge)
 		go p.run()
 	})
 	return p.err
@@ -61,7 +61,7 @@ func (p *idlePoller) run() {
 			continue
 		}
 		if err != nil {
-			helperLogf("idle poller: %v", err)
+			Logf("idle poller: %v", err)
 			return
 		}
 		for _, ev := range events[:n] {
@@ -78,7 +78,7 @@ func (p *idlePoller) run() {
 }
 
 // startHostPump starts the host → tailnet direction; done is called when it has ended.
-func (b *bridge) startHostPump(done func()) {
+func (b *Bridge) startHostPump(done func()) {
 	b.hostDone = done
 	if hostPoller.start() != nil || b.localRC.Control(func(fd uintptr) { b.fd = int32(fd) }) != nil {
 		go b.runHostPumpNoIdle()
@@ -92,12 +92,12 @@ func (b *bridge) startHostPump(done func()) {
 }
 
 // arm hands the idle host end to the poller.
-func (b *bridge) arm(op int) {
+func (b *Bridge) arm(op int) {
 	b.armed.Store(true)
 	err := b.localRC.Control(func(fd uintptr) {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
 		if e := unix.EpollCtl(hostPoller.epfd, op, int(fd), &ev); e != nil {
-			helperLogf("conn %d: idle poller: %v", b.id, e)
+			Logf("conn %d: idle poller: %v", b.id, e)
 		}
 	})
 	if err != nil && b.armed.CompareAndSwap(true, false) {
@@ -109,13 +109,13 @@ func (b *bridge) arm(op int) {
 // disarm, called by abort after closing the host end (which removes it from the epoll
 // set): if the pump was idle in the poller, nothing would ever wake it, so its end is
 // reported here.
-func (b *bridge) disarm() {
+func (b *Bridge) disarm() {
 	if b.armed.CompareAndSwap(true, false) {
 		b.hostEnded()
 	}
 }
 
-func (b *bridge) hostEnded() {
+func (b *Bridge) hostEnded() {
 	if b.polled {
 		hostPoller.mu.Lock()
 		if hostPoller.byFD[b.fd] == b {
@@ -127,7 +127,7 @@ func (b *bridge) hostEnded() {
 }
 
 // runHostPump pumps until the host end is idle (then re-arms and returns) or has ended.
-func (b *bridge) runHostPump() {
+func (b *Bridge) runHostPump() {
 	err := b.copyFromHostUntilIdle(hostIdleAfter)
 	if errors.Is(err, errHostIdle) {
 		b.arm(unix.EPOLL_CTL_MOD)
@@ -137,14 +137,14 @@ func (b *bridge) runHostPump() {
 	b.hostEnded()
 }
 
-func (b *bridge) runHostPumpNoIdle() {
+func (b *Bridge) runHostPumpNoIdle() {
 	b.finishHostPump(b.copyFromHost())
 	b.hostEnded()
 }
 
 // copyFromHostUntilIdle is copyFromHost that gives up, with errHostIdle, once nothing has
 // come for idle.
-func (b *bridge) copyFromHostUntilIdle(idle time.Duration) error {
+func (b *Bridge) copyFromHostUntilIdle(idle time.Duration) error {
 	for {
 		b.local.SetReadDeadline(time.Now().Add(idle))
 		buf, n, err := b.readHost()

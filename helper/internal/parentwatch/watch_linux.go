@@ -1,4 +1,4 @@
-package main
+package parentwatch
 
 import (
 	"errors"
@@ -7,9 +7,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watchParent calls gone (once, from another goroutine) when the process that started the
+// Watch calls gone (once, from another goroutine) when the process that started the
 // helper exits. On Linux it waits on a pidfd of the parent, falling back to polling.
-func watchParent(gone func(reason string)) {
+func Watch(gone func(reason string)) {
 	ppid := os.Getppid()
 	// If the parent died before we got here we were re-parented, usually to pid 1. But a
 	// host may itself be pid 1 (the main process of a container), so pid 1 only means

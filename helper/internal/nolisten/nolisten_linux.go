@@ -1,4 +1,4 @@
-package main
+package nolisten
 
 import (
 	"errors"
@@ -9,14 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// forbidListen makes listen(2) fail with EPERM in every thread of this process, for the rest
+// Forbid makes listen(2) fail with EPERM in every thread of this process, for the rest
 // of its life, with a seccomp filter. The node helper needs no kernel listener: tailnet
 // listeners live in netstack, the LocalAPI in memory, the control channel on a socketpair.
 // tsnet's peerAPI, though, opens a TCP listener on all host interfaces (0.0.0.0:<port>) that
 // it never uses, since netstack serves the peerAPI; when listen fails it falls back to a
 // netstack-only listener, by design ("harmless (netstack available)"). So the only way into
 // a node is the tailnet (docs/design.md §8), whatever a dependency tries.
-func forbidListen() error {
+func Forbid() error {
 	var arch uint32
 	switch runtime.GOARCH {
 	case "amd64":

@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"fmt"
@@ -8,11 +8,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// newSocketpair makes an AF_UNIX socketpair of type typ for one tailnet connection or UDP
+// NewSocketpair makes an AF_UNIX socketpair of type typ for one tailnet connection or UDP
 // socket: the helper's end as a UnixConn in the runtime poller, and the host's end as a raw
 // fd for the writer to pass. sndbuf, if not 0, is SO_SNDBUF on the helper's end (best effort:
 // without it everything works, with smaller steps).
-func newSocketpair(typ int, name string, sndbuf int) (local *net.UnixConn, passFD int, err error) {
+func NewSocketpair(typ int, name string, sndbuf int) (local *net.UnixConn, passFD int, err error) {
 	fds, err := socketpairOf(typ)
 	if err != nil {
 		return nil, -1, fmt.Errorf("socketpair: %w", err)

@@ -38,6 +38,7 @@ var methods = map[string]handler{
 	"listen_service":  (*node).listenService,
 	"capture_pcap":    (*node).capturePcap,
 	"stop_capture":    (*node).stopCapture,
+	"set_exit_node":   (*node).setExitNode,
 	"bench_echo":      (*node).benchEcho,
 	"shutdown":        (*node).shutdown,
 }

@@ -18,6 +18,7 @@ import (
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/logtail"
 	"tailscale.com/net/netns"
+	"tailscale.com/net/tsaddr"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
@@ -71,6 +72,9 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 	}
 	if c.credentials, err = parseCredentialStart(p, c.memoryState); err != nil {
 		return c, err
+	}
+	if c.credentials.advertiseExitNode {
+		c.advertiseRoutes = append(c.advertiseRoutes, tsaddr.ExitRoutes()...)
 	}
 	switch {
 	case len(c.hostname) > 63 || !hostnameRE.MatchString(c.hostname):

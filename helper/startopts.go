@@ -26,6 +26,7 @@ const stateCallTimeout = 15 * time.Second
 type credentialStart struct {
 	hostState                                 bool
 	clientSecret, clientID, idToken, audience string
+	advertiseExitNode                         bool // offer this node as an exit node (exitnode.go)
 }
 
 func parseCredentialStart(p *wire.ParamReader, memoryState bool) (credentialStart, error) {
@@ -35,6 +36,8 @@ func parseCredentialStart(p *wire.ParamReader, memoryState bool) (credentialStar
 		clientID:     p.OptString("client_id"),
 		idToken:      p.OptString("id_token"),
 		audience:     p.OptString("audience"),
+
+		advertiseExitNode: p.OptBool("advertise_exit_node"),
 	}
 	if p.Err != nil {
 		return c, p.Err

@@ -30,8 +30,9 @@ from .statestore import StateKind, StoreAnswers, check_state
 from .supervisor import RestartPolicy
 
 __all__ = [
-    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "PING_BOUND", "NodeConfig", "call_deadline",
-    "check_backlog", "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
+    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "EXIT_NODE_BOUND", "PING_BOUND", "NodeConfig",
+    "call_deadline", "check_backlog", "check_exit_node", "check_host", "check_port",
+    "check_timeout", "limit_until", "ms_until",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -45,6 +46,8 @@ PING_BOUND: Final = 10.0
 # cert_pair, listen_tls, listen_funnel): the helper gets the time left as timeout_ms, and no
 # constant of its own (docs/protocol.md §4).
 CALL_BOUND: Final = 60.0
+# Setting the exit node resolves its name from the netmap and edits prefs: quick, but bounded.
+EXIT_NODE_BOUND: Final = 30.0
 # A helper that has not answered this long after the timeout it was given is treated as hung.
 _ANSWER_GRACE: Final = 5.0
 _MAX_HELPER_MS: Final = (1 << 31) - 1
@@ -68,6 +71,14 @@ def check_host(host: object) -> str:
     if not isinstance(host, str) or not 0 < len(host) <= 253 or any(c.isspace() for c in host):
         raise InvalidArgumentError(f"host must be a tailnet name or IP address, got {host!r}")
     return host
+
+
+def check_exit_node(peer: object) -> str:
+    """A tailnet name or IP for an exit node (None, which clears it, is the caller's case)."""
+    if not isinstance(peer, str) or not peer or any(c.isspace() for c in peer):
+        raise InvalidArgumentError(
+            f"exit_node must be a tailnet node's name or IP, or None, got {peer!r}")
+    return peer
 
 
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
@@ -163,6 +174,8 @@ class NodeConfig:
     client_id: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     audience: str | None = field(default=None, repr=False)
+    exit_node: str | None = None
+    advertise_exit_node: bool = False
     state_kind: StateKind = field(default="dir", init=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +227,8 @@ class NodeConfig:
                 raise InvalidArgumentError(f"{name} must be a non-empty string or None")
         _check_oauth(self.client_secret, self.client_id, self.id_token, self.audience,
                      with_key=bool(auth_key), tags=tags)
+        if self.exit_node is not None:
+            check_exit_node(self.exit_node)
         kind, where = check_state(self.state, self.state_dir)
         if kind == "memory" and not self.ephemeral:
             raise InvalidArgumentError(
@@ -279,6 +294,8 @@ class NodeConfig:
             params["acme_directory_url"] = self.acme_directory_url
         if self.acme_roots:
             params["acme_roots"] = self.acme_roots
+        if self.advertise_exit_node:
+            params["advertise_exit_node"] = True
         if self.state_kind == "memory":
             params["memory_state"] = True
         elif self.state_kind == "store":

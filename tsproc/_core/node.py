@@ -24,10 +24,12 @@ from .config import (
     CALL_BOUND,
     DEFAULT_BACKLOG,
     DIAL_BOUND,
+    EXIT_NODE_BOUND,
     PING_BOUND,
     NodeConfig,
     call_deadline,
     check_backlog,
+    check_exit_node,
     check_host,
     check_port,
     limit_until,
@@ -89,6 +91,12 @@ class Node(NodeLifecycle):
             write, so the keys can live in a database, a Secret or a vault.
         client_secret: an OAuth client secret (``tskey-client-…``) to get an auth key with,
             instead of *auth_key*; *tags* are then required by Tailscale.
+        exit_node: a node (name or tailnet IP) to send traffic for addresses outside the
+            tailnet through: :meth:`dial` and :meth:`dial_udp` then reach the internet via
+            that exit node (without one they refuse such addresses). See :meth:`set_exit_node`.
+        advertise_exit_node: offer this node as an exit node; with :meth:`listen_any_port`,
+            the flows other nodes send through it arrive with their original destination as
+            ``local_addr`` (nothing is forwarded to the host's network).
         client_id, id_token, audience: workload identity federation: the OAuth client's ID
             with an ID token from the workload's identity provider, or with the *audience*
             to request one for. Like *auth_key*, these never reach argv, a child's
@@ -123,6 +131,8 @@ class Node(NodeLifecycle):
         client_id: str | None = None,
         id_token: str | None = None,
         audience: str | None = None,
+        exit_node: str | None = None,
+        advertise_exit_node: bool = False,
     ) -> None:
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
@@ -131,7 +141,8 @@ class Node(NodeLifecycle):
             helper_path=helper_path, advertise_routes=advertise_routes,
             acme_directory_url=acme_directory_url, acme_roots=acme_roots, state=state,
             client_secret=client_secret, client_id=client_id, id_token=id_token,
-            audience=audience,
+            audience=audience, exit_node=exit_node,
+            advertise_exit_node=bool(advertise_exit_node),
         ))
         self.control_url = control_url
         self.ephemeral = ephemeral
@@ -473,6 +484,24 @@ class Node(NodeLifecycle):
             raise InvalidArgumentError("whois needs an address")
         reply = await self._request_in_time("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
+
+    async def set_exit_node(self, peer: str | None) -> None:
+        """Send traffic for addresses outside the tailnet through the exit node *peer* (a
+        node's name or tailnet IP), or through none (None): then :meth:`dial` and
+        :meth:`dial_udp` refuse such addresses again. The choice outlives helper restarts.
+
+        Raises:
+            DialError: *peer* is not on the tailnet.
+            InvalidArgumentError: *peer* is this node, or not a name or IP.
+        """
+        if peer is not None:
+            check_exit_node(peer)
+        deadline, own = call_deadline(EXIT_NODE_BOUND)
+        gen = await self._running_generation(own)
+        await gen.request("set_exit_node",
+                          {"exit_node": peer or "", "timeout_ms": ms_until(deadline)},
+                          limit=limit_until(deadline))
+        self._exit_node = peer
 
     def capture_pcap(self, path: str | os.PathLike[str], *,
                      format: CaptureFormat = "ip") -> AbstractAsyncContextManager[None]:

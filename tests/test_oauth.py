@@ -79,3 +79,17 @@ def test_oauth_arguments_are_checked_at_once(kwargs, problem):
     with pytest.raises(tsproc.InvalidArgumentError, match=problem) as caught:
         tsproc.Node("ci", **kwargs)
     assert CLIENT_SECRET[-24:] not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        (f"refused {CLIENT_SECRET}", "refused tskey-REDACTED"),
+        (f"token {ID_TOKEN} rejected", "token REDACTED rejected"),
+        ('{"PrivateNodeKey":"privkey:0123456789abcdef"}', '{"PrivateNodeKey":"REDACTED"}'),
+        ("nodekey:0123abcd is public", "nodekey:0123abcd is public"),
+    ],
+)
+def test_redact_covers_client_secrets_id_tokens_and_private_keys(text, want):
+    """The host's redact() and the helper's jsonlog.Redact (its own test) agree."""
+    assert tsproc.errors.redact(text) == want

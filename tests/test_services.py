@@ -87,6 +87,10 @@ async def test_listen_service_refuses_untagged_nodes_and_bad_names():
         for bad in ("web", "svc:", "svc:Not_A_Label", "svc:-web"):
             with pytest.raises(tsproc.InvalidArgumentError):
                 await tagged.listen_service(bad, PORT)
+        # TLS needs certificates, which this tailnet does not issue: refused at once, and
+        # nothing is left advertised (the same port is free below).
+        with trio.fail_after(10), pytest.raises(tsproc.TlsUnavailableError):
+            await tagged.listen_service("svc:web", PORT, terminate_tls=True)
         listener = await tagged.listen_service("svc:web", PORT)
         with pytest.raises(tsproc.AddressInUseError):
             await tagged.listen_service("svc:web", PORT)

@@ -5,6 +5,9 @@ host that answered leaves the other serving; closing the last listener withdraws
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import trio
 
@@ -97,3 +100,22 @@ async def test_listen_service_refuses_untagged_nodes_and_bad_names():
         await listener.aclose()
         # Closed: the port is free for the service again.
         await (await tagged.listen_service("svc:web", PORT)).aclose()
+
+
+@pytest.mark.offline
+async def test_a_service_listener_survives_a_helper_restart():
+    async with local_tailnet() as tailnet, trio.open_nursery() as nursery:
+        client = await nursery.start(_run_node, tailnet, "client", ())
+        host = await nursery.start(_run_node, tailnet, "web-host", ("tag:web",))
+        listener = await host.listen_service("svc:web", PORT)
+        nursery.start_soon(serve_name, listener, b"web-host")
+        assert await eventually(client, "svc:web", {b"web-host"}) == b"web-host"
+        events = host.events()
+        os.kill(host.helper_pid, signal.SIGKILL)
+        with trio.fail_after(60):
+            async for event in events:
+                if isinstance(event, tsproc.HelperRestartedEvent):
+                    break
+        # The new helper hosts it again (tsnet clears the old advertisement at its first Up).
+        assert await eventually(client, "svc:web", {b"web-host"}) == b"web-host"
+        nursery.cancel_scope.cancel()

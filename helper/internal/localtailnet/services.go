@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"tailscale.com/tailcfg"
 	"tailscale.com/tstest/integration/testcontrol"
 	"tailscale.com/types/key"
+	"tailscale.com/types/logger"
 )
 
 // Tailscale Services (svc:name) on the local tailnet, granted as Tailscale's control server
@@ -31,13 +33,16 @@ import (
 var serviceVIPBase = netip.MustParseAddr("100.99.0.1")
 
 const (
-	c2nTimeout        = 5 * time.Second
+	c2nTimeout        = 2 * time.Second
 	hostCheckInterval = time.Second
+	// unknownHash marks a node whose services could not be asked (asked again each second).
+	unknownHash = "?"
 )
 
 // serviceHosts is the local tailnet's view of who hosts which service.
 type serviceHosts struct {
 	control *testcontrol.Server
+	logf    logger.Logf
 	vips    map[tailcfg.ServiceName]netip.Addr
 	hashes  map[key.NodePublic]string                // last ServicesHash asked about
 	hosted  map[key.NodePublic][]tailcfg.ServiceName // active services, tagged nodes only
@@ -45,9 +50,10 @@ type serviceHosts struct {
 	checked map[key.NodePublic]time.Time             // when each node was last asked
 }
 
-func newServiceHosts(control *testcontrol.Server) *serviceHosts {
+func newServiceHosts(control *testcontrol.Server, logf logger.Logf) *serviceHosts {
 	return &serviceHosts{
 		control: control,
+		logf:    logf,
 		vips:    map[tailcfg.ServiceName]netip.Addr{},
 		hashes:  map[key.NodePublic]string{},
 		hosted:  map[key.NodePublic][]tailcfg.ServiceName{},
@@ -61,6 +67,12 @@ func newServiceHosts(control *testcontrol.Server) *serviceHosts {
 func (s *serviceHosts) update(ctx context.Context, nodes []*tailcfg.Node) map[key.NodePublic][]netip.Prefix {
 	present := map[key.NodePublic]bool{}
 	now := time.Now()
+	type answer struct {
+		services []tailcfg.ServiceName
+		err      error
+	}
+	asked := map[*tailcfg.Node]*answer{}
+	var wg sync.WaitGroup
 	for _, n := range nodes {
 		present[n.Key] = true
 		hash := ""
@@ -70,23 +82,34 @@ func (s *serviceHosts) update(ctx context.Context, nodes []*tailcfg.Node) map[ke
 		gone := !n.KeyExpiry.IsZero() && n.KeyExpiry.Before(now) // logged out
 		hosting := len(s.hosted[n.Key]) > 0
 		// A host is asked again every second even if its hash did not change: a host that
-		// stopped (its c2n fails at once) must hand its services over to the others.
-		due := hosting && now.Sub(s.checked[n.Key]) >= hostCheckInterval
+		// stopped must hand its services over to the others.
+		due := (hosting || s.hashes[n.Key] == unknownHash) && now.Sub(s.checked[n.Key]) >= hostCheckInterval
 		if (gone && !hosting) || (!gone && hash == s.hashes[n.Key] && !due) {
 			continue
 		}
 		s.checked[n.Key] = now
-		var services []tailcfg.ServiceName
+		a := new(answer)
+		asked[n] = a
 		if !gone {
-			var err error
-			if services, err = s.ask(ctx, n.Key); err != nil {
-				s.hashes[n.Key] = "unknown" // asked again next time
-			} else {
-				s.hashes[n.Key] = hash
-			}
+			// In parallel: a node that stopped without logging out answers nothing until
+			// the timeout, which must not hold up the others.
+			wg.Go(func() { a.services, a.err = s.ask(ctx, n.Key) })
+		}
+	}
+	wg.Wait()
+	for n, a := range asked {
+		services := a.services
+		if a.err != nil {
+			s.logf("services of %s: %v", n.Hostinfo.Hostname(), a.err)
+			s.hashes[n.Key] = unknownHash // asked again
+		} else if n.Hostinfo.Valid() {
+			s.hashes[n.Key] = n.Hostinfo.ServicesHash()
 		}
 		if len(n.Tags) == 0 {
 			services = nil // only tagged nodes may host a service
+		}
+		if !slices.Equal(services, s.hosted[n.Key]) {
+			s.logf("services hosted by %s: %v", n.Hostinfo.Hostname(), services)
 		}
 		s.hosted[n.Key] = services
 		for _, svc := range services {

@@ -31,10 +31,15 @@ import (
 const serviceVIPRefresh = time.Second
 
 // serviceSet is what the node hosts: how many listeners advertise each service, and the
-// listeners by port. Its mutex also serialises the read-modify-write of prefs and serve config.
+// listeners by port.
 type serviceSet struct {
-	mu        sync.Mutex
-	ads       map[tailcfg.ServiceName]int
+	// mu guards ads and serialises the read-modify-write of prefs and serve config. It is
+	// held while registering a fallback handler (tsnet's lock inside it), so the handler
+	// itself (takes) must never wait for it: listeners has a lock of its own.
+	mu  sync.Mutex
+	ads map[tailcfg.ServiceName]int
+
+	lmu       sync.Mutex
 	listeners map[uint16][]*serviceListener
 
 	vipMu      sync.Mutex
@@ -131,7 +136,12 @@ func (n *node) listenService(ctx context.Context, p *wire.ParamReader) (*wire.Re
 		return s.takes(srv, lc, sl, dst)
 	})
 	sl.release = func() { s.unhost(n, sl) }
+	s.lmu.Lock()
+	if s.listeners == nil {
+		s.listeners = map[uint16][]*serviceListener{}
+	}
 	s.listeners[port] = append(s.listeners[port], sl)
+	s.lmu.Unlock()
 	s.mu.Unlock()
 	return n.openListener(sl, int(backlog)) // closes sl on error, which unhosts it
 }
@@ -174,7 +184,6 @@ func (s *serviceSet) host(ctx context.Context, n *node, name tailcfg.ServiceName
 	}
 	if s.ads == nil {
 		s.ads = map[tailcfg.ServiceName]int{}
-		s.listeners = map[uint16][]*serviceListener{}
 	}
 	s.ads[name]++
 	return nil
@@ -183,9 +192,11 @@ func (s *serviceSet) host(ctx context.Context, n *node, name tailcfg.ServiceName
 // unhost undoes host for a closed listener: the handler goes, and the advertisement when it
 // was the service's last listener.
 func (s *serviceSet) unhost(n *node, sl *serviceListener) {
+	s.lmu.Lock()
+	s.listeners[sl.port] = slices.DeleteFunc(s.listeners[sl.port], func(l *serviceListener) bool { return l == sl })
+	s.lmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.listeners[sl.port] = slices.DeleteFunc(s.listeners[sl.port], func(l *serviceListener) bool { return l == sl })
 	s.ads[sl.name]--
 	_, lc, err := n.requireStarted()
 	if err != nil {
@@ -248,9 +259,9 @@ func (s *serviceSet) takes(srv *tsnet.Server, lc *local.Client, sl *serviceListe
 	if ip4, ip6 := srv.TailscaleIPs(); dst.Addr() == ip4 || dst.Addr() == ip6 {
 		return false
 	}
-	s.mu.Lock()
+	s.lmu.Lock()
 	alone := len(s.listeners[sl.port]) <= 1
-	s.mu.Unlock()
+	s.lmu.Unlock()
 	if alone {
 		return true
 	}

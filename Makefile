@@ -63,7 +63,7 @@ gomodules: $(VENV)/.installed
 	cd helper && $(GO) list -deps -test ./... >/dev/null
 
 # tests/test_soak.py runs a 1-minute soak (`make soak` below) with the Go peer built here.
-pytest: $(HELPER) headscale $(SOAKPEER)
+pytest: $(HELPER) headscale postgresql $(SOAKPEER)
 	$(NETNS) $(VENV)/bin/pytest
 
 # Headscale, the open-source control server tests/interop runs against: built once (a few
@@ -71,6 +71,17 @@ pytest: $(HELPER) headscale $(SOAKPEER)
 .PHONY: headscale
 headscale: $(VENV)/.installed
 	$(PY) tests/interop/build_headscale.py
+
+# PostgreSQL, the real server tests/test_forward.py reaches through forwards (tests/postgres.py
+# starts it in a temporary data directory): Debian's package, installed where it is missing and
+# this is root on a Debian-like system. Elsewhere those tests skip and say why.
+.PHONY: postgresql
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql \
+	    || echo "postgresql: could not install it; the tests that need it will skip"; \
+	else echo "postgresql: not installed and cannot install it here; the tests that need it will skip"; fi
 
 # Benchmarks against pure-Go tsnet and the kernel (benchmarks/README.md). BENCH_ARGS adds
 # options, e.g. BENCH_ARGS="--paths direct --repeats 3".

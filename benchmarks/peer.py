@@ -134,12 +134,17 @@ class HopHelper:
 class Net:
     """Where connections come from: a tsproc node, the host's loopback, or a bare helper."""
 
-    def __init__(self, kind: str, control_url: str) -> None:
+    def __init__(self, kind: str, control_url: str, memory_profile: str = "default") -> None:
         self.kind = kind
         self.control_url = control_url
+        self.memory_profile = memory_profile
         self.node: tsproc.Node | None = None
         self.hop: HopHelper | None = None
         self.nursery: trio.Nursery | None = None  # for the hop line's helper tasks
+        # The forward line: one node.forward() per target port, its Unix socket dialled
+        # as any program would (the default endpoint of a forward).
+        self.forwards: dict[int, tsproc.Forward] = {}
+        self.forward_stack = contextlib.AsyncExitStack()
 
     async def start(self, hostname: str, *, client: bool = False) -> float:
         """Start the node (tsproc only; the hop line's client starts its bare helper);
@@ -148,9 +153,9 @@ class Net:
             assert self.nursery is not None
             self.hop = HopHelper()
             await self.hop.start(self.nursery)
-        if self.kind != "tsproc":
+        if self.kind not in ("tsproc", "forward"):
             return 0.0
-        self.node, took = await start_node(self.control_url, hostname)
+        self.node, took = await start_node(self.control_url, hostname, self.memory_profile)
         return took
 
     @property
@@ -160,12 +165,20 @@ class Net:
         return self.hop.helper_pid if self.hop is not None else None
 
     async def close(self) -> None:
+        await self.forward_stack.aclose()
         if self.node is not None:
             await stop_node(self.node)
         if self.hop is not None:
             await self.hop.close()
 
     async def dial(self, host: str, port: int) -> Stream:
+        if self.node is not None and self.kind == "forward":
+            fwd = self.forwards.get(port)
+            if fwd is None:
+                fwd = await self.forward_stack.enter_async_context(self.node.forward(host, port))
+                self.forwards[port] = fwd
+            assert fwd.path is not None
+            return await trio.open_unix_socket(str(fwd.path))
         if self.node is not None:
             return await self.node.dial(host, port)
         if self.hop is not None:
@@ -193,9 +206,12 @@ class Net:
         return False, "", ""
 
 
-async def start_node(control_url: str, hostname: str) -> tuple[tsproc.Node, float]:
+async def start_node(control_url: str, hostname: str,
+                     memory_profile: str = "default") -> tuple[tsproc.Node, float]:
     t0 = time.perf_counter()
-    node = tsproc.Node(hostname, control_url=control_url, ephemeral=True)
+    # Only a non-default profile is passed on: a --base tree may predate the argument.
+    extra = {} if memory_profile == "default" else {"memory_profile": memory_profile}
+    node = tsproc.Node(hostname, control_url=control_url, ephemeral=True, **extra)
     await node.__aenter__()
     return node, time.perf_counter() - t0
 
@@ -429,7 +445,7 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
     startups = [took]
     if net.node is not None and "startup" in phases:
         for i in range(cfg["startup_repeats"]):
-            node, secs = await start_node(net.control_url, f"{hostname}-s{i}")
+            node, secs = await start_node(net.control_url, f"{hostname}-s{i}", net.memory_profile)
             startups.append(secs)
             await stop_node(node)
     result["startup_s"] = startups
@@ -441,15 +457,16 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peer")
     parser.add_argument("mode", choices=["server", "client"])
-    parser.add_argument("--net", choices=["tsproc", "tcp", "hop"], default="tsproc")
+    parser.add_argument("--net", choices=["tsproc", "tcp", "hop", "forward"], default="tsproc")
     parser.add_argument("--control", default="")
     parser.add_argument("--hostname", default="pybench")
     parser.add_argument("--target", default="")
     parser.add_argument("--bulk-port", type=int, default=TAILNET_BULK_PORT)
     parser.add_argument("--echo-port", type=int, default=TAILNET_ECHO_PORT)
     parser.add_argument("--config", default="{}")
+    parser.add_argument("--memory-profile", default="default")
     args = parser.parse_args()
-    net = Net(args.net, args.control)
+    net = Net(args.net, args.control, args.memory_profile)
     entry: Callable[[], Awaitable[None]]
     if args.mode == "server":
         async def entry() -> None:

@@ -67,6 +67,10 @@ FOOTNOTES = [
     "⁴ The helper hop line: one Python host and its helper, no tailnet; each connection is "
     "bridged to an echo inside the helper (helper/testhook_benchecho.go), so a round trip is "
     "host → helper → host.",
+    "⁵ The forward line: the same client workloads through node.forward()'s Unix socket (the "
+    "helper pumps between it and the tailnet) instead of dial; the server is tsproc's. "
+    "'forward ÷ dial' compares it with the tsproc column.",
+    "⁶ tsproc with `Node(memory_profile=\"small\")` (README, \"A node on a small machine\").",
 ]
 LINE_LABELS = {
     "tsproc": "tsproc",
@@ -75,6 +79,8 @@ LINE_LABELS = {
     "trio-tcp": "trio TCP",
     "hop": "helper hop⁴",
     "base": "baseline",
+    "forward": "forward⁵",
+    "small": "small memory",
 }
 PATH_LABELS = {"direct": "direct UDP path", "derp": "DERP relay path", "loopback": "loopback TCP"}
 
@@ -90,7 +96,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def _roles(trial: Trial) -> tuple[list[str], list[str]]:
     """(node roles, Python-host roles): where the Tailscale node runs, and the tsproc hosts."""
-    if trial.line.name in ("tsproc", "base"):
+    if trial.line.name in ("tsproc", "base", "forward", "small"):
         return ["client_helper", "server_helper"], ["client_host", "server_host"]
     if trial.line.name == "hop":  # its server process does nothing
         return ["client_helper"], ["client_host"]
@@ -221,11 +227,17 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
 
     ratios: dict[str, dict[str, float]] = {}
     base_ratios: dict[str, dict[str, float]] = {}
+    forward_ratios: dict[str, dict[str, float]] = {}
+    small_ratios: dict[str, dict[str, float]] = {}
     for path, lines in summary.items():
         if "tsproc" in lines and "go" in lines:
             ratios[path] = divide(lines["tsproc"], lines["go"])
         if "tsproc" in lines and "base" in lines:
             base_ratios[path] = divide(lines["tsproc"], lines["base"])
+        if "tsproc" in lines and "forward" in lines:
+            forward_ratios[path] = divide(lines["forward"], lines["tsproc"])
+        if "tsproc" in lines and "small" in lines:
+            small_ratios[path] = divide(lines["small"], lines["tsproc"])
     return {
         "schema": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -237,6 +249,8 @@ def build(*, trials: list[Trial], mode: str, workload: dict[str, Any], machine: 
         "summary": summary,
         "ratios_to_go": ratios,
         "ratios_to_base": base_ratios,
+        "ratios_forward_to_dial": forward_ratios,
+        "ratios_small_to_tsproc": small_ratios,
         "goals": goals(summary),
         "trials": per_trial,
     }
@@ -408,6 +422,12 @@ def markdown(results: dict[str, Any]) -> str:
             head.append("previous")
         if base:
             head += ["baseline", "tsproc ÷ baseline"]
+        fwd = "forward" in lines
+        if fwd:
+            head += [LINE_LABELS["forward"], "forward ÷ dial"]
+        small = "small" in lines
+        if small:
+            head += ["small memory⁶", "small ÷ tsproc"]
         head += [LINE_LABELS[e] for e in extra]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -429,6 +449,14 @@ def markdown(results: dict[str, Any]) -> str:
                 b = results["ratios_to_base"].get(path, {}).get(metric.key)
                 cells += [_fmt(lines["base"].get(metric.key), metric.digits),
                           f"{b:.2f}" if b is not None else "-"]
+            if fwd:
+                f = results.get("ratios_forward_to_dial", {}).get(path, {}).get(metric.key)
+                cells += [_fmt(lines["forward"].get(metric.key), metric.digits),
+                          f"{f:.2f}" if f is not None else "-"]
+            if small:
+                sr = results.get("ratios_small_to_tsproc", {}).get(path, {}).get(metric.key)
+                cells += [_fmt(lines["small"].get(metric.key), metric.digits),
+                          f"{sr:.2f}" if sr is not None else "-"]
             cells += [_fmt(v, metric.digits) for v in values[2:]]
             out.append("| " + " | ".join(cells) + " |")
         hop = hop_overhead_us(summary, path)

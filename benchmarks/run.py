@@ -59,9 +59,15 @@ LINES: dict[str, Line] = {
     "trio-tcp": Line("trio-tcp", "trio, loopback TCP", "python", "tcp", False),
     # One helper and no tailnet: what the Python ⇄ helper boundary costs (peer.py, --net hop).
     "hop": Line("hop", "helper hop (no tailnet)", "python", "hop", False),
+    # The client's connections go through node.forward()'s Unix socket (its bytes never
+    # through Python on the client side); the server is the tsproc line's.
+    "forward": Line("forward", "tsproc forward (Unix socket)", "python", "forward", True),
     # --base DIR: tsproc from another source tree (its Python package and its helper), for
     # before/after measurements in one run.
     "base": Line("base", "tsproc, baseline tree", "python", "tsproc", True),
+    # The same tsproc with Node(memory_profile="small"): what the small-machine profile costs
+    # and saves, beside the default in the same run.
+    "small": Line("small", "tsproc, memory_profile='small'", "python", "tsproc", True),
 }
 
 
@@ -135,6 +141,8 @@ class Runner:
         if line.language == "python":
             cmd = [sys.executable, "-m", "benchmarks.peer", role, "--net", line.net,
                    "--hostname", hostname, "--control", self.control_url]
+            if line.name == "small":
+                cmd += ["--memory-profile", "small"]
         else:
             cmd = [str(self.args.gobench), role, "-net", line.net, "-hostname", hostname,
                    "-control", self.control_url]
@@ -166,7 +174,7 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         if trial.line.name == "base":
             env["TSPROC_HELPER"] = str(root / "tsproc" / "_bin" / "tsproc-helper")
-        for item in self.args.env if trial.line.name == "tsproc" else self.args.base_env:
+        for item in self.args.env if trial.line.name != "base" else self.args.base_env:
             key, _, value = item.partition("=")
             env[key] = value
         if self.args.pprof and trial.line.language == "python" and trial.line.net != "tcp":
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--repeats", type=int, default=None,
                         help="trials per line and path (default: 1, or 3 in full mode)")
-    parser.add_argument("--lines", default="tsproc,go,kernel,trio-tcp,hop",
+    parser.add_argument("--lines", default="tsproc,forward,small,go,kernel,trio-tcp,hop",
                         help=f"comma-separated, from {','.join(LINES)}")
     parser.add_argument("--paths", default="direct,derp", help="direct, derp or both")
     parser.add_argument("--phases", default=None,

@@ -9,7 +9,8 @@ import (
 
 // The method table of docs/protocol.md §4 and the host's notifications. The handlers are in
 // files named for what they do: start.go (start, up), listen.go, listen_kinds.go, dial.go,
-// packet.go, ping.go and info.go (status, whois, logout; cert_domains is with the TLS listeners).
+// packet.go, ping.go, forward.go and info.go (status, whois, logout; cert_domains is with the
+// TLS listeners).
 // The bounds they check are in limits.go, the deadline of those that wait in deadline.go.
 
 // handler answers one method. ctx is the request's: cancelled when the helper shuts down.
@@ -23,6 +24,8 @@ var methods = map[string]handler{
 	"listen":          (*node).listen,
 	"close_listener":  (*node).closeListener,
 	"dial":            (*node).dial,
+	"forward":         (*node).forward,
+	"close_forward":   (*node).closeForward,
 	"status":          (*node).status,
 	"whois":           (*node).whois,
 	"logout":          (*node).logout,

@@ -37,11 +37,14 @@ type node struct {
 	conns        map[uint64]*bridge.Bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
+	forwards     forwardTable // forward.go
 	nextListener uint64
 	nextConn     uint64
 	state        string // last backend state from the IPN bus
 	authURL      string // last auth URL from the IPN bus, until Running
 	lastErr      string // last ErrMessage from the IPN bus, until Running
+	// releaseCodePages: start's release_code_pages, done by afterUp (memory.go).
+	releaseCodePages bool
 	// localNoACME: the node is on a loopback control server that gave it no ACME server
 	// (start's acme_directory_url), so a certificate request would go to Let's Encrypt.
 	localNoACME bool
@@ -219,6 +222,7 @@ func (n *node) close() {
 	for _, l := range listeners {
 		l.close()
 	}
+	n.forwards.closeAll()
 	for _, b := range conns {
 		b.Abort()
 	}

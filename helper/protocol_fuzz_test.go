@@ -266,6 +266,9 @@ func dispatchSeeds(t *testing.T) []wiretest.Seed {
 		"ping_peer":       {"host": "peer", "timeout_ms": 10},
 		"cert_domains":    {"timeout_ms": 10},
 		"cert_pair":       {"domain": "fuzz.tailnet.test", "timeout_ms": 10},
+		"forward": {"fd": true, "kind": "socks5", "username": "u", "password": "SECRET",
+			"conn_timeout_ms": 10},
+		"close_forward": {"forward": 1},
 	}
 	bad := map[string]map[string]any{
 		"up":             {"timeout_ms": "soon"},
@@ -282,12 +285,17 @@ func dispatchSeeds(t *testing.T) []wiretest.Seed {
 		"listen_packet": {"port": 70000},
 		"dial_udp":      {"host": 5, "port": 0},
 		"ping_peer":     {"host": "", "timeout_ms": "x"},
+		"forward":       {"kind": "ftp", "port": 70000, "conn_timeout_ms": 0, "username": 5},
+		"close_forward": {"forward": "x"},
 	}
 	seeds := []wiretest.Seed{
 		wiretest.SeedFile("empty", []byte{}, byte(0)),
 		wiretest.SeedFile("hello", hello, byte(0)),
 		wiretest.SeedFile("hello-with-fd", hello, byte(1)),
 		wiretest.SeedFile("hello-with-3-fds", hello, byte(3)),
+		// A forward with its fd (which is no listening socket): refused, the fd closed.
+		wiretest.SeedFile("forward-with-fd", slices.Concat(hello, wiretest.Req(t, 2, "forward",
+			map[string]any{"fd": true, "kind": "tcp", "host": "db", "port": 5432, "conn_timeout_ms": 10})), byte(1)),
 		wiretest.SeedFile("before-hello", wiretest.Req(t, 1, "status", map[string]any{}), byte(0)),
 		wiretest.SeedFile("unknown-method", slices.Concat(hello, wiretest.Req(t, 2, "no_such_method", map[string]any{"x": nil})), byte(0)),
 		wiretest.SeedFile("duplicate-ids", slices.Concat(hello, wiretest.Req(t, 1, "ping", map[string]any{}), wiretest.Req(t, 1, "ping", map[string]any{})), byte(0)),

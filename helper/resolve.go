@@ -49,10 +49,10 @@ func (r *tailnetResolver) resolve(ctx context.Context, srv *tsnet.Server, lc *lo
 			return netip.Addr{}, err
 		}
 		if rt, ok := r.routeFor(ip); ok {
-			return netip.Addr{}, fmt.Errorf("%s is inside %s, a subnet route of %s that this "+
+			return netip.Addr{}, offTailnet("%s is inside %s, a subnet route of %s that this "+
 				"node does not use", ip, rt.prefix, rt.peer)
 		}
-		return netip.Addr{}, fmt.Errorf("%s is not an address on the tailnet: no node in the "+
+		return netip.Addr{}, offTailnet("%s is not an address on the tailnet: no node in the "+
 			"netmap holds it and no peer's subnet route contains it (tsproc never dials "+
 			"beyond the tailnet)", ip)
 	}
@@ -72,11 +72,11 @@ func (r *tailnetResolver) resolve(ctx context.Context, srv *tsnet.Server, lc *lo
 		}
 	}
 	if !ok {
-		return netip.Addr{}, fmt.Errorf("no node named %q on the tailnet (names are MagicDNS "+
+		return netip.Addr{}, unknownHost("no node named %q on the tailnet (names are MagicDNS "+
 			"hostnames, short or full; tsproc never asks the system's DNS)", host)
 	}
 	if !onTailnet(srv, ip) {
-		return netip.Addr{}, fmt.Errorf("%q (%s) is no longer on the tailnet", host, ip)
+		return netip.Addr{}, unknownHost("%q (%s) is no longer on the tailnet", host, ip)
 	}
 	return ip, nil
 }
@@ -109,6 +109,24 @@ func dialTailnet(ctx context.Context, srv *tsnet.Server, network string, dst net
 		return d.NetstackDialUDP(ctx, dst)
 	}
 	return nil, fmt.Errorf("network %q: only tcp and udp", network)
+}
+
+// resolveRefusal is resolve's answer for a target it will not dial: an address off the
+// tailnet, or a name no node has. The SOCKS5 proxy answers the two with different reply codes.
+type resolveRefusal struct {
+	msg         string
+	offTailnet  bool // an IP the netmap does not route over the tailnet
+	unknownHost bool // a name no node has (now)
+}
+
+func (e *resolveRefusal) Error() string { return e.msg }
+
+func offTailnet(format string, args ...any) error {
+	return &resolveRefusal{msg: fmt.Sprintf(format, args...), offTailnet: true}
+}
+
+func unknownHost(format string, args ...any) error {
+	return &resolveRefusal{msg: fmt.Sprintf(format, args...), unknownHost: true}
 }
 
 func (r *tailnetResolver) lookup(name string) (netip.Addr, bool) {

@@ -39,6 +39,8 @@ type startConfig struct {
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
 	credentials                             credentialStart
+	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (memory.go)
+	releaseCodePages                        bool       // memory.go
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -55,6 +57,8 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 			roots:        p.OptString("acme_roots"),
 		},
 	}
+	c.tcpBufferMax = int(p.OptUint("tcp_buffer_max", minTCPBufferMax, maxTCPBufferMax, 0))
+	c.releaseCodePages = p.OptBool("release_code_pages")
 	routes := p.Strings("advertise_routes")
 	if p.Err != nil {
 		return c, p.Err
@@ -161,6 +165,12 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 		// tsnet cleans up after a failed Start; a new start may try again.
 		return nil, startFailed(err, cfg.credentials, hostStore)
 	}
+	if cfg.tcpBufferMax != 0 {
+		if err := capTCPBuffers(srv, cfg.tcpBufferMax); err != nil {
+			srv.Close()
+			return nil, wire.NewError(wire.CodeInternal, "%v", err)
+		}
+	}
 	lc, err := srv.LocalClient()
 	if err != nil {
 		srv.Close()
@@ -183,6 +193,7 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	n.srv, n.lc, n.watchCancel = srv, lc, cancel
 	n.localNoACME = isLoopbackURL(cfg.controlURL) && cfg.acme.directoryURL == ""
 	n.withAuthKey = cfg.authKey != ""
+	n.releaseCodePages = cfg.releaseCodePages
 	n.mu.Unlock()
 	helperLogf("tsnet started: hostname %q, state in %s, ephemeral %v, memory state %v",
 		cfg.hostname, cfg.stateDir, cfg.ephemeral, cfg.memoryState)
@@ -290,6 +301,7 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	defer cancel()
 	st, err := srv.Up(upCtx)
 	if err == nil {
+		n.afterUp()
 		return wire.OKReply(n.statusResult(st)), nil
 	}
 	switch {

@@ -40,3 +40,9 @@ func isAuthError(err error) bool {
 func isKeyExchangeError(err error) bool {
 	return strings.Contains(err.Error(), "resolving auth key")
 }
+
+// isConnRefused reports whether a netstack dial was refused by the target (a RST to the SYN):
+// gonet reports gVisor's ErrConnectionRefused by its text, "connection was refused".
+func isConnRefused(err error) bool {
+	return errors.Is(err, unix.ECONNREFUSED) || strings.Contains(err.Error(), "connection was refused")
+}

@@ -228,7 +228,7 @@ async def test_fds_on_notifications_that_carry_none_are_closed(fake_helper):
 
 async def test_a_request_from_the_helper_that_the_host_does_not_serve_gets_unknown_method(
         fake_helper, caplog):
-    """Helpers may send requests (docs/protocol.md §4a); one the host has no answer for is
+    """Helpers may send requests (docs/protocol.md §4b); one the host has no answer for is
     refused with unknown_method, as the helper refuses the host's: no protocol error."""
     path = fake_helper("request_from_helper")
     async with tsproc.Node("asked", ephemeral=True, helper_path=path, restart=FAST) as node:

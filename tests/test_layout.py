@@ -95,16 +95,17 @@ def test_tsproc_import_graph_has_no_cycle() -> None:
 
 
 # Every public import path and the names it exported before the layers got folders
-# (its __all__; pytest_plugin, which has none, by the names it defines).
+# (its __all__; pytest_plugin, which has none, by the names it defines), and those added since
+# (tsproc.Forward, tsproc.Socks5Proxy).
 PUBLIC = {
     "tsproc": [
         "AddressInUseError", "AuthError", "AuthUrlEvent", "CrashLoopEvent", "DialError", "Event",
-        "EventStream", "FunnelUnavailableError", "HelperCrashLoop", "HelperDiedError",
+        "EventStream", "Forward", "FunnelUnavailableError", "HelperCrashLoop", "HelperDiedError",
         "HelperError", "HelperNotFoundError", "HelperRestartedEvent", "HelperVersionError",
         "InvalidArgumentError", "LimitError", "NeedsLoginError", "Node", "NodeClosedError",
         "NodeInfo", "NodeNotStartedError", "NodeState", "NodeTimeoutError", "NotFoundError",
         "PeerStatus", "PingResult", "ProtocolError", "RemoteError", "RestartPolicy",
-        "StateDirLocked", "StateEvent", "StateStore", "StateStoreError", "Status",
+        "Socks5Proxy", "StateDirLocked", "StateEvent", "StateStore", "StateStoreError", "Status",
         "TailnetListener", "TailnetPacketConn", "TailnetStream", "TlsUnavailableError",
         "TsprocError", "UntaggedServiceHostError", "UserInfo", "WhoIs", "__version__",
         "serve_tcp",

@@ -121,7 +121,7 @@ async def helper_packets(node: tsproc.Node) -> int:
     """The UDP sockets the node's helper holds (a status field tsproc does not surface)."""
     gen = node._generation
     assert gen is not None
-    reply = await gen.request("status", {})
+    reply = await gen.request("status", {"timeout_ms": 10_000})
     return int(reply.result["packets"])
 
 

@@ -1,5 +1,5 @@
 """Node(state=...): a directory, "memory", or a StateStore the helper calls through the control
-channel (state_read / state_write, docs/protocol.md §4a). The identity kept in a Python store
+channel (state_read / state_write, docs/protocol.md §4b). The identity kept in a Python store
 survives a helper crash and a host restart; a store that raises or hangs fails the start with a
 clear StateStoreError; the state's secrets never reach a log."""
 
@@ -156,7 +156,7 @@ def test_state_arguments_are_checked():
 
 
 async def test_RpcChannel_answers_the_helpers_requests_in_tasks_of_their_own():
-    """The host side of §4a without a helper: answers, typed errors with their code, a
+    """The host side of §4b without a helper: answers, typed errors with their code, a
     handler's own bug as `internal` naming only its type, and no handler at all."""
     release = trio.Event()
 

@@ -7,6 +7,7 @@
 See docs/design.md for how it works and docs/protocol.md for the helper protocol.
 """
 
+from ._core.forward import Forward, Socks5Proxy
 from ._core.node import EventStream, Node
 from ._core.packet import TailnetPacketConn
 from ._core.serve import serve_tcp
@@ -63,6 +64,7 @@ __all__ = [
     "DialError",
     "Event",
     "EventStream",
+    "Forward",
     "FunnelUnavailableError",
     "HelperCrashLoop",
     "HelperDiedError",
@@ -85,6 +87,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RestartPolicy",
+    "Socks5Proxy",
     "StateDirLocked",
     "StateEvent",
     "StateStore",

@@ -4,6 +4,8 @@
     tsproc control                           run a local tailnet and print its control URL
     tsproc serve 80 --to 127.0.0.1:8000      expose a local TCP service on the tailnet
     tsproc connect web 80                    stdin/stdout over the tailnet, like netcat
+    tsproc forward db:5432 [--unix DIR|--port N]  a local endpoint for a tailnet service
+    tsproc proxy [--unix DIR|--port N]       a SOCKS5 proxy into the tailnet
     tsproc status                            start the node, print its status and peers
 
 The auth key comes only from the ``TS_AUTHKEY`` environment variable: a command-line flag would
@@ -34,6 +36,7 @@ from .._core.types import PeerStatus, Status, WhoIs
 from ..errors import TsprocError, redact
 from ..testing import local_tailnet
 from .demo import run_demo
+from .forward import add_forward_commands, run_forward, run_proxy
 from .start import AUTH_KEY_ENV, running_node
 
 __all__ = ["main"]
@@ -170,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("host", metavar="HOST",
                          help="a tailnet node: MagicDNS name (short or full) or tailnet IP")
     connect.add_argument("port", type=_port, metavar="PORT")
+
+    add_forward_commands(commands, node_options, _host_port)
 
     status = commands.add_parser(
         "status",
@@ -379,6 +384,8 @@ _COMMANDS: Final[dict[str, tuple[Callable[[argparse.Namespace], Awaitable[None]]
     "control": (_control, True),
     "serve": (_serve, True),
     "connect": (_connect, False),
+    "forward": (run_forward, True),
+    "proxy": (run_proxy, True),
     "status": (_status, False),
 }
 

@@ -30,9 +30,9 @@ from .statestore import StateKind, StoreAnswers, check_state
 from .supervisor import RestartPolicy
 
 __all__ = [
-    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "EXIT_NODE_BOUND", "PING_BOUND", "NodeConfig",
-    "call_deadline", "check_backlog", "check_exit_node", "check_host", "check_port",
-    "check_timeout", "limit_until", "ms_until",
+    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "EXIT_NODE_BOUND", "MEMORY_PROFILES",
+    "PING_BOUND", "MemoryProfile", "NodeConfig", "call_deadline", "check_backlog",
+    "check_exit_node", "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -53,6 +53,33 @@ _ANSWER_GRACE: Final = 5.0
 _MAX_HELPER_MS: Final = (1 << 31) - 1
 # The largest timeout argument: about 31 years, far inside what select() and time_t take.
 _MAX_TIMEOUT: Final = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryProfile:
+    """What a ``memory_profile`` asks of the helper.
+
+    Attributes:
+        env: Go runtime variables; the node's own ``memory_limit`` and ``helper_env`` win
+            over them.
+        tcp_buffer_max: the cap on netstack's TCP send and receive buffers, i.e. on every TCP
+            window of the node (``start``'s ``tcp_buffer_max``); None keeps tsnet's 8 MiB
+            receive and 6 MiB send maxima.
+        release_code_pages: once up, the helper unmaps the pages of its binary it does not use
+            (``start``'s ``release_code_pages``).
+    """
+
+    env: Mapping[str, str]
+    tcp_buffer_max: int | None = None
+    release_code_pages: bool = False
+
+
+# README, "A node on a small machine", has the figures behind these values.
+MEMORY_PROFILES: Final[Mapping[str, MemoryProfile]] = MappingProxyType({
+    "default": MemoryProfile(MappingProxyType({})),
+    "small": MemoryProfile(MappingProxyType({"GOGC": "25"}), tcp_buffer_max=64 << 10,
+                           release_code_pages=True),
+})
 
 
 def check_port(port: object, what: str = "port") -> int:
@@ -162,6 +189,7 @@ class NodeConfig:
     wait_running: bool = True
     restart: RestartPolicy | None = None
     memory_limit: int | None = None
+    memory_profile: str = "default"
     helper_env: Mapping[str, str] | None = None
     helper_path: str | os.PathLike[str] | None = None
     advertise_routes: Iterable[str] = ()
@@ -201,6 +229,10 @@ class NodeConfig:
         memory_limit = self.memory_limit
         if memory_limit is not None and (not is_int(memory_limit) or memory_limit < 16 << 20):
             raise InvalidArgumentError("memory_limit must be a number of bytes, at least 16 MiB")
+        if not isinstance(self.memory_profile, str) or self.memory_profile not in MEMORY_PROFILES:
+            raise InvalidArgumentError(
+                f"memory_profile must be one of {', '.join(map(repr, MEMORY_PROFILES))}, "
+                f"got {self.memory_profile!r}")
         helper_env = dict(self.helper_env or {})
         for key, value in helper_env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key:
@@ -267,7 +299,8 @@ class NodeConfig:
     def helper_environment(self, generation: int) -> dict[str, str]:
         """The environment of this node's helper number *generation*: the host's without
         credentials, this node's knobs, and what a local tailnet needs."""
-        env: dict[str, str] = {**(self.helper_env or {}),
+        env: dict[str, str] = {**MEMORY_PROFILES[self.memory_profile].env,
+                               **(self.helper_env or {}),
                                "TSPROC_HELPER_GENERATION": str(generation)}
         if self.control_url and _is_loopback_url(self.control_url):
             # A local tailnet: no port mapping (it probes the LAN gateway), no LAN endpoints.
@@ -294,6 +327,11 @@ class NodeConfig:
             params["acme_directory_url"] = self.acme_directory_url
         if self.acme_roots:
             params["acme_roots"] = self.acme_roots
+        profile = MEMORY_PROFILES[self.memory_profile]
+        if profile.tcp_buffer_max is not None:
+            params["tcp_buffer_max"] = profile.tcp_buffer_max
+        if profile.release_code_pages:
+            params["release_code_pages"] = True
         if self.advertise_exit_node:
             params["advertise_exit_node"] = True
         if self.state_kind == "memory":

@@ -186,15 +186,16 @@ class Generation:
 
     @overload
     async def request(self, method: str, params: dict[str, Any], *,
-                      limit: float = ...) -> Reply: ...
+                      limit: float = ..., fd: int | None = None) -> Reply: ...
 
     @overload
     async def request(self, method: str, params: dict[str, Any], *,
-                      on_result: Callable[[Reply], T], limit: float = ...) -> T: ...
+                      on_result: Callable[[Reply], T], limit: float = ...,
+                      fd: int | None = None) -> T: ...
 
     async def request(self, method: str, params: dict[str, Any], *,
                       on_result: Callable[[Reply], Disposable] | None = None,
-                      limit: float = RPC_TIMEOUT) -> Disposable:
+                      limit: float = RPC_TIMEOUT, fd: int | None = None) -> Disposable:
         """``rpc.request`` (see there for *on_result*), waiting at most *limit* seconds.
 
         This is the one place where what the channel raises becomes what the node's caller
@@ -205,8 +206,8 @@ class Generation:
         try:
             with trio.fail_after(limit):
                 if on_result is None:
-                    return await self.rpc.request(method, params)
-                return await self.rpc.request(method, params, on_result=on_result)
+                    return await self.rpc.request(method, params, fd=fd)
+                return await self.rpc.request(method, params, on_result=on_result, fd=fd)
         except trio.TooSlowError:
             raise NodeTimeoutError(
                 f"the helper did not answer {method!r} within {limit:g} s"

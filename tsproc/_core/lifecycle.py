@@ -19,6 +19,7 @@ from .._child.statedir import StateDir
 from ..errors import NodeClosedError, NodeNotStartedError, NodeTimeoutError, TsprocError
 from .config import EXIT_NODE_BOUND, NodeConfig
 from .events import EventHub
+from .forward import _Endpoint
 from .generation import RPC_TIMEOUT, Generation
 from .streams import TailnetListener, TailnetStream
 from .supervisor import Generation as SupervisedGeneration
@@ -56,6 +57,7 @@ class NodeLifecycle:
         self._state_changed = trio.Event()  # set and replaced by _set_state
         self._failure: TsprocError | None = None
         self._listeners: set[TailnetListener] = set()
+        self._forwards: set[_Endpoint] = set()  # forwards and SOCKS5 proxies (_forward.py)
         self._events = EventHub()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -148,6 +150,8 @@ class NodeLifecycle:
             else:
                 self._nursery.start_soon(self._up_later, gen)
             await gen.relisten(self._listeners)
+            for endpoint in list(self._forwards):
+                await endpoint._install(gen)
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
             raise
@@ -201,6 +205,8 @@ class NodeLifecycle:
         self._supervisor_scope.cancel()
         for listener in list(self._listeners):
             listener.close_now("the node was closed")
+        for endpoint in list(self._forwards):
+            endpoint._close_endpoint()
         gen = self._generation
         grace = self._policy.shutdown_grace
         if gen is not None and not gen.died.is_set():

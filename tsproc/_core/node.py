@@ -36,6 +36,7 @@ from .config import (
     ms_until,
 )
 from .events import EventStream
+from .forward import DEFAULT_NODE_WAIT, Forward, Socks5Proxy, open_forward, open_socks5
 from .lifecycle import NodeLifecycle
 from .packet import TailnetPacketConn
 from .statestore import StateStore
@@ -74,6 +75,11 @@ class Node(NodeLifecycle):
             watch :meth:`events` for an auth URL; then use :meth:`wait_running`.
         restart: how the helper is watched and restarted.
         memory_limit: a soft memory cap for the helper in bytes (Go's GOMEMLIMIT).
+        memory_profile: ``"default"`` (tsnet's sizes, the most throughput per connection) or
+            ``"small"``: a helper for a small machine, under 100 MB in bulk transfers instead of
+            several hundred, at the price of a 64 KiB TCP window per connection, which caps one
+            stream at about 1.3 MB/s on a path of 50 ms round trip (README, "A node on a small
+            machine").
         helper_env: extra environment variables for this node's helper — tsnet and Go knobs
             such as ``TS_DEBUG_USE_DERP_HTTP``; never secrets (a value that looks like an auth
             key is refused: the helper's environment is visible to the machine's other users).
@@ -121,6 +127,7 @@ class Node(NodeLifecycle):
         wait_running: bool = True,
         restart: RestartPolicy | None = None,
         memory_limit: int | None = None,
+        memory_profile: str = "default",
         helper_env: Mapping[str, str] | None = None,
         helper_path: str | os.PathLike[str] | None = None,
         advertise_routes: Iterable[str] = (),
@@ -137,7 +144,8 @@ class Node(NodeLifecycle):
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
             ephemeral=ephemeral, tags=tags, up_timeout=up_timeout, wait_running=wait_running,
-            restart=restart, memory_limit=memory_limit, helper_env=helper_env,
+            restart=restart, memory_limit=memory_limit, memory_profile=memory_profile,
+            helper_env=helper_env,
             helper_path=helper_path, advertise_routes=advertise_routes,
             acme_directory_url=acme_directory_url, acme_roots=acme_roots, state=state,
             client_secret=client_secret, client_id=client_id, id_token=id_token,
@@ -335,6 +343,53 @@ class Node(NodeLifecycle):
         params = {"service": service, "port": port, "terminate_tls": bool(terminate_tls),
                   "backlog": check_backlog(backlog)}
         return await self._open_listener("listen_service", params, port, backlog)
+
+    def forward(self, host: str, port: int, *, unix_dir: str | os.PathLike[str] | None = None,
+                local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+                node_wait: float = DEFAULT_NODE_WAIT) -> AbstractAsyncContextManager[Forward]:
+        """A local endpoint that carries every connection to *host*:*port* on the tailnet,
+        for code that opens its own sockets (database drivers, ``psql``, ``curl``)::
+
+            async with node.forward("db", 5432) as fwd:
+                conn = await psycopg.AsyncConnection.connect(host=fwd.host, port=fwd.port)
+
+        By default the endpoint is a Unix socket ``.s.PGSQL.<port>`` in a new private
+        directory (0700, made at *unix_dir* if given, which must not exist yet); connections
+        from another user are refused. With *local_port* (0: any free port) it is a TCP port
+        on 127.0.0.1 instead, which **every local process** can connect to.
+
+        The endpoint exists exactly as long as the context (and the node); connections
+        still open through it when it ends are reset. Bytes go between
+        the endpoint and the tailnet inside the helper, never through Python. *host* is
+        resolved by the node (never the system's DNS) when a connection arrives; a target
+        off the tailnet, unreachable, or a node not running within *node_wait* seconds
+        (a helper restarting) resets that connection.
+
+        Raises:
+            InvalidArgumentError: a bad host, port or option; *unix_dir* exists or cannot
+                be made.
+            AddressInUseError: *local_port* is taken.
+        """
+        return open_forward(self, host, port, unix_dir=unix_dir, local_port=local_port,
+                            backlog=backlog, node_wait=node_wait)
+
+    def socks5(self, *, unix_dir: str | os.PathLike[str] | None = None,
+               local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
+               node_wait: float = DEFAULT_NODE_WAIT) -> AbstractAsyncContextManager[Socks5Proxy]:
+        """A SOCKS5 proxy (CONNECT with a fresh username/password) into the tailnet, for
+        clients that speak SOCKS (httpx with ``socksio``, ``curl --socks5-hostname``)::
+
+            async with node.socks5(local_port=0) as proxy:
+                async with httpx.AsyncClient(proxy=proxy.url) as client: ...
+
+        The endpoint is chosen as for :meth:`forward` (a Unix socket ``socks5.sock`` by
+        default; httpx needs *local_port*). Names in requests are resolved by the node;
+        a wrong credential is refused before anything is dialled, a target off the tailnet
+        gets reply 2 (not allowed), an unknown tailnet name or unreachable node 4 (host
+        unreachable), a refused port 5.
+        """
+        return open_socks5(self, unix_dir=unix_dir, local_port=local_port, backlog=backlog,
+                           node_wait=node_wait)
 
     async def _open_listener(self, method: str, params: dict[str, Any], port: int,
                              backlog: int) -> TailnetListener:

@@ -4,7 +4,7 @@
 object with ``read(key)`` and ``write(key, value)``. With such an object tsnet's state — the
 node's private keys, its profile and prefs — never touches the helper's disk: each read and write
 becomes a ``state_read`` / ``state_write`` request from the helper, which :class:`StoreAnswers`
-answers by calling the store (docs/protocol.md §4a).
+answers by calling the store (docs/protocol.md §4b).
 
 Values are secrets. Nothing here logs or formats one; errors name the key and the exception's
 type and (redacted) text.

@@ -88,7 +88,7 @@ class RpcChannel:
     socket is closed, so that the owner can act before the peer can read EOF (a helper reads
     EOF as "the host is gone" and closes tsnet: see :meth:`Generation._channel_broke`).
 
-    *on_request*, if given, answers the helper's requests (docs/protocol.md §4a), each in a
+    *on_request*, if given, answers the helper's requests (docs/protocol.md §4b), each in a
     task of its own; without it they are answered ``unknown_method``.
     """
 
@@ -108,7 +108,7 @@ class RpcChannel:
         self._decoder = proto.Decoder()
         # Every frame goes through one writer task: callers that cannot await (a stream's
         # close, a listener's accept) can still send, and queued frames leave in one write.
-        self._outbox_send, self._outbox = trio.open_memory_channel[bytes](math.inf)
+        self._outbox_send, self._outbox = trio.open_memory_channel[bytes | _FdFrame](math.inf)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._broken: BaseException | None = None
@@ -156,32 +156,45 @@ class RpcChannel:
             pass  # we closed it (close() or a failed write): _fail has recorded why
 
     async def _write_loop(self) -> None:
-        async for frame in self._outbox:
-            frames = [frame]
+        async for item in self._outbox:
+            items = [item]
             while True:
                 try:
-                    frames.append(self._outbox.receive_nowait())
+                    items.append(self._outbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     # EndOfChannel: the channel failed (_fail closed the outbox) after this
                     # frame was queued; the write below then fails or is cancelled.
                     break
-            data = memoryview(b"".join(frames) if len(frames) > 1 else frame)
             try:
-                while data:
-                    sent = await self._sock.send(data)
-                    data = data[sent:]
+                for run, fd_frame in _runs(items):
+                    data = run
+                    if fd_frame is not None:
+                        # The fd goes with the frame's first byte (docs/protocol.md §2).
+                        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", [fd_frame.fd]))]
+                        sent = await self._sock.sendmsg([data], rights)
+                        fd_frame.close()
+                        data = data[sent:]
+                    while data:
+                        sent = await self._sock.send(data)
+                        data = data[sent:]
             except OSError as exc:
                 self._fail(HelperDiedError(f"cannot write to the helper: {exc}"))
                 return
             except trio.ClosedResourceError:
                 return
-
-    @overload
-    async def request(self, method: str, params: dict[str, Any]) -> Reply: ...
+            finally:
+                for leftover in items:
+                    if isinstance(leftover, _FdFrame):
+                        leftover.close()
 
     @overload
     async def request(self, method: str, params: dict[str, Any], *,
-                      on_result: Callable[[Reply], T]) -> T: ...
+                      fd: int | None = None) -> Reply: ...
+
+    @overload
+    async def request(self, method: str, params: dict[str, Any], *,
+                      on_result: Callable[[Reply], T], fd: int | None = None) -> T: ...
 
     async def request(
         self,
@@ -189,6 +202,7 @@ class RpcChannel:
         params: dict[str, Any],
         *,
         on_result: Callable[[Reply], Disposable] | None = None,
+        fd: int | None = None,
     ) -> Disposable:
         """Send a request and wait for its response.
 
@@ -197,9 +211,11 @@ class RpcChannel:
         the answer — before the ``accepted`` or ``conn_end`` that may follow it and before the
         caller resumes — so the objects it registers exist when those messages are dispatched.
         It owns the reply's fd, must not block, and raises ProtocolError for a malformed
-        result (that breaks the channel). When the caller stopped waiting (cancelled) what it
-        made is closed at once (``close_now``): whatever the helper made for it would otherwise
-        live on with nobody knowing its id.
+        result (that breaks the channel). *fd*, if given, is sent with the request (which
+        then says ``"fd": true``); the caller keeps it: the channel sends a duplicate. When
+        the caller stopped waiting (cancelled) what it made is closed at once
+        (``close_now``): whatever the helper made for it would otherwise live on with nobody
+        knowing its id.
 
         Raises:
             RemoteError (a typed subclass): the helper answered with an error.
@@ -209,11 +225,13 @@ class RpcChannel:
         if self._broken is not None:
             raise self._broken_error()
         request_id = next(self._ids) % (1 << 32)
+        if fd is not None:
+            params = {**params, "fd": True}
         frame = _encode_request(request_id, method, params)
         pending = _Pending(on_result)
         self._pending[request_id] = pending
         try:
-            self._outbox_send.send_nowait(frame)
+            self._outbox_send.send_nowait(frame if fd is None else _FdFrame(frame, os.dup(fd)))
             await pending.done.wait()
         except BaseException:
             # Cancelled: a late answer is closed by the reader when it comes.
@@ -342,6 +360,15 @@ class RpcChannel:
                 self._on_break(error)  # before the close below: the peer must not see EOF first
         self._sock.close()
         self._outbox_send.close()
+        # Frames the writer will never send: a duplicated fd among them (a forward's listening
+        # socket) would otherwise keep that socket open.
+        while True:
+            try:
+                item = self._outbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, _FdFrame):
+                item.close()
         self._decoder.close()
         for pending in self._pending.values():
             pending.done.set()  # unanswered: the caller raises _broken_error()
@@ -356,6 +383,36 @@ class RpcChannel:
                 return HelperDiedError(str(error).split("\n", 1)[0])
             return ProtocolError(str(error))
         return HelperDiedError("control channel closed")
+
+
+@dataclass(slots=True)
+class _FdFrame:
+    """A queued frame that carries an fd, owned by the channel until sent (then closed)."""
+
+    frame: bytes
+    fd: int
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            _close_fd(fd)
+
+
+def _runs(items: list[bytes | _FdFrame]) -> list[tuple[memoryview, _FdFrame | None]]:
+    """The queued items as writes: plain frames joined, each fd frame a write of its own."""
+    runs: list[tuple[memoryview, _FdFrame | None]] = []
+    plain: list[bytes] = []
+    for item in items:
+        if isinstance(item, _FdFrame):
+            if plain:
+                runs.append((memoryview(b"".join(plain)), None))
+                plain = []
+            runs.append((memoryview(item.frame), item))
+        else:
+            plain.append(item)
+    if plain:
+        runs.append((memoryview(b"".join(plain)), None))
+    return runs
 
 
 def _encode_request(request_id: int, method: str, params: dict[str, Any]) -> bytes:

@@ -265,8 +265,12 @@ func (b *Bridge) copyFromHost() error {
 
 // readHost waits until the socketpair is readable, then reads into a pooled buffer. It
 // returns the buffer (nil when none is held), the count (0 at EOF) and an error.
-func (b *Bridge) readHost() (buf *[]byte, n int, err error) {
-	rerr := b.localRC.Read(func(fd uintptr) bool {
+func (b *Bridge) readHost() (buf *[]byte, n int, err error) { return readPooled(b.localRC) }
+
+// readPooled waits until rc is readable holding no buffer, then reads into a pooled large
+// one. It returns the buffer (nil when none is held), the count (0 at EOF) and an error.
+func readPooled(rc syscall.RawConn) (buf *[]byte, n int, err error) {
+	rerr := rc.Read(func(fd uintptr) bool {
 		if buf == nil {
 			buf = largeBufs.Get().(*[]byte)
 		}

@@ -1,6 +1,6 @@
 // Package statestore is an ipn.StateStore kept by the host: tsnet's reads and writes of the
 // node's state (its keys, profile and prefs) become state_read and state_write requests on the
-// control channel (docs/protocol.md §4a), so the state lives wherever the host's program puts
+// control channel (docs/protocol.md §4b), so the state lives wherever the host's program puts
 // it — a database, a Kubernetes Secret, a vault — and never on the helper's disk.
 //
 // Values are secrets (the machine and node private keys are among them): nothing here logs or

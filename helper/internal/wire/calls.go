@@ -6,7 +6,7 @@ import (
 	"sync"
 )
 
-// Requests from the helper to the host (docs/protocol.md §4a): the helper's own ids, a
+// Requests from the helper to the host (docs/protocol.md §4b): the helper's own ids, a
 // pending call per id, and the host's response routed back by Serve. The first user is the
 // node's state store, which tsnet reads and writes through the host.
 

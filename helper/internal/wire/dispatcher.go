@@ -104,12 +104,26 @@ func (d *Dispatcher) Serve(r Source) error {
 
 // handle processes one message.
 func (d *Dispatcher) handle(m *Message) {
+	// A request's fd (forward passes a listening socket) goes to its handler as a
+	// *ReceivedFD in params["fd"]; whatever the handler does not take is closed here. No
+	// notification or response carries one: the inbox matched it to this message, so it
+	// is ours to close.
+	var passed *ReceivedFD
 	if m.FD >= 0 {
-		// No host message of protocol version 1 carries an fd; the inbox already matched
-		// it to this message, so it is ours to close.
-		unix.Close(m.FD)
+		if m.Kind == KindRequest {
+			passed = &ReceivedFD{fd: m.FD}
+			m.Params["fd"] = passed
+		} else {
+			unix.Close(m.FD)
+		}
 		m.FD = -1
 	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			passed.close()
+		}
+	}()
 	switch m.Kind {
 	case KindNotification:
 		if d.isHelloDone() {
@@ -146,8 +160,10 @@ func (d *Dispatcher) handle(m *Message) {
 	d.inFlight++
 	d.wg.Add(1) // under mu, so never after close has started waiting
 	d.mu.Unlock()
+	handedOff = true
 	go func() {
 		defer d.wg.Done()
+		defer passed.close()
 		defer func() {
 			d.mu.Lock()
 			d.inFlight--

@@ -45,6 +45,15 @@ func (s *fakeService) Call(ctx context.Context, method string, params map[string
 		p := wire.NewParamReader(params)
 		p.Uint("port", 1, 65535)
 		return nil, p.Err
+	case "take_fd":
+		p := wire.NewParamReader(params)
+		fd := p.FD("fd")
+		if p.Err != nil {
+			return nil, p.Err
+		}
+		unix.Write(fd, []byte("taken"))
+		unix.Close(fd)
+		return wire.OKReply(map[string]any{}), nil
 	case "pass_fd":
 		p, err := fdtest.NewPipe()
 		if err != nil {
@@ -260,6 +269,48 @@ func TestDispatcherClosesIncomingFDs(t *testing.T) {
 	h.MustCall("echo", map[string]any{})
 	if !fdtest.WriteEndClosed(t, r) {
 		t.Fatal("the helper kept the fd")
+	}
+}
+
+// TestDispatcherHandsRequestFDsToTheirHandler: a request's fd (forward's listening socket)
+// reaches its handler through ParamReader.FD; one its handler does not take, or that comes
+// before hello, is closed; a handler that wants one and got none answers bad_request.
+func TestDispatcherHandsRequestFDsToTheirHandler(t *testing.T) {
+	h, _, _ := startDispatcher(t, &fakeService{})
+	send := func(id uint32, method string, fd int) {
+		m := wire.NewRequest(id, method, map[string]any{"fd": true, "port": uint64(80)})
+		m.FD = fd
+		if err := h.W.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, r := fdtest.PipeFD(t)
+	send(1000, "take_fd", w) // before hello: refused, and the fd closed
+	h.Hello()
+	if !fdtest.WriteEndClosed(t, r) {
+		t.Fatal("a request before hello kept its fd")
+	}
+	r.Close()
+
+	w, r = fdtest.PipeFD(t)
+	defer r.Close()
+	send(1001, "take_fd", w)
+	buf := make([]byte, 16)
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := r.Read(buf)
+	if err != nil || string(buf[:n]) != "taken" {
+		t.Fatalf("the handler did not get the fd: %q, %v", buf[:n], err)
+	}
+
+	w2, r2 := fdtest.PipeFD(t)
+	defer r2.Close()
+	send(1002, "fail", w2) // a handler that ignores the fd
+	h.MustCall("echo", map[string]any{})
+	if !fdtest.WriteEndClosed(t, r2) {
+		t.Fatal("the dispatcher kept an fd no handler took")
+	}
+	if m := h.Call("take_fd", map[string]any{}); m.Err == nil || m.Err.Code != wire.CodeBadRequest {
+		t.Fatalf("take_fd without an fd: %+v", m.Err)
 	}
 }
 

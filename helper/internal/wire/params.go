@@ -1,6 +1,10 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
 
 // ParamReader reads typed fields from a request's params. The first problem it finds is kept
 // as a bad_request error that names the field and the rule; later reads return zero values,
@@ -136,4 +140,30 @@ func typeName(v any) string {
 		return "map"
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// ReceivedFD is the file descriptor a request carried ("fd": true), found in its params under
+// "fd". Its handler takes it with ParamReader.FD; the dispatcher closes it otherwise.
+type ReceivedFD struct{ fd int }
+
+// close closes the fd unless a handler took it. A nil *ReceivedFD is fine.
+func (r *ReceivedFD) close() {
+	if r != nil && r.fd >= 0 {
+		unix.Close(r.fd)
+		r.fd = -1
+	}
+}
+
+// FD takes the fd the request carried under key (which must say "fd": true): the caller owns
+// it from now on, whatever else the reader finds wrong. A request without one is bad_request.
+func (r *ParamReader) FD(key string) int {
+	v, ok := r.lookup(key)
+	passed, isFD := v.(*ReceivedFD)
+	if !ok || !isFD || passed.fd < 0 {
+		r.fail(key, "must come with a file descriptor")
+		return -1
+	}
+	fd := passed.fd
+	passed.fd = -1
+	return fd
 }

@@ -179,6 +179,18 @@ func (s *serviceSet) host(ctx context.Context, n *node, name tailcfg.ServiceName
 	}
 	if s.ads[name] == 0 {
 		if err := editAdvertised(ctx, n, name, true); err != nil {
+			// Not advertised: take the handler out again rather than leave it half-hosted.
+			delete(sc.Services[name].TCP, port)
+			if len(sc.Services[name].TCP) == 0 {
+				delete(sc.Services, name)
+			}
+			sc.ETag = ""
+			if cur, gerr := lc.GetServeConfig(ctx); gerr == nil && cur != nil {
+				sc.ETag = cur.ETag
+			}
+			if rerr := lc.SetServeConfig(ctx, sc); rerr != nil {
+				helperLogf("removing %s port %d from the serve config: %v", name, port, rerr)
+			}
 			return err
 		}
 	}

@@ -39,8 +39,8 @@ type startConfig struct {
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
 	credentials                             credentialStart
-	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (memory.go)
-	releaseCodePages                        bool       // memory.go
+	tcpBufferMax                            int  // 0: tsnet's TCP buffer sizes (memory.go)
+	releaseCodePages                        bool // memory.go
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {

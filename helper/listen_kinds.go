@@ -114,7 +114,7 @@ func (n *node) listenAnyPort(_ context.Context, p *wire.ParamReader) (*wire.Repl
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
 	}
-	return n.openListener(newFallbackListener(srv, int(backlog)), int(backlog))
+	return n.openListener(newFallbackListener(srv, int(backlog), nil), int(backlog))
 }
 
 // certPair returns the certificate chain and key for a cert domain, issuing one if needed: a
@@ -165,8 +165,8 @@ func (n *node) certDomains(ctx context.Context, p *wire.ParamReader) (*wire.Repl
 }
 
 // fallbackListener is a net.Listener fed by tsnet's fallback TCP handler: it gets the
-// connections to every port of this node that no other listener holds. Each connection's
-// LocalAddr is the address the peer dialled.
+// connections to every port of this node that no other listener holds (or, with a match
+// function, those it matches). Each connection's LocalAddr is the address the peer dialled.
 type fallbackListener struct {
 	conns      chan net.Conn
 	closed     chan struct{}
@@ -174,13 +174,16 @@ type fallbackListener struct {
 	unregister func()
 }
 
-func newFallbackListener(srv *tsnet.Server, queue int) *fallbackListener {
+func newFallbackListener(srv *tsnet.Server, queue int, match func(dst netip.AddrPort) bool) *fallbackListener {
 	fl := &fallbackListener{conns: make(chan net.Conn, queue), closed: make(chan struct{})}
 	fl.unregister = srv.RegisterFallbackTCPHandler(func(src, dst netip.AddrPort) (func(net.Conn), bool) {
 		select {
 		case <-fl.closed:
 			return nil, false
 		default:
+		}
+		if match != nil && !match(dst) {
+			return nil, false
 		}
 		// The decision is taken before the handshake completes: refuse (the peer sees a reset)
 		// when as many connections already wait as the backlog allows, instead of queueing

@@ -38,6 +38,10 @@ var methods = map[string]handler{
 	"ping_peer":       (*node).pingPeer,
 	"cert_domains":    (*node).certDomains,
 	"cert_pair":       (*node).certPair,
+	"listen_service":  (*node).listenService,
+	"capture_pcap":    (*node).capturePcap,
+	"stop_capture":    (*node).stopCapture,
+	"set_exit_node":   (*node).setExitNode,
 	"bench_echo":      (*node).benchEcho,
 	"shutdown":        (*node).shutdown,
 }

@@ -10,6 +10,7 @@ import (
 	"tailscale.com/tsnet"
 
 	"github.com/tsproc/tsproc/helper/internal/bridge"
+	"github.com/tsproc/tsproc/helper/internal/statestore"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -19,7 +20,8 @@ import (
 
 // node is the tsnet server and everything the host made with it.
 type node struct {
-	out       wire.Sender // notifications to the host
+	out       wire.Sender       // notifications to the host
+	host      statestore.Caller // requests to the host (the dispatcher), for a host state store
 	tsnetLogs bool
 
 	// startMu is held across tsnet's Start and by close, because tsnet.Server.Close must
@@ -48,6 +50,9 @@ type node struct {
 	localNoACME bool
 	withAuthKey bool     // start had an auth key: a refused login is about that key
 	healthTexts []string // last health warnings from the IPN bus (non-nil once seen)
+
+	captures captures   // running packet captures (capture.go)
+	services serviceSet // Tailscale Services this node hosts (service.go)
 
 	wg     sync.WaitGroup // the IPN bus watcher and the listener pumps
 	connWG sync.WaitGroup // running bridges
@@ -197,6 +202,7 @@ func (n *node) close() {
 		return
 	}
 	n.closed = true
+	n.captures.stopAll()
 	listeners := make([]*tsListener, 0, len(n.listeners))
 	for _, l := range n.listeners {
 		listeners = append(listeners, l)

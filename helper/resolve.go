@@ -66,6 +66,12 @@ func (r *tailnetResolver) resolve(ctx context.Context, srv *tsnet.Server, lc *lo
 		ip, ok = r.lookup(name)
 	}
 	if !ok {
+		// A Tailscale Service's name ("svc:web", "web.<tailnet domain>"): a DNS record.
+		if svcIP, found, err := lookupServiceName(ctx, lc, name); err == nil && found {
+			ip, ok = svcIP, true
+		}
+	}
+	if !ok {
 		return netip.Addr{}, unknownHost("no node named %q on the tailnet (names are MagicDNS "+
 			"hostnames, short or full; tsproc never asks the system's DNS)", host)
 	}

@@ -170,12 +170,14 @@ type session struct {
 func newSession(rd, wr *net.UnixConn, f fault, tsnetLogs bool) *session {
 	r, w, closeFault := withFault(f, wire.NewMsgReader(rd), wire.NewMsgWriter(wr), wr)
 	n := newNode(w, tsnetLogs)
+	disp := wire.NewDispatcher(n, w, dispatcherConfig())
+	n.host = disp // a host state store's calls (start's host_state)
 	return &session{
 		rd:         rd,
 		wr:         wr,
 		r:          r,
 		node:       n,
-		disp:       wire.NewDispatcher(n, w, dispatcherConfig()),
+		disp:       disp,
 		closeFault: closeFault,
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"tailscale.com/ipn/store/mem"
 	"tailscale.com/logtail"
 	"tailscale.com/net/netns"
+	"tailscale.com/net/tsaddr"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
@@ -37,8 +38,9 @@ type startConfig struct {
 	tags                                    []string
 	advertiseRoutes                         []netip.Prefix
 	acme                                    acmeConfig // zero unless the tailnet has its own ACME server
-	tcpBufferMax                            int        // 0: tsnet's TCP buffer sizes (memory.go)
-	releaseCodePages                        bool       // memory.go
+	credentials                             credentialStart
+	tcpBufferMax                            int  // 0: tsnet's TCP buffer sizes (memory.go)
+	releaseCodePages                        bool // memory.go
 }
 
 func parseStart(p *wire.ParamReader) (startConfig, error) {
@@ -61,6 +63,7 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 	if p.Err != nil {
 		return c, p.Err
 	}
+	var err error
 	for _, r := range routes {
 		pfx, err := netip.ParsePrefix(r)
 		if err != nil || pfx != pfx.Masked() {
@@ -70,6 +73,12 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 	}
 	if err := c.acme.check(); err != nil {
 		return c, err
+	}
+	if c.credentials, err = parseCredentialStart(p, c.memoryState); err != nil {
+		return c, err
+	}
+	if c.credentials.advertiseExitNode {
+		c.advertiseRoutes = append(c.advertiseRoutes, tsaddr.ExitRoutes()...)
 	}
 	switch {
 	case len(c.hostname) > 63 || !hostnameRE.MatchString(c.hostname):
@@ -151,9 +160,10 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	if cfg.memoryState {
 		srv.Store = new(mem.Store)
 	}
+	hostStore := cfg.credentials.apply(srv, n.host)
 	if err := srv.Start(); err != nil {
 		// tsnet cleans up after a failed Start; a new start may try again.
-		return nil, wire.NewError(wire.CodeInternal, "starting tsnet: %v", err)
+		return nil, startFailed(err, cfg.credentials, hostStore)
 	}
 	if cfg.tcpBufferMax != 0 {
 		if err := capTCPBuffers(srv, cfg.tcpBufferMax); err != nil {

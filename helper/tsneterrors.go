@@ -35,6 +35,12 @@ func isAuthError(err error) bool {
 	return false
 }
 
+// isKeyExchangeError reports whether tsnet's Start failed exchanging an OAuth client secret or
+// a workload identity for an auth key ("error resolving auth key: …").
+func isKeyExchangeError(err error) bool {
+	return strings.Contains(err.Error(), "resolving auth key")
+}
+
 // isConnRefused reports whether a netstack dial was refused by the target (a RST to the SYN):
 // gonet reports gVisor's ErrConnectionRefused by its text, "connection was refused".
 func isConnRefused(err error) bool {

@@ -73,7 +73,7 @@ FAKE_HELPER = textwrap.dedent("""\
         elif MODE == "response_to_unknown_id":
             send(proto.encode_response(424242, None, {{}}))
         elif MODE == "request_from_helper":
-            send(proto.encode_request(1, "ping", {{}}))
+            send(proto.encode_request(7, "no_such_call", {{}}))
         elif MODE == "accepted_with_bad_conn":
             note("accepted", nfds=1, sockets=True, listener=1, conn="one", fd=True)
         elif MODE == "accepted_with_bad_listener":
@@ -116,6 +116,8 @@ FAKE_HELPER = textwrap.dedent("""\
             break
         decoder.receive_data(data)
         while (m := decoder.next_message()) is not None:
+            if isinstance(m, proto.Response) and m.id == 7 and m.error:
+                print("fake: the host answered " + m.error["code"], file=sys.stderr, flush=True)
             if not isinstance(m, proto.Request):
                 continue
             result, error = {{}}, None
@@ -180,7 +182,6 @@ async def settled_fds(expected: int, timeout: float = 5) -> set[int]:
         ("unclaimed_fds", "no message to claim them"),
         ("fd_flag_without_fd", "waited for its fd"),
         ("response_to_unknown_id", "unknown request id"),
-        ("request_from_helper", "unexpected request"),
         ("accepted_with_bad_conn", "'conn' must be an integer"),
         ("accepted_with_bad_listener", "'listener' must be an integer"),
         ("accepted_not_a_socket", "not a socket"),
@@ -222,6 +223,22 @@ async def test_fds_on_notifications_that_carry_none_are_closed(fake_helper):
         assert node.helper_pid == pid
         leaked = await settled_fds(len(fds_before)) - fds_before
         assert len(open_fds()) == len(fds_before), f"fds left: {fd_targets(leaked)}"
+        assert (await node.status()).backend_state == "Running"
+
+
+async def test_a_request_from_the_helper_that_the_host_does_not_serve_gets_unknown_method(
+        fake_helper, caplog):
+    """Helpers may send requests (docs/protocol.md §4b); one the host has no answer for is
+    refused with unknown_method, as the helper refuses the host's: no protocol error."""
+    path = fake_helper("request_from_helper")
+    async with tsproc.Node("asked", ephemeral=True, helper_path=path, restart=FAST) as node:
+        events = node.events()
+        with trio.fail_after(10):
+            while not any("answered unknown_method" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.05)
+        with trio.move_on_after(1):
+            await next_restart(events, timeout=1)
+            raise AssertionError("the host restarted a helper that broke no rule")
         assert (await node.status()).backend_state == "Running"
 
 

@@ -11,6 +11,7 @@ from ._core.forward import Forward, Socks5Proxy
 from ._core.node import EventStream, Node
 from ._core.packet import TailnetPacketConn
 from ._core.serve import serve_tcp
+from ._core.statestore import StateStore
 from ._core.streams import TailnetListener, TailnetStream
 from ._core.supervisor import RestartPolicy
 from ._core.types import (
@@ -47,8 +48,10 @@ from .errors import (
     ProtocolError,
     RemoteError,
     StateDirLocked,
+    StateStoreError,
     TlsUnavailableError,
     TsprocError,
+    UntaggedServiceHostError,
 )
 
 __version__ = "0.1.0"
@@ -87,12 +90,15 @@ __all__ = [
     "Socks5Proxy",
     "StateDirLocked",
     "StateEvent",
+    "StateStore",
+    "StateStoreError",
     "Status",
     "TailnetListener",
     "TailnetPacketConn",
     "TailnetStream",
     "TlsUnavailableError",
     "TsprocError",
+    "UntaggedServiceHostError",
     "UserInfo",
     "WhoIs",
     "__version__",

@@ -36,18 +36,24 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "StateDirLocked",
+    "StateStoreError",
     "TlsUnavailableError",
     "TsprocError",
+    "UntaggedServiceHostError",
     "redact",
 ]
 
 _SECRET = re.compile(r"\b(tskey|hskey)-[A-Za-z0-9_-]+")
+# The helper's jsonlog.Redact too: a JSON Web Token (an ID token for workload identity) and a
+# private key in its text form (the node state's "privkey:…").
+_TOKEN = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|\bprivkey:[0-9a-f]+")
 _URL = re.compile(r"https?://\S+")
 
 
 def redact(text: str) -> str:
-    """Replace every auth key (``tskey-…``, ``hskey-…``) in *text* with a placeholder."""
-    return _SECRET.sub(r"\1-REDACTED", text)
+    """Replace every auth key (``tskey-…``, ``hskey-…``), ID token and private key in *text*
+    with a placeholder."""
+    return _TOKEN.sub("REDACTED", _SECRET.sub(r"\1-REDACTED", text))
 
 
 class TsprocError(Exception):
@@ -208,6 +214,20 @@ class FunnelUnavailableError(RemoteError):
     code = "funnel_unavailable"
 
 
+class StateStoreError(RemoteError):
+    """The node's state store (``Node(state=store)``) raised or did not answer in time, so
+    tsnet could not read or write its state; the message names the key, never a value."""
+
+    code = "state_store"
+
+
+class UntaggedServiceHostError(RemoteError):
+    """Only tagged nodes may host a Tailscale Service (tsnet's ``ErrUntaggedServiceHost``):
+    give the node ``tags=``."""
+
+    code = "untagged_service_host"
+
+
 class _RemoteBadRequest(RemoteError, InvalidArgumentError):
     """The helper refused a field: tsproc validates first, so this is rare."""
 
@@ -226,6 +246,8 @@ _BY_CODE: dict[str, type[RemoteError]] = {
         LimitError,
         TlsUnavailableError,
         FunnelUnavailableError,
+        StateStoreError,
+        UntaggedServiceHostError,
         _RemoteBadRequest,
     )
 }

@@ -96,6 +96,14 @@ def _node_options() -> _Parser:
     group.add_argument("--ephemeral", action="store_true",
                        help="register as an ephemeral node, removed from the tailnet when it "
                        "stops (its state is kept in a temporary directory)")
+    group.add_argument("--tag", action="append", default=[], metavar="TAG", dest="tags",
+                       help="an ACL tag to advertise, like tag:web (repeatable; a service host "
+                       "needs one)")
+    group.add_argument("--exit-node", metavar="NODE",
+                       help="send traffic for addresses outside the tailnet through this exit "
+                       "node (its name or tailnet IP)")
+    group.add_argument("--advertise-exit-node", action="store_true",
+                       help="offer this node as an exit node")
     group.add_argument("--timeout", type=float, metavar="SECONDS",
                        help="give up if the node is not running within this time "
                        "(default: wait, e.g. for an interactive login)")
@@ -150,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("port", type=_port, metavar="PORT", help="the tailnet port to listen on")
     serve.add_argument("--to", type=_host_port, required=True, metavar="HOST:PORT",
                        help="where to forward connections, e.g. 127.0.0.1:8000")
+    serve.add_argument("--service", metavar="svc:NAME",
+                       help="host the Tailscale Service NAME on PORT instead of the node's own "
+                       "address (clients dial NAME.<tailnet domain>); needs --tag")
 
     connect = commands.add_parser(
         "connect",
@@ -209,9 +220,14 @@ async def _splice(tailnet: TailnetStream, local: trio.abc.HalfCloseableStream) -
 async def _serve(args: argparse.Namespace) -> None:
     to_host, to_port = args.to
     async with running_node(args) as node:
-        listener = await node.listen(args.port)
-        print(f"serving tailnet port {args.port} of {node.hostname} "
-              f"({node.tailscale_ips[0]}) -> {to_host}:{to_port}", flush=True)
+        if args.service:
+            listener = await node.listen_service(args.service, args.port)
+            where = f"service {args.service}, hosted by {node.hostname}"
+        else:
+            listener = await node.listen(args.port)
+            where = f"{node.hostname} ({node.tailscale_ips[0]})"
+        print(f"serving tailnet port {args.port} of {where} -> {to_host}:{to_port}",
+              flush=True)
 
         async def forward(stream: TailnetStream) -> None:
             async with stream:

@@ -105,6 +105,9 @@ async def running_node(args: argparse.Namespace) -> AsyncIterator[Node]:
         control_url=args.control_url,
         state_dir=args.state_dir,
         ephemeral=args.ephemeral,
+        tags=args.tags,
+        exit_node=args.exit_node,
+        advertise_exit_node=args.advertise_exit_node,
         up_timeout=None,  # wait as long as --timeout says, e.g. for a person to log in
         wait_running=False,
     )

@@ -26,12 +26,13 @@ import trio
 from .._child.helper import SECRET_ENV, helper_environment
 from .._util import is_int
 from ..errors import InvalidArgumentError, redact
+from .statestore import StateKind, StoreAnswers, check_state
 from .supervisor import RestartPolicy
 
 __all__ = [
-    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "MEMORY_PROFILES", "PING_BOUND", "MemoryProfile",
-    "NodeConfig", "call_deadline", "check_backlog", "check_host", "check_port", "check_timeout",
-    "limit_until", "ms_until",
+    "CALL_BOUND", "DEFAULT_BACKLOG", "DIAL_BOUND", "EXIT_NODE_BOUND", "MEMORY_PROFILES",
+    "PING_BOUND", "MemoryProfile", "NodeConfig", "call_deadline", "check_backlog",
+    "check_exit_node", "check_host", "check_port", "check_timeout", "limit_until", "ms_until",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -45,6 +46,8 @@ PING_BOUND: Final = 10.0
 # cert_pair, listen_tls, listen_funnel): the helper gets the time left as timeout_ms, and no
 # constant of its own (docs/protocol.md §4).
 CALL_BOUND: Final = 60.0
+# Setting the exit node resolves its name from the netmap and edits prefs: quick, but bounded.
+EXIT_NODE_BOUND: Final = 30.0
 # A helper that has not answered this long after the timeout it was given is treated as hung.
 _ANSWER_GRACE: Final = 5.0
 _MAX_HELPER_MS: Final = (1 << 31) - 1
@@ -97,6 +100,14 @@ def check_host(host: object) -> str:
     return host
 
 
+def check_exit_node(peer: object) -> str:
+    """A tailnet name or IP for an exit node (None, which clears it, is the caller's case)."""
+    if not isinstance(peer, str) or not peer or any(c.isspace() for c in peer):
+        raise InvalidArgumentError(
+            f"exit_node must be a tailnet node's name or IP, or None, got {peer!r}")
+    return peer
+
+
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     """None (no deadline), or a finite positive number of seconds as a float.
 
@@ -127,6 +138,26 @@ def _check_route(route: object) -> str:
             f"invalid route {route!r}: routes are network prefixes such as '10.77.0.0/24' "
             "(host bits zero)")
     return str(net)
+
+
+def _check_oauth(secret: str | None, client_id: str | None, id_token: str | None,
+                 audience: str | None, *, with_key: bool, tags: tuple[str, ...]) -> None:
+    """tsnet's rules for OAuth and workload identity, checked before a helper starts."""
+    if not (secret or client_id or id_token or audience):
+        return
+    problem = None
+    if with_key:
+        problem = "give auth_key or OAuth credentials, not both"
+    elif secret and (client_id or id_token or audience):
+        problem = "client_secret excludes workload identity (client_id, id_token, audience)"
+    elif not secret and not client_id:
+        problem = "id_token and audience need client_id (workload identity federation)"
+    elif client_id and bool(id_token) == bool(audience):
+        problem = "client_id needs exactly one of id_token and audience"
+    elif not tags:
+        problem = "a node that logs in with OAuth credentials must advertise tags (tags=...)"
+    if problem is not None:
+        raise InvalidArgumentError(problem)
 
 
 def _is_loopback_url(url: str) -> bool:
@@ -164,6 +195,16 @@ class NodeConfig:
     advertise_routes: Iterable[str] = ()
     acme_directory_url: str | None = None
     acme_roots: str | None = field(default=None, repr=False)
+    state: object = field(default=None, repr=False)
+    # OAuth client secret and workload identity (tsnet's ClientSecret, ClientID, IDToken,
+    # Audience): secrets, or close to them, kept out of reprs like the auth key.
+    client_secret: str | None = field(default=None, repr=False)
+    client_id: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    audience: str | None = field(default=None, repr=False)
+    exit_node: str | None = None
+    advertise_exit_node: bool = False
+    state_kind: StateKind = field(default="dir", init=False)
 
     def __post_init__(self) -> None:
         hostname, auth_key, control_url = self.hostname, self.auth_key, self.control_url
@@ -212,11 +253,37 @@ class NodeConfig:
             not isinstance(acme_roots, str) or "-----BEGIN CERTIFICATE-----" not in acme_roots
         ):
             raise InvalidArgumentError("acme_roots must be PEM certificates")
+        for name in ("client_secret", "client_id", "id_token", "audience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise InvalidArgumentError(f"{name} must be a non-empty string or None")
+        _check_oauth(self.client_secret, self.client_id, self.id_token, self.audience,
+                     with_key=bool(auth_key), tags=tags)
+        if self.exit_node is not None:
+            check_exit_node(self.exit_node)
+        kind, where = check_state(self.state, self.state_dir)
+        if kind == "memory" and not self.ephemeral:
+            raise InvalidArgumentError(
+                "state='memory' needs ephemeral=True: a node that forgets its keys when it "
+                "stops must not stay on the tailnet (tsnet's rule)")
         # Frozen: normalised values are set the way dataclasses' own __init__ does.
+        object.__setattr__(self, "state_kind", kind)
+        object.__setattr__(self, "state_dir", where if kind == "dir" else None)
+        object.__setattr__(self, "state", where if kind == "store" else None)
         object.__setattr__(self, "tags", tags)
         object.__setattr__(self, "advertise_routes", routes)
         object.__setattr__(self, "helper_env", MappingProxyType(helper_env))
         object.__setattr__(self, "restart", self.restart or RestartPolicy())
+
+    @property
+    def temporary_state_dir(self) -> bool:
+        """Whether the helper's directory is a private temporary one, removed on close: the
+        node keeps its state elsewhere, or nowhere it must outlive the node."""
+        return self.ephemeral or self.state_kind != "dir"
+
+    def state_answers(self) -> StoreAnswers | None:
+        """What answers the helper's state_read/state_write requests (None: it asks nobody)."""
+        return StoreAnswers(self.state) if self.state_kind == "store" else None  # type: ignore[arg-type]
 
     @property
     def policy(self) -> RestartPolicy:
@@ -265,6 +332,15 @@ class NodeConfig:
             params["tcp_buffer_max"] = profile.tcp_buffer_max
         if profile.release_code_pages:
             params["release_code_pages"] = True
+        if self.advertise_exit_node:
+            params["advertise_exit_node"] = True
+        if self.state_kind == "memory":
+            params["memory_state"] = True
+        elif self.state_kind == "store":
+            params["host_state"] = True
+        for name in ("client_secret", "client_id", "id_token", "audience"):
+            if getattr(self, name):
+                params[name] = getattr(self, name)
         return params
 
 

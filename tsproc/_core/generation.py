@@ -23,7 +23,7 @@ import trio
 from .._child.helper import HelperProcess
 from .._util import is_int
 from .._wire import protocol as proto
-from .._wire.rpc import Disposable, Reply, RpcChannel
+from .._wire.rpc import Disposable, Reply, RequestHandler, RpcChannel
 from ..errors import (
     HelperDiedError,
     HelperVersionError,
@@ -57,15 +57,16 @@ class Generation:
 
     def __init__(self, number: int, process: HelperProcess,
                  on_down: Callable[[Generation], None],
-                 on_backend_state: Callable[[str, str, tuple[str, ...] | None], None],
-                 whois: Callable[[Addr], Awaitable[WhoIs]] | None = None) -> None:
+                 on_backend_state: Callable[[str, str, tuple[str, ...] | None], None], *,
+                 whois: Callable[[Addr], Awaitable[WhoIs]] | None = None,
+                 on_request: RequestHandler | None = None) -> None:
         self.number = number
         self._whois = whois  # the node's, for TailnetStream.whois()
         self.process = process
         self._on_down = on_down
         self._on_backend_state = on_backend_state
         self.rpc = RpcChannel(trio.socket.from_stdlib_socket(process.control),
-                              self._on_notification, self._channel_broke)
+                              self._on_notification, self._channel_broke, on_request)
         self.died = trio.Event()
         self._death_reason = ""
         self.conns: dict[int, ConnState] = {}

@@ -17,7 +17,7 @@ import trio
 from .._child.helper import HelperProcess, find_helper
 from .._child.statedir import StateDir
 from ..errors import NodeClosedError, NodeNotStartedError, NodeTimeoutError, TsprocError
-from .config import NodeConfig
+from .config import EXIT_NODE_BOUND, NodeConfig
 from .events import EventHub
 from .forward import _Endpoint
 from .generation import RPC_TIMEOUT, Generation
@@ -49,6 +49,7 @@ class NodeLifecycle:
         self._start_failure: BaseException | None = None  # why __aenter__ failed
         self._backend_state = ""
         self._auth_url = ""
+        self._exit_node: str | None = config.exit_node  # set_exit_node changes it
         self._health: tuple[str, ...] = ()
         self._ips: tuple[IPAddress, ...] = ()
         self._generation: Generation | None = None
@@ -72,7 +73,8 @@ class NodeLifecycle:
         self._state = NodeState.STARTING  # no event: nobody can be waiting for this one
         path = find_helper(self._config.helper_path)
         self._state_dir = StateDir.acquire(
-            self.hostname, self._config.state_dir, temporary=self._config.ephemeral
+            self.hostname, self._config.state_dir,
+            temporary=self._config.temporary_state_dir,
         )
         stack = AsyncExitStack()
         try:
@@ -136,7 +138,7 @@ class NodeLifecycle:
         process = HelperProcess.spawn(path, self._config.helper_args(),
                                       self._config.helper_environment(number))
         gen = Generation(number, process, self._on_down, self._on_backend_state,
-                         whois=self._stream_whois)
+                         whois=self._stream_whois, on_request=self._config.state_answers())
         self._spawned.add(gen)
         self._nursery.start_soon(self._run_generation, gen)
         try:
@@ -144,6 +146,7 @@ class NodeLifecycle:
             await gen.start(self._config, self._state_dir.path)
             if self._config.wait_running or number > 1:
                 self._ips = await gen.up(self._config.up_timeout)
+                await self._apply_exit_node(gen)
             else:
                 self._nursery.start_soon(self._up_later, gen)
             await gen.relisten(self._listeners)
@@ -154,6 +157,13 @@ class NodeLifecycle:
             raise
         return gen
 
+    async def _apply_exit_node(self, gen: Generation) -> None:
+        """Give a helper that is up the node's exit node (Node(exit_node=), set_exit_node)."""
+        if self._exit_node is not None:
+            await gen.request("set_exit_node", {"exit_node": self._exit_node,
+                                                "timeout_ms": int(EXIT_NODE_BOUND * 1000)},
+                              limit=EXIT_NODE_BOUND + 5)
+
     async def _run_generation(self, gen: Generation) -> None:
         try:
             await gen.run(self._policy)
@@ -163,6 +173,7 @@ class NodeLifecycle:
     async def _up_later(self, gen: Generation) -> None:
         try:
             self._ips = await gen.up(self._config.up_timeout)
+            await self._apply_exit_node(gen)
         except TsprocError as exc:
             self._set_state(NodeState.FAILED, failure=exc)
             return

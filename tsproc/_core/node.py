@@ -19,14 +19,17 @@ import trio
 
 from .._wire.rpc import Reply
 from ..errors import HelperDiedError, InvalidArgumentError, ProtocolError
+from .capture import CaptureFormat, capture_to_file
 from .config import (
     CALL_BOUND,
     DEFAULT_BACKLOG,
     DIAL_BOUND,
+    EXIT_NODE_BOUND,
     PING_BOUND,
     NodeConfig,
     call_deadline,
     check_backlog,
+    check_exit_node,
     check_host,
     check_port,
     limit_until,
@@ -36,6 +39,7 @@ from .events import EventStream
 from .forward import DEFAULT_NODE_WAIT, Forward, Socks5Proxy, open_forward, open_socks5
 from .lifecycle import NodeLifecycle
 from .packet import TailnetPacketConn
+from .statestore import StateStore
 from .streams import TailnetListener, TailnetStream
 from .supervisor import RestartPolicy
 from .types import IPAddress, NodeState, PingResult, Status, WhoIs
@@ -86,6 +90,23 @@ class Node(NodeLifecycle):
         acme_directory_url: the ACME server that issues this node's certificates instead of
             Let's Encrypt (a local tailnet's own, set by ``LocalTailnet.node``).
         acme_roots: PEM certificates the node trusts for that ACME server (and only those).
+        state: where the node keeps its identity, instead of *state_dir*: a directory,
+            ``"memory"`` (ephemeral nodes only: nothing is kept), or a
+            :class:`~tsproc.StateStore` — any object with ``read(key)`` and
+            ``write(key, value)``, plain or async — that the helper asks for every read and
+            write, so the keys can live in a database, a Secret or a vault.
+        client_secret: an OAuth client secret (``tskey-client-…``) to get an auth key with,
+            instead of *auth_key*; *tags* are then required by Tailscale.
+        exit_node: a node (name or tailnet IP) to send traffic for addresses outside the
+            tailnet through: :meth:`dial` and :meth:`dial_udp` then reach the internet via
+            that exit node (without one they refuse such addresses). See :meth:`set_exit_node`.
+        advertise_exit_node: offer this node as an exit node; with :meth:`listen_any_port`,
+            the flows other nodes send through it arrive with their original destination as
+            ``local_addr`` (nothing is forwarded to the host's network).
+        client_id, id_token, audience: workload identity federation: the OAuth client's ID
+            with an ID token from the workload's identity provider, or with the *audience*
+            to request one for. Like *auth_key*, these never reach argv, a child's
+            environment, logs or reprs. All of them need Tailscale's API.
 
     Raises (from ``__aenter__``):
         InvalidArgumentError, AuthError, NodeTimeoutError (with the node's health),
@@ -114,6 +135,13 @@ class Node(NodeLifecycle):
         advertise_routes: Iterable[str] = (),
         acme_directory_url: str | None = None,
         acme_roots: str | None = None,
+        state: str | os.PathLike[str] | StateStore | None = None,
+        client_secret: str | None = None,
+        client_id: str | None = None,
+        id_token: str | None = None,
+        audience: str | None = None,
+        exit_node: str | None = None,
+        advertise_exit_node: bool = False,
     ) -> None:
         super().__init__(NodeConfig(
             hostname, auth_key=auth_key, control_url=control_url, state_dir=state_dir,
@@ -121,14 +149,19 @@ class Node(NodeLifecycle):
             restart=restart, memory_limit=memory_limit, memory_profile=memory_profile,
             helper_env=helper_env,
             helper_path=helper_path, advertise_routes=advertise_routes,
-            acme_directory_url=acme_directory_url, acme_roots=acme_roots,
+            acme_directory_url=acme_directory_url, acme_roots=acme_roots, state=state,
+            client_secret=client_secret, client_id=client_id, id_token=id_token,
+            audience=audience, exit_node=exit_node,
+            advertise_exit_node=bool(advertise_exit_node),
         ))
         self.control_url = control_url
         self.ephemeral = ephemeral
 
     def __repr__(self) -> str:
         ips = ",".join(str(ip) for ip in self._ips) or "no IP yet"
-        key = ", auth_key=<redacted>" if self._config.auth_key else ""
+        config = self._config
+        key = "".join(f", {name}=<redacted>" for name in ("auth_key", "client_secret", "id_token")
+                      if getattr(config, name))
         state = self._state.value
         if self._state is NodeState.NEW:
             state = "new (not started: use `async with node`)"
@@ -285,6 +318,33 @@ class Node(NodeLifecycle):
         """
         params = {"backlog": check_backlog(backlog)}
         return await self._open_listener("listen_any_port", params, 0, backlog)
+
+    async def listen_service(self, service: str, port: int, *, terminate_tls: bool = False,
+                             backlog: int = DEFAULT_BACKLOG) -> TailnetListener:
+        """Host the Tailscale Service *service* (``"svc:web"``) on *port*: advertise this node
+        as one of its hosts and accept the connections clients make to the service — by its
+        MagicDNS name (``node.dial("web.<tailnet domain>", port)`` or ``"svc:web"``), which
+        reaches whichever host the tailnet routes the service to. Closing the listener
+        withdraws the advertisement (when no other listener of this node hosts the service).
+
+        Only tagged nodes may host a service, and the tailnet must approve the host (its
+        policy's auto-approvers, or an admin); a service with several ports needs a listener
+        per port. With *terminate_tls* the helper terminates TLS with a certificate for the
+        service's name, which needs HTTPS certificates on the tailnet.
+
+        Raises:
+            InvalidArgumentError: not a service name (``svc:`` and a DNS label), bad port.
+            UntaggedServiceHostError: this node has no tags.
+            AddressInUseError: this node already hosts *service* on *port*.
+            TlsUnavailableError: *terminate_tls* without HTTPS certificates.
+        """
+        if not isinstance(service, str) or not service.startswith("svc:"):
+            raise InvalidArgumentError(
+                f"service must be a Tailscale Service name like 'svc:web', got {service!r}")
+        check_port(port)
+        params = {"service": service, "port": port, "terminate_tls": bool(terminate_tls),
+                  "backlog": check_backlog(backlog)}
+        return await self._open_listener("listen_service", params, port, backlog)
 
     def forward(self, host: str, port: int, *, unix_dir: str | os.PathLike[str] | None = None,
                 local_port: int | None = None, backlog: int = DEFAULT_BACKLOG,
@@ -482,6 +542,43 @@ class Node(NodeLifecycle):
         reply = await self._request_in_time("whois", {"addr": text})
         return WhoIs.from_wire(reply.result)
 
+    async def set_exit_node(self, peer: str | None) -> None:
+        """Send traffic for addresses outside the tailnet through the exit node *peer* (a
+        node's name or tailnet IP), or through none (None): then :meth:`dial` and
+        :meth:`dial_udp` refuse such addresses again. The choice outlives helper restarts.
+
+        Raises:
+            DialError: *peer* is not on the tailnet.
+            InvalidArgumentError: *peer* is this node, or not a name or IP.
+        """
+        if peer is not None:
+            check_exit_node(peer)
+        deadline, own = call_deadline(EXIT_NODE_BOUND)
+        gen = await self._running_generation(own)
+        await gen.request("set_exit_node",
+                          {"exit_node": peer or "", "timeout_ms": ms_until(deadline)},
+                          limit=limit_until(deadline))
+        self._exit_node = peer
+
+    def capture_pcap(self, path: str | os.PathLike[str], *,
+                     format: CaptureFormat = "ip") -> AbstractAsyncContextManager[None]:
+        """Capture the node's tailnet packets into the pcap file *path* while the ``async
+        with`` block runs (tsnet's ``CapturePcap``)::
+
+            async with node.capture_pcap("node.pcap"):
+                ...
+
+        ``format="ip"`` writes raw IP packets that tcpdump and Wireshark decode as they are;
+        ``"tailscale"`` keeps tsnet's own records (with each packet's path through the node),
+        for Wireshark with Tailscale's ``ts-dissector.lua``. The file is created 0600: it holds
+        the plaintext of the node's traffic. A capture ends with the helper that made it (a
+        restart ends it early).
+
+        Raises:
+            InvalidArgumentError: *path* cannot be written, or an unknown *format*.
+        """
+        return capture_to_file(self._live_generation, path, format)
+
     async def logout(self) -> None:
         """Log the node out of the tailnet (its saved identity becomes useless)."""
         await self._request_in_time("logout", {})
@@ -493,4 +590,5 @@ class Node(NodeLifecycle):
         gen = await self._running_generation(own)
         return await gen.request(method, {**params, "timeout_ms": ms_until(deadline)},
                                  limit=limit_until(deadline))
+
 

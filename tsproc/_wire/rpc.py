@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, overload
 
@@ -25,15 +25,23 @@ from ..errors import (
     ProtocolError,
     RemoteError,
     error_from_remote,
+    redact,
 )
 from . import protocol as proto
 
-__all__ = ["Disposable", "Reply", "RpcChannel"]
+__all__ = ["Disposable", "Reply", "RequestHandler", "RpcChannel"]
 
 _RECV_SIZE: Final = 256 * 1024
 _ANC_SIZE: Final = socket.CMSG_SPACE(proto.MAX_PENDING_FDS * array.array("i").itemsize)
 # Linux sets close-on-exec on received fds atomically; elsewhere it is set right after recvmsg.
 _MSG_CMSG_CLOEXEC: Final[int] = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+# The helper's requests being answered at once; more are refused with `limit` (the helper's
+# only caller today, the state store, makes one at a time).
+MAX_HOST_IN_FLIGHT: Final = 64
+
+# Answers one request of the helper's (method, params) with a result map; a RemoteError it
+# raises is the error answer, with its code.
+RequestHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -79,6 +87,9 @@ class RpcChannel:
     *on_break*, if given, is called once with the reason the channel ended, right *before* the
     socket is closed, so that the owner can act before the peer can read EOF (a helper reads
     EOF as "the host is gone" and closes tsnet: see :meth:`Generation._channel_broke`).
+
+    *on_request*, if given, answers the helper's requests (docs/protocol.md §4b), each in a
+    task of its own; without it they are answered ``unknown_method``.
     """
 
     def __init__(
@@ -86,10 +97,14 @@ class RpcChannel:
         sock: trio.socket.SocketType,
         on_notification: Callable[[proto.Notification], None],
         on_break: Callable[[BaseException], None] | None = None,
+        on_request: RequestHandler | None = None,
     ) -> None:
         self._sock = sock
         self._on_notification = on_notification
         self._on_break = on_break
+        self._on_request = on_request
+        self._nursery: trio.Nursery | None = None
+        self._answering = 0
         self._decoder = proto.Decoder()
         # Every frame goes through one writer task: callers that cannot await (a stream's
         # close, a listener's accept) can still send, and queued frames leave in one write.
@@ -112,6 +127,7 @@ class RpcChannel:
         """
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._write_loop)
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
@@ -278,9 +294,43 @@ class RpcChannel:
             elif isinstance(msg, proto.Notification):
                 self._on_notification(msg)
             else:
-                # Version 1 has no helper-to-host requests: refuse politely and carry on.
-                _close_fd(msg.fd)
-                raise ProtocolError(f"unexpected request {msg.method!r} from the helper")
+                _close_fd(msg.fd)  # no request of the helper's carries one
+                self._start_answer(msg)
+
+    def _start_answer(self, msg: proto.Request) -> None:
+        if self._on_request is None or self._nursery is None:
+            self._respond(msg.id, {"code": "unknown_method",
+                                   "message": f"the host answers no {msg.method!r} request"})
+        elif self._answering >= MAX_HOST_IN_FLIGHT:
+            self._respond(msg.id, {"code": "limit", "message":
+                                   f"more than {MAX_HOST_IN_FLIGHT} requests in flight"})
+        else:
+            self._answering += 1
+            self._nursery.start_soon(self._answer, self._on_request, msg)
+
+    async def _answer(self, handler: RequestHandler, msg: proto.Request) -> None:
+        try:
+            result = await handler(msg.method, msg.params)
+        except RemoteError as exc:
+            self._respond(msg.id, {"code": exc.code, "message": redact(str(exc))})
+        except Exception as exc:
+            # A handler's own bug must not take the channel (and the node) down; only the
+            # type is named: the text could hold what the handler was given.
+            self._respond(msg.id, {"code": "internal",
+                                   "message": f"the host failed: {type(exc).__name__}"})
+        else:
+            self._respond(msg.id, None, result)
+        finally:
+            self._answering -= 1
+
+    def _respond(self, request_id: int, error: dict[str, str] | None,
+                 result: dict[str, Any] | None = None) -> None:
+        try:
+            frame = proto.encode_response(request_id, error, result)
+        except ProtocolError as exc:
+            frame = proto.encode_response(request_id, {"code": "limit", "message": str(exc)}, None)
+        if self._broken is None:
+            self._outbox_send.send_nowait(frame)
 
     @staticmethod
     def _deliver(pending: _Pending, response: proto.Response) -> None:

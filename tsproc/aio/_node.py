@@ -27,6 +27,7 @@ from .. import (
 )
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
+from .._core.capture import CaptureFormat
 from .._core.config import DEFAULT_BACKLOG
 from .._core.forward import DEFAULT_NODE_WAIT
 from .._core.types import IPAddress
@@ -253,6 +254,17 @@ class Node(NodeFacts):
         writer's ``local_addr`` is the address the peer dialled."""
         return await self._listen(partial(self._runtime.node.listen_any_port, backlog=backlog))
 
+    async def listen_service(self, service: str, port: int, *, terminate_tls: bool = False,
+                             backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Host the Tailscale Service *service* (``"svc:web"``) on *port* (see
+        :meth:`tsproc.Node.listen_service`); closing the listener withdraws it.
+
+        Raises:
+            UntaggedServiceHostError: this node has no tags.
+        """
+        return await self._listen(partial(self._runtime.node.listen_service, service, port,
+                                          terminate_tls=terminate_tls, backlog=backlog))
+
     async def _listen(self, open_listener: Callable[[], Awaitable[TailnetListener]],
                       ) -> Listener:
         runtime = self._runtime
@@ -312,6 +324,18 @@ class Node(NodeFacts):
             TlsUnavailableError: no certificates for *domain*.
         """
         return await call_in(self._runtime, partial(self._runtime.node.cert_pair, domain))
+
+    async def set_exit_node(self, peer: str | None) -> None:
+        """Send traffic for addresses outside the tailnet through the exit node *peer*, or
+        through none (None); see :meth:`tsproc.Node.set_exit_node`."""
+        await call_in(self._runtime, partial(self._runtime.node.set_exit_node, peer))
+
+    def capture_pcap(self, path: str | os.PathLike[str], *,
+                     format: CaptureFormat = "ip") -> AsyncKept[None]:
+        """Capture the node's tailnet packets into the pcap file *path* while the ``async
+        with`` block runs; see :meth:`tsproc.Node.capture_pcap`."""
+        return AsyncKept(self._runtime, partial(self._runtime.node.capture_pcap, path,
+                                                format=format))
 
     async def logout(self) -> None:
         """Log the node out of the tailnet (its saved identity becomes useless)."""

@@ -25,6 +25,7 @@ from .. import (
 )
 from .. import EventStream as TrioEventStream
 from .. import Node as TrioNode
+from .._core.capture import CaptureFormat
 from .._core.config import DEFAULT_BACKLOG, check_timeout
 from .._core.forward import DEFAULT_NODE_WAIT
 from .._core.types import IPAddress
@@ -194,6 +195,17 @@ class Node(NodeFacts):
         socket's ``getsockname()`` is the address the peer dialled."""
         return self._listen(partial(self._runtime.node.listen_any_port, backlog=backlog), 0)
 
+    def listen_service(self, service: str, port: int, *, terminate_tls: bool = False,
+                       backlog: int = DEFAULT_BACKLOG) -> Listener:
+        """Host the Tailscale Service *service* (``"svc:web"``) on *port* (see
+        :meth:`tsproc.Node.listen_service`); closing the listener withdraws it.
+
+        Raises:
+            UntaggedServiceHostError: this node has no tags.
+        """
+        return self._listen(partial(self._runtime.node.listen_service, service, port,
+                                    terminate_tls=terminate_tls, backlog=backlog), port)
+
     def _listen(self, open_listener: Callable[[], Awaitable[TailnetListener]],
                 port: int) -> Listener:
         runtime = self._runtime
@@ -261,6 +273,20 @@ class Node(NodeFacts):
         """
         return self._call(partial(self._runtime.node.cert_pair, domain), timeout,
                           f"no certificate for {domain}")
+
+    def set_exit_node(self, peer: str | None, *, timeout: float | None = None) -> None:
+        """Send traffic for addresses outside the tailnet through the exit node *peer*, or
+        through none (None); see :meth:`tsproc.Node.set_exit_node`."""
+        self._call(partial(self._runtime.node.set_exit_node, peer), timeout,
+                   "the exit node was not set")
+
+    def capture_pcap(self, path: str | os.PathLike[str], *, format: CaptureFormat = "ip",
+                     timeout: float | None = None) -> Kept[None]:
+        """Capture the node's tailnet packets into the pcap file *path* while the ``with``
+        block runs; see :meth:`tsproc.Node.capture_pcap`."""
+        return Kept(self._runtime.thread, partial(self._runtime.node.capture_pcap, path,
+                                                  format=format),
+                    check_timeout(timeout), "no capture")
 
     def logout(self, *, timeout: float | None = None) -> None:
         """Log the node out of the tailnet (its saved identity becomes useless)."""

@@ -16,9 +16,16 @@ import (
 // line or error message ever carries one.
 var SecretPattern = regexp.MustCompile(`\b(tskey|hskey)-[A-Za-z0-9_-]+`)
 
-// Redact replaces every auth key in s with a placeholder that keeps its kind.
+// tokenPattern matches the other secrets a node is given or keeps: a JSON Web Token (a
+// workload identity's ID token: three base64url parts, the first a JSON header, so "eyJ") and a
+// private key in its text form (the state's "privkey:…").
+var tokenPattern = regexp.MustCompile(`\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|\bprivkey:[0-9a-f]+`)
+
+// Redact replaces every auth key in s with a placeholder that keeps its kind, and every ID
+// token and private key with a placeholder.
 func Redact(s string) string {
-	return SecretPattern.ReplaceAllString(s, "$1-REDACTED")
+	s = SecretPattern.ReplaceAllString(s, "$1-REDACTED")
+	return tokenPattern.ReplaceAllString(s, "REDACTED")
 }
 
 // Logger writes one JSON object per line: {"time","level","source","msg"}.

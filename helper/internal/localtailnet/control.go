@@ -343,7 +343,7 @@ func serveLocalTailnet(ctx context.Context, cfg controlConfig, ready func(Info))
 	// auto-approves every route (routes.go).
 	approveCtx, stopApprover := context.WithCancel(baseCtx)
 	approverDone := make(chan struct{})
-	go func() { defer close(approverDone); runRouteApprover(approveCtx, control) }()
+	go func() { defer close(approverDone); runRouteApprover(approveCtx, control, cfg.logf("info", "control")) }()
 	cleanups = append(cleanups, func(context.Context) { stopApprover(); <-approverDone })
 	var hinfo *HTTPSInfo
 	if https != nil {

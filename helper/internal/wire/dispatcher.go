@@ -68,6 +68,8 @@ type Dispatcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // request goroutines
 
+	calls calls // requests from the helper to the host (calls.go)
+
 	mu        sync.Mutex
 	inFlight  int
 	helloDone bool
@@ -87,6 +89,7 @@ func NewDispatcher(svc Service, w Sender, cfg Config) *Dispatcher {
 // (returned), or Close. Request handlers may still be running when it returns.
 func (d *Dispatcher) Serve(r Source) error {
 	defer r.CloseFDs()
+	defer d.calls.end() // no answer can come any more
 	for {
 		m, err := r.Read()
 		if errors.Is(err, io.EOF) {
@@ -128,7 +131,10 @@ func (d *Dispatcher) handle(m *Message) {
 		}
 		return
 	case KindResponse:
-		d.cfg.Logf("ignoring a response to id %d: the helper sends no requests", m.ID)
+		if !d.calls.deliver(m) {
+			// A call given up (its deadline passed) before the host answered.
+			d.cfg.Logf("ignoring a response to id %d: no call of the helper waits for it", m.ID)
+		}
 		return
 	}
 
@@ -243,5 +249,6 @@ func (d *Dispatcher) Close() {
 	d.closed = true
 	d.mu.Unlock()
 	d.cancel()
+	d.calls.end()
 	d.wg.Wait()
 }

@@ -25,6 +25,8 @@ const (
 	CodeInternal            = "internal"
 	CodeTLSUnavailable      = "tls_unavailable"
 	CodeFunnelUnavailable   = "funnel_unavailable"
+	CodeStateStore          = "state_store"
+	CodeUntaggedServiceHost = "untagged_service_host"
 )
 
 // rpcError is the error half of a response: {code, message}.

@@ -30,18 +30,21 @@ type Host struct {
 	pending map[uint32]chan *wire.Message
 
 	// events gets every notification, and the end of the stream as nil, in order.
-	Events  chan *wire.Message
-	ReadErr chan error
+	Events chan *wire.Message
+	// Requests gets every request of the helper's (answer them with Answer).
+	Requests chan *wire.Message
+	ReadErr  chan error
 }
 
 func NewHost(t testing.TB, conn *net.UnixConn) *Host {
 	h := &Host{
-		t:       t,
-		Conn:    conn,
-		W:       wire.NewMsgWriter(conn),
-		pending: make(map[uint32]chan *wire.Message),
-		Events:  make(chan *wire.Message, 4096),
-		ReadErr: make(chan error, 1),
+		t:        t,
+		Conn:     conn,
+		W:        wire.NewMsgWriter(conn),
+		pending:  make(map[uint32]chan *wire.Message),
+		Events:   make(chan *wire.Message, 4096),
+		Requests: make(chan *wire.Message, 64),
+		ReadErr:  make(chan error, 1),
 	}
 	go h.readLoop(wire.NewMsgReader(conn))
 	return h
@@ -71,6 +74,8 @@ func (h *Host) readLoop(r *wire.MsgReader) {
 			}
 		case wire.KindNotification:
 			h.Events <- m
+		case wire.KindRequest:
+			h.Requests <- m
 		}
 	}
 }
@@ -123,6 +128,14 @@ func (h *Host) Notify(method string, params map[string]any) {
 	h.t.Helper()
 	if err := wire.Notify(h.W, method, params, -1); err != nil {
 		h.t.Fatalf("sending %s: %v", method, err)
+	}
+}
+
+// Answer sends the response to the helper's request id: result, or the error rpcErr.
+func (h *Host) Answer(id uint32, result map[string]any, rpcErr *wire.Error) {
+	h.t.Helper()
+	if err := h.W.Send(wire.NewResponse(id, result, rpcErr)); err != nil {
+		h.t.Fatalf("answering %d: %v", id, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/timewait"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -44,7 +46,10 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 	// route through the host network (see resolve.go).
 	dst := netip.AddrPortFrom(ip, uint16(port))
 	addr := dst.String()
-	c, err := dialTailnet(dialCtx, srv, "tcp", dst)
+	// A handshake without an answer is tried again from a new port (see package timewait).
+	c, err := timewait.Dial(dialCtx, func(ctx context.Context) (net.Conn, error) {
+		return dialTailnet(ctx, srv, "tcp", dst)
+	})
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:

@@ -22,6 +22,7 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/timewait"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -156,6 +157,10 @@ func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
 	if err != nil {
 		srv.Close()
 		return nil, wire.NewError(wire.CodeInternal, "tsnet local client: %v", err)
+	}
+	// Before the node is up, so that no connection ever meets netstack's 60 s TIME_WAIT.
+	if err := timewait.ShortenTimeWait(srv); err != nil {
+		stderrLog.Log("warn", "helper", fmt.Sprintf("a new connection on a recently used 4-tuple may stall: %v", err))
 	}
 	// Accept peers' subnet routes (dial reaches addresses inside them), and advertise ours.
 	prefsCtx, cancelPrefs := context.WithTimeout(context.Background(), localCallTimeout)

@@ -28,10 +28,10 @@ from typing import Any
 import trio
 
 import tsproc
-from tsproc import _protocol as proto
-from tsproc._helper import HelperProcess, find_helper, helper_environment
-from tsproc._rpc import Reply, RpcChannel
-from tsproc._streams import ConnState, TailnetStream
+from tsproc._child.helper import HelperProcess, find_helper, helper_environment
+from tsproc._core.streams import ConnState, TailnetStream
+from tsproc._wire import protocol as proto
+from tsproc._wire.rpc import Reply, RpcChannel
 
 TAILNET_BULK_PORT = 5001
 TAILNET_ECHO_PORT = 5002
@@ -68,8 +68,8 @@ class Stdin:
 
 class HopHelper:
     """A helper without a tailnet, for the "helper hop" line: hello, then bench_echo
-    connections (see helper/benchhop.go), with the same conn_end/close_conn bookkeeping as a
-    node's generation (tsproc/_node.py)."""
+    connections (see helper/testhook_benchecho.go), with the same conn_end/close_conn
+    bookkeeping as a node's generation (tsproc/_core/generation.py)."""
 
     def __init__(self) -> None:
         self._conns: dict[int, ConnState] = {}
@@ -118,7 +118,7 @@ class HopHelper:
                 state.finish(msg.params.get("clean") is True, str(msg.params.get("error", "")))
 
     def _closed(self, state: ConnState, held: int | None = None) -> None:
-        # *held*: a reset stream's fd (tsproc/_generation.py). The hop never resets; a --base
+        # *held*: a reset stream's fd (tsproc/_core/generation.py). The hop never resets; a --base
         # tree older than resets calls this with the state alone.
         if held is not None:
             os.close(held)

@@ -65,8 +65,8 @@ FOOTNOTES = [
     "GiB delivered, over the round-trip run per round trip, or over the set-up run per "
     "connection.",
     "⁴ The helper hop line: one Python host and its helper, no tailnet; each connection is "
-    "bridged to an echo inside the helper (helper/benchhop.go), so a round trip is host → "
-    "helper → host.",
+    "bridged to an echo inside the helper (helper/testhook_benchecho.go), so a round trip is "
+    "host → helper → host.",
 ]
 LINE_LABELS = {
     "tsproc": "tsproc",

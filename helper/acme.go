@@ -4,14 +4,10 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-
-	"tailscale.com/ipn"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -77,25 +73,4 @@ func (a acmeConfig) apply(stateDir string) error {
 	}
 	os.Setenv("TS_DEBUG_ACME_DIRECTORY_URL", a.directoryURL)
 	return nil
-}
-
-// funnelSource reports the public client a Funnel connection came from: tsnet's Funnel
-// listener gives TLS connections over an ipn.FunnelConn whose Src is that client.
-func funnelSource(c net.Conn) (netip.AddrPort, bool) {
-	var fc *ipn.FunnelConn
-	for c != nil {
-		if f, ok := c.(*ipn.FunnelConn); ok {
-			fc = f
-			break
-		}
-		nc, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		c = nc.NetConn()
-	}
-	if fc == nil {
-		return netip.AddrPort{}, false
-	}
-	return fc.Src, true
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"time"
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
@@ -17,10 +16,10 @@ import (
 // dial: a TCP connection to a tailnet address, handed to the host with the response.
 
 func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	network := p.String("network")
 	host := p.String("host")
 	port := p.Uint("port", 1, 65535)
-	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -35,7 +34,7 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 		return nil, err
 	}
 
-	dialCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
+	dialCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
 	ip, err := n.resolver.resolve(dialCtx, srv, lc, host)
 	if err != nil {
@@ -65,12 +64,12 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 	}
 	return &wire.Reply{
 		Result: map[string]any{
-			"conn":   b.id,
+			"conn":   b.ID(),
 			"local":  c.LocalAddr().String(),
 			"remote": c.RemoteAddr().String(),
 			"fd":     true,
 		},
-		FD:    b.takePassFD(),
+		FD:    b.TakePassFD(),
 		After: func(sent bool) { n.startConn(b, sent) },
 	}, nil
 }

@@ -36,21 +36,26 @@ func (n *node) health() string {
 	return healthSuffix(st.Health)
 }
 
-func (n *node) status(ctx context.Context) (*wire.Reply, error) {
+func (n *node) status(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
+	if p.Err != nil {
+		return nil, p.Err
+	}
 	_, lc, err := n.requireStarted()
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	callCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
-	st, err := lc.Status(ctx)
+	st, err := lc.Status(callCtx)
 	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
+		return nil, n.callError(ctx, callCtx, "status", timeoutMS, wire.NewError(wire.CodeInternal, "status: %v", err))
 	}
 	return wire.OKReply(n.statusResult(st)), nil
 }
 
 func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	addr := p.String("addr")
 	if p.Err != nil {
 		return nil, p.Err
@@ -70,27 +75,32 @@ func (n *node) whois(ctx context.Context, p *wire.ParamReader) (*wire.Reply, err
 		return nil, wire.NewError(wire.CodeNotFound, "%s is not a tailnet address: no tailnet node "+
 			"has it (a connection through Funnel comes from the internet and has no tailnet identity)", addr)
 	}
-	ctx, cancel := context.WithTimeout(ctx, localCallTimeout)
+	callCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
-	who, err := lc.WhoIs(ctx, addr)
+	who, err := lc.WhoIs(callCtx, addr)
 	if errors.Is(err, local.ErrPeerNotFound) {
 		return nil, wire.NewError(wire.CodeNotFound, "no tailnet node has address %s", addr)
 	}
 	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "whois: %v", err)
+		return nil, n.callError(ctx, callCtx, "whois "+addr, timeoutMS, wire.NewError(wire.CodeInternal, "whois: %v", err))
 	}
 	return wire.OKReply(whoisResult(who)), nil
 }
 
-func (n *node) logout(ctx context.Context) (*wire.Reply, error) {
+// logout talks to the control server: timeout_ms bounds it too.
+func (n *node) logout(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
+	if p.Err != nil {
+		return nil, p.Err
+	}
 	_, lc, err := n.requireStarted()
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
+	callCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
-	if err := lc.Logout(ctx); err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "logout: %v", err)
+	if err := lc.Logout(callCtx); err != nil {
+		return nil, n.callError(ctx, callCtx, "logout", timeoutMS, wire.NewError(wire.CodeInternal, "logout: %v", err))
 	}
 	return wire.OKReply(map[string]any{}), nil
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"math"
 	"net"
 	"strconv"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -12,7 +14,7 @@ import (
 // hand-over of accepted connections (the accept pump itself is in accept.go), and
 // close_listener.
 
-func (n *node) listen(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) listen(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	network := p.String("network")
 	port := p.Uint("port", 1, 65535)
 	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
@@ -93,16 +95,16 @@ func (n *node) handOver(l *tsListener, c net.Conn) bool {
 	}
 	params := map[string]any{
 		"listener": l.id,
-		"conn":     b.id,
+		"conn":     b.ID(),
 		"local":    c.LocalAddr().String(),
 		"remote":   c.RemoteAddr().String(),
 		"fd":       true,
 	}
-	if src, ok := funnelSource(c); ok {
+	if src, ok := bridge.FunnelSource(c); ok {
 		// The peer is the ingress node; the connection's real origin is the public client.
 		params["remote"], params["funnel"] = src.String(), true
 	}
-	err = wire.Notify(n.out, "accepted", params, b.takePassFD())
+	err = wire.Notify(n.out, "accepted", params, b.TakePassFD())
 	n.startConn(b, err == nil)
 	return err == nil
 }
@@ -118,7 +120,7 @@ func (n *node) listenerEnded(l *tsListener, reason string) {
 	}
 }
 
-func (n *node) closeListener(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) closeListener(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	id := p.Uint("listener", 0, math.MaxUint64)
 	if p.Err != nil {
 		return nil, p.Err

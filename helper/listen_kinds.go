@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
-	"time"
 
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
@@ -68,8 +68,11 @@ func (n *node) listenFunnel(ctx context.Context, p *wire.ParamReader) (*wire.Rep
 
 // listenWithCerts is listen_tls and listen_funnel: the same parameters and checks, then open
 // makes the tsnet listener; its errors other than a port in use get the code unavailable.
+// timeout_ms bounds the checks, which ask tsnet's LocalAPI; open itself does not wait (the
+// certificate is fetched at the first handshake).
 func (n *node) listenWithCerts(ctx context.Context, p *wire.ParamReader, unavailable string,
 	open func(srv *tsnet.Server, addr string) (net.Listener, error)) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	port := p.Uint("port", 1, 65535)
 	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
 	if p.Err != nil {
@@ -78,9 +81,11 @@ func (n *node) listenWithCerts(ctx context.Context, p *wire.ParamReader, unavail
 	if err := n.checkListenerRoom(); err != nil {
 		return nil, err
 	}
-	srv, err := requireCerts(ctx, n)
+	callCtx, cancel := callContext(ctx, timeoutMS)
+	defer cancel()
+	srv, err := requireCerts(callCtx, n)
 	if err != nil {
-		return nil, err
+		return nil, n.callError(ctx, callCtx, "listen on port "+strconv.FormatUint(port, 10), timeoutMS, err)
 	}
 	ln, err := open(srv, ":"+strconv.FormatUint(port, 10))
 	if err != nil {
@@ -97,7 +102,7 @@ func listenError(port uint64, err error, unavailable string) error {
 	return wire.NewError(unavailable, "port %d: %v", port, err)
 }
 
-func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) listenAnyPort(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	backlog := p.OptUint("backlog", 1, maxBacklog, defaultBacklog)
 	if p.Err != nil {
 		return nil, p.Err
@@ -112,39 +117,45 @@ func (n *node) listenAnyPort(p *wire.ParamReader) (*wire.Reply, error) {
 	return n.openListener(newFallbackListener(srv, int(backlog)), int(backlog))
 }
 
-// certPairTimeout bounds cert_pair: a new certificate takes a few round trips to the ACME
-// server (the Python side waits a little longer).
-const certPairTimeout = 50 * time.Second
-
-// certPair returns the certificate chain and key for a cert domain, issuing one if needed.
+// certPair returns the certificate chain and key for a cert domain, issuing one if needed: a
+// new certificate takes a few round trips to the ACME server, within timeout_ms.
 func (n *node) certPair(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	domain := p.String("domain")
 	if p.Err != nil {
 		return nil, p.Err
 	}
-	if _, err := requireCerts(ctx, n); err != nil {
-		return nil, err
+	callCtx, cancel := callContext(ctx, timeoutMS)
+	defer cancel()
+	what := fmt.Sprintf("cert_pair %q", domain)
+	if _, err := requireCerts(callCtx, n); err != nil {
+		return nil, n.callError(ctx, callCtx, what, timeoutMS, err)
 	}
 	_, lc := n.server()
-	ctx, cancel := context.WithTimeout(ctx, certPairTimeout)
-	defer cancel()
-	certPEM, keyPEM, err := lc.CertPair(ctx, domain)
+	certPEM, keyPEM, err := lc.CertPair(callCtx, domain)
 	if err != nil {
-		return nil, wire.NewError(wire.CodeTLSUnavailable, "no certificate for %q: %v", domain, err)
+		return nil, n.callError(ctx, callCtx, what, timeoutMS,
+			wire.NewError(wire.CodeTLSUnavailable, "no certificate for %q: %v", domain, err))
 	}
 	return wire.OKReply(map[string]any{"cert_pem": certPEM, "key_pem": keyPEM}), nil
 }
 
 // certDomains lists the names the tailnet will issue certificates for: none without the
 // "https" capability, whatever DNS names the netmap carries.
-func (n *node) certDomains(ctx context.Context) (*wire.Reply, error) {
+func (n *node) certDomains(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
+	if p.Err != nil {
+		return nil, p.Err
+	}
 	_, lc, err := n.requireStarted()
 	if err != nil {
 		return nil, err
 	}
-	st, err := lc.StatusWithoutPeers(ctx)
+	callCtx, cancel := callContext(ctx, timeoutMS)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(callCtx)
 	if err != nil {
-		return nil, wire.NewError(wire.CodeInternal, "status: %v", err)
+		return nil, n.callError(ctx, callCtx, "cert_domains", timeoutMS, wire.NewError(wire.CodeInternal, "status: %v", err))
 	}
 	domains := []string{}
 	if st.Self != nil && st.Self.HasCap(tailcfg.CapabilityHTTPS) {

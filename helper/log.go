@@ -5,11 +5,14 @@ import (
 	"os"
 	"runtime/debug"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/jsonlog"
 )
 
 // stderrLog is the helper's log: JSON lines on stderr, which the host forwards.
 var stderrLog = jsonlog.New(os.Stderr)
+
+func init() { bridge.Logf = helperLogf }
 
 // helperLogf logs the helper's own messages at info level.
 func helperLogf(format string, args ...any) {

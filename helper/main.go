@@ -9,11 +9,14 @@
 //
 // Logs go to stderr as JSON lines in both modes.
 //
-// The node mode is this package: node.go owns the process and the node's resources, and the
-// method handlers are in files named for what they do (start.go, listen.go, accept.go,
-// dial.go, packet.go, info.go …). The control channel itself is internal/wire, the control
-// mode internal/localtailnet; fault.go is the test-only fault injection that wraps the
-// channel when TSPROC_HELPER_FAULT is set.
+// The node mode is this package: session.go owns the process and the control channel,
+// node.go the node and its resources, methods.go is the method table, and the handlers are
+// in files named for what they do (start.go, listen.go, accept.go, dial.go, packet.go,
+// info.go …). Below it: the control
+// channel (internal/wire), the per-connection bridge (internal/bridge), the OS shims
+// (internal/parentwatch, internal/nolisten) and the control mode (internal/localtailnet).
+// testhook_*.go are the switches only tests and benchmarks set (TSPROC_HELPER_FAULT, the
+// profiles, bench_echo).
 package main
 
 import (
@@ -21,6 +24,7 @@ import (
 	"os"
 
 	"github.com/tsproc/tsproc/helper/internal/localtailnet"
+	"github.com/tsproc/tsproc/helper/internal/parentwatch"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -28,7 +32,7 @@ import (
 const helperVersion = "0.1.0"
 
 func main() {
-	stopProfile := startProfile() // only with TSPROC_HELPER_PPROF set (pprof.go)
+	stopProfile := startProfile() // only with TSPROC_HELPER_PPROF set (testhook_pprof.go)
 	code := run(os.Args[1:])
 	stopProfile()
 	os.Exit(code)
@@ -43,7 +47,7 @@ func run(args []string) int {
 	case "node":
 		return runNode(args)
 	case "control":
-		return localtailnet.Run(args, stderrLog, watchParent)
+		return localtailnet.Run(args, stderrLog, parentwatch.Watch)
 	case "version":
 		fmt.Printf("tsproc-helper %s (tailscale %s, protocol %d)\n", helperVersion, tailscaleVersion(), wire.ProtocolVersion)
 		return 0

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"math"
-	"time"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -11,65 +10,51 @@ import (
 // The method table of docs/protocol.md §4 and the host's notifications. The handlers are in
 // files named for what they do: start.go (start, up), listen.go, listen_kinds.go, dial.go,
 // packet.go, ping.go and info.go (status, whois, logout; cert_domains is with the TLS listeners).
+// The bounds they check are in limits.go, the deadline of those that wait in deadline.go.
 
-const (
-	maxListeners   = 256
-	defaultBacklog = 128
-	maxBacklog     = 4096
-	// maxTimeoutMS caps timeout_ms so that it cannot overflow a time.Duration; nothing
-	// sensible waits 24 days.
-	maxTimeoutMS = math.MaxInt32
-	// localCallTimeout bounds calls to tsnet's in-process LocalAPI for methods that take no
-	// timeout_ms (status, whois, and the status taken to explain a timeout).
-	localCallTimeout = 5 * time.Second
-	// logoutTimeout bounds logout, which talks to the control server.
-	logoutTimeout = 15 * time.Second
-)
+// handler answers one method. ctx is the request's: cancelled when the helper shuts down.
+type handler func(n *node, ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
+
+// methods is the method table of docs/protocol.md §4 (TestProtocolDocMatchesMethods keeps the
+// two in step). hello is the dispatcher's own; bench_echo exists for the benchmarks only.
+var methods = map[string]handler{
+	"start":           (*node).start,
+	"up":              (*node).up,
+	"listen":          (*node).listen,
+	"close_listener":  (*node).closeListener,
+	"dial":            (*node).dial,
+	"status":          (*node).status,
+	"whois":           (*node).whois,
+	"logout":          (*node).logout,
+	"ping":            (*node).ping,
+	"listen_tls":      (*node).listenTLS,
+	"listen_funnel":   (*node).listenFunnel,
+	"listen_any_port": (*node).listenAnyPort,
+	"listen_packet":   (*node).listenPacket,
+	"dial_udp":        (*node).dialUDP,
+	"ping_peer":       (*node).pingPeer,
+	"cert_domains":    (*node).certDomains,
+	"cert_pair":       (*node).certPair,
+	"bench_echo":      (*node).benchEcho,
+	"shutdown":        (*node).shutdown,
+}
+
+// ping is the heartbeat: answered like any method, by the dispatcher's pool.
+func (n *node) ping(context.Context, *wire.ParamReader) (*wire.Reply, error) {
+	return wire.OKReply(map[string]any{}), nil
+}
+
+// shutdown is answered first; the process then closes everything and exits (runNode).
+func (n *node) shutdown(context.Context, *wire.ParamReader) (*wire.Reply, error) {
+	return &wire.Reply{Result: map[string]any{}, FD: -1, After: func(bool) { n.requestShutdown() }}, nil
+}
 
 func (n *node) Call(ctx context.Context, method string, params map[string]any) (*wire.Reply, error) {
-	p := wire.NewParamReader(params)
-	switch method {
-	case "start":
-		return n.start(p)
-	case "up":
-		return n.up(ctx, p)
-	case "listen":
-		return n.listen(p)
-	case "close_listener":
-		return n.closeListener(p)
-	case "dial":
-		return n.dial(ctx, p)
-	case "status":
-		return n.status(ctx)
-	case "whois":
-		return n.whois(ctx, p)
-	case "logout":
-		return n.logout(ctx)
-	case "ping":
-		return wire.OKReply(map[string]any{}), nil
-	case "listen_tls":
-		return n.listenTLS(ctx, p)
-	case "listen_funnel":
-		return n.listenFunnel(ctx, p)
-	case "listen_any_port":
-		return n.listenAnyPort(p)
-	case "listen_packet":
-		return n.listenPacket(p)
-	case "dial_udp":
-		return n.dialUDP(ctx, p)
-	case "ping_peer":
-		return n.pingPeer(ctx, p)
-	case "cert_domains":
-		return n.certDomains(ctx)
-	case "cert_pair":
-		return n.certPair(ctx, p)
-	case "bench_echo":
-		return n.benchEcho()
-	case "shutdown":
-		// Answered first; the process then closes everything and exits (runNode).
-		return &wire.Reply{Result: map[string]any{}, FD: -1, After: func(bool) { n.requestShutdown() }}, nil
+	h, ok := methods[method]
+	if !ok {
+		return nil, wire.NewError(wire.CodeUnknownMethod, "no method %q", method)
 	}
-	return nil, wire.NewError(wire.CodeUnknownMethod, "no method %q", method)
+	return h(n, ctx, wire.NewParamReader(params))
 }
 
 func (n *node) Notification(method string, params map[string]any) {
@@ -105,7 +90,7 @@ func (n *node) Notification(method string, params map[string]any) {
 		switch {
 		case reset:
 			if b != nil {
-				b.hostReset()
+				b.HostReset()
 			}
 			// The host holds its end open until this word (docs/protocol.md §6): sent
 			// after the reset, and also for a conn that had already ended here.
@@ -113,7 +98,7 @@ func (n *node) Notification(method string, params map[string]any) {
 				helperLogf("conn %d: sending conn_reset: %v", id, err)
 			}
 		case b != nil:
-			b.hostClosed()
+			b.HostClosed()
 		}
 		if r != nil {
 			r.close()

@@ -2,222 +2,20 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"net"
-	"os"
-	"os/signal"
 	"sync"
-	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
-// node mode: one tsnet.Server driven by the host over the control channel on fds 0 and 1
-// (docs/protocol.md). This file owns the process lifetime and the node's resources; the
-// method handlers are in methods.go, start.go and connect.go.
-
-const (
-	// hostGoneGrace bounds the cleanup after the host went away (EOF, protocol error, parent
-	// exit): docs/protocol.md §11 promises an exit within one second.
-	hostGoneGrace = 800 * time.Millisecond
-	// shutdownGrace bounds the cleanup after shutdown or a signal. It leaves room for tsnet
-	// to log an ephemeral node out, which it tries for up to five seconds.
-	shutdownGrace = 6 * time.Second
-)
-
-func runNode(args []string) int {
-	fs := flag.NewFlagSet("node", flag.ContinueOnError)
-	tsnetLogs := fs.Bool("tsnet-logs", true, "write tsnet's verbose backend log to stderr (level debug, source tsnet)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: tsproc-helper node [flags]\n\n"+
-			"Speaks the tsproc protocol on fds 0 and 1, which must be one end of an AF_UNIX\n"+
-			"socketpair. It is started by the tsproc Python library, not by hand.\n\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2 // fs.Parse has printed the error and the usage
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return 2
-	}
-
-	flt, err := parseFault(os.Getenv(faultEnv))
-	if err != nil {
-		stderrLog.Log("error", "helper", err.Error())
-		return 2
-	}
-	if flt.kind == faultExitAtStart {
-		stderrLog.Log("error", "helper", "fault: exit_at_start")
-		return 3
-	}
-	// No kernel listener, ever: the only way into the node is the tailnet (nolisten_linux.go).
-	if err := forbidListen(); errors.Is(err, errors.ErrUnsupported) {
-		helperLogf("host listeners are not forbidden here: %v", err)
-	} else if err != nil {
-		stderrLog.Log("warn", "helper", fmt.Sprintf("cannot forbid host listeners: %v", err))
-	}
-
-	parentGone := make(chan string, 1)
-	watchParent(func(reason string) {
-		select {
-		case parentGone <- reason:
-		default:
-		}
-	})
-
-	rd, wr, err := stdioChannel()
-	if err != nil {
-		stderrLog.Log("error", "helper", fmt.Sprintf("control channel: %v", err))
-		return 1
-	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-
-	sess := newSession(rd, wr, flt, *tsnetLogs)
-	served := make(chan error, 1)
-	go func() { served <- sess.serve() }()
-	helperLogf("tsproc-helper %s (tailscale %s, protocol %d) serving, pid %d",
-		helperVersion, tailscaleVersion(), wire.ProtocolVersion, os.Getpid())
-
-	select {
-	case err := <-served:
-		if err != nil {
-			stderrLog.Log("error", "helper", fmt.Sprintf("control channel: %v; exiting", err))
-			sess.closeWithin(hostGoneGrace)
-			return 1
-		}
-		helperLogf("control channel closed by the host; exiting")
-		sess.closeWithin(hostGoneGrace)
-		return 0
-	case reason := <-parentGone:
-		stderrLog.Log("warn", "helper", reason+"; exiting")
-		sess.closeWithin(hostGoneGrace)
-		return 1
-	case sig := <-sigs:
-		helperLogf("received %v; shutting down", sig)
-		sess.closeWithin(shutdownGrace)
-		return 0
-	case <-sess.node.shutdownRequested():
-		helperLogf("shutdown requested; shutting down")
-		sess.closeWithin(shutdownGrace)
-		return 0
-	}
-}
-
-// stdioChannel returns the control channel: fd 0 for reading and fd 1 for writing (the host
-// makes both the same socket). Fds 0 and 1 are then pointed at /dev/null and
-// stderr, so that nothing else in the process — a stray print in a dependency — can write
-// into the protocol stream, and so that closing the returned conns really closes the channel.
-func stdioChannel() (rd, wr *net.UnixConn, err error) {
-	rd, err = unixConnFromFile(os.Stdin)
-	if err != nil {
-		return nil, nil, fmt.Errorf("fd 0: %w", err)
-	}
-	wr, err = unixConnFromFile(os.Stdout)
-	if err != nil {
-		rd.Close()
-		return nil, nil, fmt.Errorf("fd 1: %w", err)
-	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer devnull.Close()
-	if err := unix.Dup2(int(devnull.Fd()), 0); err != nil {
-		return nil, nil, fmt.Errorf("detaching fd 0: %w", err)
-	}
-	if err := unix.Dup2(2, 1); err != nil {
-		return nil, nil, fmt.Errorf("detaching fd 1: %w", err)
-	}
-	return rd, wr, nil
-}
-
-// unixConnFromFile returns a UnixConn on a duplicate of f's fd.
-func unixConnFromFile(f *os.File) (*net.UnixConn, error) {
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("not a socket: %w", err)
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("not an AF_UNIX socket but %T", c)
-	}
-	return uc, nil
-}
-
-// session is one control channel with its node: the unit runNode runs and the tests drive.
-type session struct {
-	rd, wr     *net.UnixConn
-	r          wire.Source
-	node       *node
-	disp       *wire.Dispatcher
-	closeFault func() // ends a hung fault reader
-}
-
-// newSession serves the protocol reading from rd and writing to wr, which may be the same
-// connection. It takes ownership of both. A fault other than faultNone wraps the channel
-// (fault.go).
-func newSession(rd, wr *net.UnixConn, f fault, tsnetLogs bool) *session {
-	r, w, closeFault := withFault(f, wire.NewMsgReader(rd), wire.NewMsgWriter(wr), wr)
-	n := newNode(w, tsnetLogs)
-	return &session{
-		rd:         rd,
-		wr:         wr,
-		r:          r,
-		node:       n,
-		disp:       wire.NewDispatcher(n, w, dispatcherConfig()),
-		closeFault: closeFault,
-	}
-}
-
-// dispatcherConfig is what this helper says about itself in hello.
-func dispatcherConfig() wire.Config {
-	return wire.Config{HelperVersion: helperVersion, TailscaleVersion: tailscaleVersion(), Logf: helperLogf}
-}
-
-// serve reads the channel until the host closes it (nil) or breaks the protocol.
-func (s *session) serve() error { return s.disp.Serve(s.r) }
-
-// close ends everything: request handlers, listeners, connections, the tsnet server and the
-// channel.
-func (s *session) close() {
-	s.disp.Cancel() // unblocks handlers waiting on tsnet (up, dial) first
-	s.closeFault()
-	s.node.close()
-	// Closing the channel before waiting for the handlers unblocks any that is writing to
-	// a host that no longer reads.
-	s.rd.Close()
-	s.wr.Close()
-	s.disp.Close()
-}
-
-// closeWithin is close bounded by d: the process exits right after, so whatever has not
-// finished by then is cut short by the exit.
-func (s *session) closeWithin(d time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		s.close()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(d):
-		stderrLog.Log("warn", "helper", fmt.Sprintf("cleanup did not finish within %v; exiting anyway", d))
-	}
-}
+// One tsnet.Server driven by the host (docs/protocol.md), and everything the host made with it:
+// listeners, bridged connections, UDP relays. The method table is methods.go, and each handler
+// is in the file named for what it does.
 
 // node is the tsnet server and everything the host made with it.
 type node struct {
@@ -234,7 +32,7 @@ type node struct {
 	lc           *local.Client
 	watchCancel  context.CancelFunc
 	listeners    map[uint64]*tsListener
-	conns        map[uint64]*bridge
+	conns        map[uint64]*bridge.Bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
 	nextListener uint64
@@ -260,7 +58,7 @@ func newNode(out wire.Sender, tsnetLogs bool) *node {
 		out:        out,
 		tsnetLogs:  tsnetLogs,
 		listeners:  make(map[uint64]*tsListener),
-		conns:      make(map[uint64]*bridge),
+		conns:      make(map[uint64]*bridge.Bridge),
 		packets:    make(map[uint64]*packetRelay),
 		shutdownCh: make(chan struct{}),
 	}
@@ -328,26 +126,26 @@ func (n *node) goOwned(f func()) bool {
 
 // newConn makes the bridge for a tailnet connection and registers it. It owns c: on error
 // c is reset.
-func (n *node) newConn(c net.Conn) (*bridge, error) {
+func (n *node) newConn(c net.Conn) (*bridge.Bridge, error) {
 	n.mu.Lock()
 	n.nextConn++
 	id := n.nextConn
 	closed := n.closed
 	n.mu.Unlock()
 	if closed {
-		resetConn(c)
+		bridge.Reset(c)
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
-	b, err := newBridge(id, c, n.connEnded)
+	b, err := bridge.New(id, c, n.connEnded)
 	if err != nil {
-		resetConn(c)
+		bridge.Reset(c)
 		return nil, err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		b.abort()
-		b.closePassFD()
+		b.Abort()
+		b.ClosePassFD()
 		return nil, wire.NewError(wire.CodeInternal, "helper is shutting down")
 	}
 	n.conns[id] = b
@@ -356,19 +154,19 @@ func (n *node) newConn(c net.Conn) (*bridge, error) {
 
 // startConn starts pumping once the host has the bridge's fd, or drops the bridge if it
 // never got it.
-func (n *node) startConn(b *bridge, handedOver bool) {
+func (n *node) startConn(b *bridge.Bridge, handedOver bool) {
 	n.mu.Lock()
 	if !handedOver || n.closed {
-		delete(n.conns, b.id)
+		delete(n.conns, b.ID())
 		n.mu.Unlock()
-		b.abort()
+		b.Abort()
 		return
 	}
 	n.connWG.Add(1)
 	n.mu.Unlock()
-	b.start(func() {
+	b.Start(func() {
 		n.mu.Lock()
-		delete(n.conns, b.id)
+		delete(n.conns, b.ID())
 		n.mu.Unlock()
 		n.connWG.Done()
 	})
@@ -378,7 +176,7 @@ func (n *node) startConn(b *bridge, handedOver bool) {
 func (n *node) connEnded(id uint64, clean bool, err error) {
 	params := map[string]any{"conn": id, "clean": clean}
 	if err != nil {
-		params["error"] = endError(err)
+		params["error"] = bridge.EndError(err)
 	}
 	if err := wire.Notify(n.out, "conn_end", params, -1); err != nil {
 		helperLogf("conn %d: sending conn_end: %v", id, err)
@@ -401,7 +199,7 @@ func (n *node) close() {
 		listeners = append(listeners, l)
 	}
 	clear(n.listeners)
-	conns := make([]*bridge, 0, len(n.conns))
+	conns := make([]*bridge.Bridge, 0, len(n.conns))
 	for _, b := range n.conns {
 		conns = append(conns, b)
 	}
@@ -416,7 +214,7 @@ func (n *node) close() {
 		l.close()
 	}
 	for _, b := range conns {
-		b.abort()
+		b.Abort()
 	}
 	for _, r := range packets {
 		r.close()

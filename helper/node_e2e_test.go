@@ -114,7 +114,7 @@ func waitForRelay(t *testing.T, h *wiretest.Host, peerHost string) map[string]an
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st := h.MustCall("status", map[string]any{})
+		st := h.MustCall("status", map[string]any{"timeout_ms": 5000})
 		for _, p := range st["peers"].([]any) {
 			peer := p.(map[string]any)
 			if peer["hostname"] == peerHost && peer["relay"] != "" {
@@ -175,7 +175,7 @@ func waitForConns(t *testing.T, h *wiretest.Host, conns, maxGoroutines uint64) u
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		st := h.MustCall("status", map[string]any{})
+		st := h.MustCall("status", map[string]any{"timeout_ms": 5000})
 		g := wiretest.UintField(t, st, "goroutines")
 		if wiretest.UintField(t, st, "conns") == conns && (maxGoroutines == 0 || g <= maxGoroutines) {
 			return g
@@ -300,12 +300,12 @@ func TestNodeEndToEnd(t *testing.T) {
 	}
 
 	// whois of the accepted connection's remote names the dialer.
-	who := a.MustCall("whois", map[string]any{"addr": acc.Params["remote"]})
+	who := a.MustCall("whois", map[string]any{"addr": acc.Params["remote"], "timeout_ms": 5000})
 	node := who["node"].(map[string]any)
 	if node["host_name"] != "node-b" || !strings.HasPrefix(node["name"].(string), "node-b.") {
 		t.Fatalf("whois %v: node %v, want node-b", acc.Params["remote"], node)
 	}
-	if m := a.Call("whois", map[string]any{"addr": "100.127.255.254"}); wiretest.ErrCode(m) != wire.CodeNotFound {
+	if m := a.Call("whois", map[string]any{"addr": "100.127.255.254", "timeout_ms": 5000}); wiretest.ErrCode(m) != wire.CodeNotFound {
 		t.Fatalf("whois of an unknown address: %+v, want not_found", m.Err)
 	}
 
@@ -379,7 +379,7 @@ func TestNodeEndToEnd(t *testing.T) {
 	if m := a.Call("close_listener", map[string]any{"listener": lnID}); wiretest.ErrCode(m) != wire.CodeNotFound {
 		t.Fatalf("second close_listener: %+v, want not_found", m.Err)
 	}
-	if st := a.MustCall("status", map[string]any{}); wiretest.UintField(t, st, "listeners") != 0 {
+	if st := a.MustCall("status", map[string]any{"timeout_ms": 5000}); wiretest.UintField(t, st, "listeners") != 0 {
 		t.Fatalf("listeners after close: %v", st["listeners"])
 	}
 	a.MustCall("shutdown", map[string]any{})

@@ -161,7 +161,7 @@ func TestLimitsOnAStartedNode(t *testing.T) {
 		if len(ids) != maxListeners || len(refused) != 20 {
 			t.Fatalf("%d listeners made, %d refused; want %d and 20", len(ids), len(refused), maxListeners)
 		}
-		if st := h.MustCall("status", map[string]any{}); wiretest.UintField(t, st, "listeners") != maxListeners {
+		if st := h.MustCall("status", map[string]any{"timeout_ms": 5000}); wiretest.UintField(t, st, "listeners") != maxListeners {
 			t.Fatalf("status reports %v listeners", st["listeners"])
 		}
 		// A refused listen left no tsnet listener behind: its port is free once there is room.

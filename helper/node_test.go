@@ -42,12 +42,12 @@ func TestNodeBeforeStart(t *testing.T) {
 		wantCode string
 	}{
 		{"ping", map[string]any{}, ""},
-		{"status", map[string]any{}, wire.CodeNotStarted},
+		{"status", map[string]any{"timeout_ms": 1000}, wire.CodeNotStarted},
 		{"up", map[string]any{"timeout_ms": 10}, wire.CodeNotStarted},
 		{"up", map[string]any{}, wire.CodeBadRequest},
-		{"logout", map[string]any{}, wire.CodeNotStarted},
-		{"whois", map[string]any{"addr": "100.64.0.1"}, wire.CodeNotStarted},
-		{"whois", map[string]any{"addr": "not an address"}, wire.CodeBadRequest},
+		{"logout", map[string]any{"timeout_ms": 1000}, wire.CodeNotStarted},
+		{"whois", map[string]any{"addr": "100.64.0.1", "timeout_ms": 1000}, wire.CodeNotStarted},
+		{"whois", map[string]any{"addr": "not an address", "timeout_ms": 1000}, wire.CodeBadRequest},
 		{"listen", map[string]any{"network": "tcp", "port": 80}, wire.CodeNotRunning},
 		{"listen", map[string]any{"network": "udp", "port": 80}, wire.CodeBadRequest},
 		{"listen", map[string]any{"network": "tcp", "port": 80, "backlog": 0}, wire.CodeBadRequest},

@@ -8,10 +8,10 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -49,7 +49,7 @@ func (c connectedPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 
 func (c connectedPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) { return c.Write(b) }
 
-func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) listenPacket(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	port := p.OptUint("port", 0, 65535, 0)
 	if p.Err != nil {
 		return nil, p.Err
@@ -73,9 +73,9 @@ func (n *node) listenPacket(p *wire.ParamReader) (*wire.Reply, error) {
 }
 
 func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	host := p.String("host")
 	port := p.Uint("port", 1, 65535)
-	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -83,7 +83,7 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 	if err != nil {
 		return nil, err
 	}
-	dialCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
+	dialCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
 	ip, err := n.resolver.resolve(dialCtx, srv, lc, host)
 	if err != nil {
@@ -101,7 +101,7 @@ func (n *node) dialUDP(ctx context.Context, p *wire.ParamReader) (*wire.Reply, e
 // handOverPacket makes the socketpair for pc and answers with the host's end; the relay
 // starts once the host has it. It owns pc.
 func (n *node) handOverPacket(pc net.PacketConn, result map[string]any) (*wire.Reply, error) {
-	local, passFD, err := newSocketpair(packetSocketType, "tsproc-packet", 0)
+	local, passFD, err := bridge.NewSocketpair(bridge.PacketSocketType, "tsproc-packet", 0)
 	if err != nil {
 		pc.Close()
 		return nil, wire.NewError(wire.CodeInternal, "%v", err)
@@ -248,6 +248,3 @@ func parsePacketHeader(b []byte) (netip.AddrPort, []byte, error) {
 	port := binary.BigEndian.Uint16(b[1+size:])
 	return netip.AddrPortFrom(ip, port), b[1+size+2:], nil
 }
-
-// msDuration converts a timeout_ms parameter (already capped by maxTimeoutMS).
-func msDuration(ms uint64) time.Duration { return time.Duration(ms) * time.Millisecond }

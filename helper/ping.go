@@ -11,8 +11,8 @@ import (
 // pingPeer sends a TSMP ping (through WireGuard, so it proves the whole data path) and reports
 // the latency, and the path from the peer's status: a direct endpoint, or the DERP relay.
 func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
+	timeoutMS := readTimeout(p)
 	host := p.String("host")
-	timeoutMS := p.Uint("timeout_ms", 1, maxTimeoutMS)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -20,7 +20,7 @@ func (n *node) pingPeer(ctx context.Context, p *wire.ParamReader) (*wire.Reply, 
 	if err != nil {
 		return nil, err
 	}
-	pingCtx, cancel := context.WithTimeout(ctx, msDuration(timeoutMS))
+	pingCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
 	ip, err := n.resolver.resolve(pingCtx, srv, lc, host)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"time"
 
 	"tailscale.com/client/local"
 	"tailscale.com/envknob"
@@ -92,7 +91,7 @@ func parseStart(p *wire.ParamReader) (startConfig, error) {
 	return c, nil
 }
 
-func (n *node) start(p *wire.ParamReader) (*wire.Reply, error) {
+func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
 	cfg, err := parseStart(p)
 	if err != nil {
 		return nil, err
@@ -274,7 +273,7 @@ func healthTexts(st *health.State) []string {
 }
 
 func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error) {
-	timeoutMS := p.Uint("timeout_ms", 0, maxTimeoutMS)
+	timeoutMS := readTimeout(p)
 	if p.Err != nil {
 		return nil, p.Err
 	}
@@ -282,7 +281,7 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	if err != nil {
 		return nil, err
 	}
-	upCtx, cancel := context.WithTimeout(ctx, time.Duration(timeoutMS)*time.Millisecond)
+	upCtx, cancel := callContext(ctx, timeoutMS)
 	defer cancel()
 	st, err := srv.Up(upCtx)
 	if err == nil {

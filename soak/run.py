@@ -27,6 +27,7 @@ import trio
 
 import tsproc
 import tsproc.testing
+from tsproc._child.helper import find_helper, helper_environment
 
 from . import faults
 from .protocol import Ledger, Pool, Reconciled, Side
@@ -298,7 +299,7 @@ async def run(cfg: Config) -> int:
     failures: list[str] = []
     workdir = _make_workdir()
     wrapper = workdir / "helper-wrapper.sh"
-    real_helper = str(tsproc._helper.find_helper())
+    real_helper = str(find_helper())
     started_at = trio.current_time()
     rss_start = 0
     soak: Soak | None = None
@@ -402,7 +403,7 @@ def _fd_target(fd: int) -> str:
 async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random) -> dict[str, Any]:
     cfg = soak.cfg
     results: dict[str, Any] = {}
-    env = tsproc._helper.helper_environment(
+    env = helper_environment(
         {"TS_DISABLE_PORTMAPPER": "1", "TS_DEBUG_OMIT_LOCAL_ADDRS": "1"})
     go_log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
     args = [str(GOPEER), "-control", soak.tailnet.control_url, "-hostname", GO_NAME,

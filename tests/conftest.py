@@ -12,7 +12,7 @@ from pathlib import Path
 import netns
 import pytest
 
-from tsproc._helper import find_helper
+from tsproc._child.helper import find_helper
 from tsproc.errors import HelperNotFoundError
 
 # tsproc's own fixtures (tailnet, tailnet_node) come from its installed pytest11 plugin, exactly

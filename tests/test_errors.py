@@ -121,6 +121,18 @@ async def test_invalid_hostname_is_rejected_before_anything_starts(hostname):
         tsproc.Node(hostname)
 
 
+@pytest.mark.parametrize("timeout", [0, -1, True, "5", float("nan"), float("inf"), 1e12])
+async def test_invalid_up_timeout_is_rejected_before_anything_starts(timeout):
+    # The one timeout rule of the node and its faces: None or a finite positive number.
+    with pytest.raises(tsproc.InvalidArgumentError, match="up_timeout must be None or a positive"):
+        tsproc.Node("web", up_timeout=timeout)
+
+
+async def test_valid_up_timeouts_are_accepted():
+    for timeout in (None, 1, 0.5, 1e9):
+        tsproc.Node("web", up_timeout=timeout)
+
+
 @pytest.mark.parametrize("port", [0, -1, 65536, 1.5, "80", True])
 async def test_port_out_of_range_is_an_InvalidArgumentError(tailnet_node, port):
     async with tailnet_node("porty") as node:

@@ -142,7 +142,7 @@ async def test_nothing_on_the_host_answers_at_the_helpers_ports(tailnet_node):
 
 async def test_the_peerAPI_is_served_over_the_tailnet_only(tailnet_node):
     """tsnet's peerAPI used to open an (unused) kernel TCP listener on 0.0.0.0; the helper
-    forbids listen(2) (helper/nolisten_linux.go), and tsnet then serves the peerAPI from
+    forbids listen(2) (helper/internal/nolisten), and tsnet then serves the peerAPI from
     netstack alone, on the port it advertises, 1. Peers still reach it."""
     async with tailnet_node("api"), tailnet_node("peer") as peer:
         with trio.fail_after(10):

@@ -27,7 +27,7 @@ FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.2, heartb
 FAKE_HELPER = textwrap.dedent("""\
     #!{python}
     import array, os, socket, sys, time
-    from tsproc import _protocol as proto
+    from tsproc._wire import protocol as proto
 
     MODE = os.environ.get("FAKE_HELPER_MODE", "")
     HOSTILE = os.environ.get("TSPROC_HELPER_GENERATION") == "1"

@@ -8,8 +8,10 @@ checks that none tried to leave through its only non-loopback interface.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import signal
 import ssl
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 
 import tsproc
@@ -180,6 +183,72 @@ async def test_cert_pair_served_by_hypercorn(tailnet, tailnet_node):
                 assert response.status_code == 200
                 assert response.text == f"https {client.tailscale_ips[0]}"
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_tls_listener_is_opened_again_after_a_helper_restart(tailnet, tailnet_node):
+    """After a restart the node opens its listeners in the new helper; listen_tls waits there
+    (timeout_ms), with a deadline of the node's own since no caller waits for it."""
+    async with tailnet_node("web") as web, tailnet_node("client") as client, \
+            trio.open_nursery() as nursery:
+        listener = await web.listen_tls(443)
+        nursery.start_soon(trio.serve_listeners, echo_upper, [listener])
+        events = web.events()
+        os.kill((await web.status()).helper_pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            async for event in events:
+                if isinstance(event, tsproc.HelperRestartedEvent):
+                    break
+            while True:  # the new helper may not have reopened port 443 yet
+                try:
+                    stream = await client.dial("web", 443)
+                except tsproc.DialError:
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    tls = await tls_client(tailnet, stream, "web.tailnet.test")
+                    break
+                except trio.BrokenResourceError:
+                    await stream.aclose()
+                    await trio.sleep(0.1)
+        assert await exchange(tls, b"again") == b"AGAIN"
+        await tls.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def _hold_silently(stream: trio.SocketStream) -> None:
+    async with stream:
+        await trio.sleep_forever()
+
+
+async def test_cert_pair_gives_the_helper_the_callers_deadline(tailnet, tailnet_node):
+    """cert_pair waits in the helper (here for an ACME server that accepts and never answers).
+    The helper is given the caller's deadline as timeout_ms and answers ``timeout`` when it
+    passes: the caller's own scope is lifted once the request is out, so the only deadline
+    left is the one the helper was given (without it, the host's hang bound would fire
+    seconds later, with a NodeTimeoutError that is no RemoteError)."""
+    async with trio.open_nursery() as nursery:
+        silent = await nursery.start(partial(trio.serve_tcp, _hold_silently, 0, host="127.0.0.1"))
+        port = silent[0].socket.getsockname()[1]
+        async with tailnet_node("waiting", acme_directory_url=f"https://127.0.0.1:{port}/dir") \
+                as node:
+            (domain,) = await node.cert_domains()
+            with trio.CancelScope(deadline=trio.current_time() + 2) as scope:
+                async with trio.open_nursery() as lifter:
+
+                    async def lift() -> None:
+                        await trio.testing.wait_all_tasks_blocked()
+                        scope.deadline = math.inf
+
+                    lifter.start_soon(lift)
+                    with pytest.raises(tsproc.NodeTimeoutError) as info:
+                        await node.cert_pair(domain)
+            assert isinstance(info.value, tsproc.RemoteError), info.value
+            assert info.value.code == "timeout"
+            assert "no answer within" in str(info.value)
+            # The helper is not left waiting: the node answers at once.
+            with trio.fail_after(10):
+                assert (await node.status()).backend_state == "Running"
+        nursery.cancel_scope.cancel()
 
 
 async def test_funnel_from_a_plain_loopback_client(tailnet, tailnet_node):

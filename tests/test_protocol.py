@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsproc import _protocol as proto
+from tsproc._wire import protocol as proto
 from tsproc.errors import ProtocolError
 
 

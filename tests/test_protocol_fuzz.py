@@ -22,8 +22,8 @@ import trio.testing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tsproc import _protocol as proto
-from tsproc._rpc import RpcChannel
+from tsproc._wire import protocol as proto
+from tsproc._wire.rpc import RpcChannel
 from tsproc.errors import HelperDiedError, ProtocolError, RemoteError
 
 SETTINGS = settings(max_examples=300, deadline=None,
@@ -79,7 +79,7 @@ def pipes():
     p.cleanup()
 
 
-# -- an oracle: what docs/protocol.md §1 allows, written independently of _protocol.py --
+# -- an oracle: what docs/protocol.md §1 allows, written independently of _wire/protocol.py --
 
 MAX_ID = 1 << 32
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import tsproc
-from tsproc import _generation
+from tsproc._core import generation as _generation
 
 FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5, heartbeat_timeout=2.0)
 

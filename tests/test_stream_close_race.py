@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from tsproc._streams import ConnState, TailnetStream
+from tsproc._core.streams import ConnState, TailnetStream
 
 
 async def test_aclose_wakes_a_receiver_waiting_for_the_eof_verdict():

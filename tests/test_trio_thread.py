@@ -9,7 +9,7 @@ import outcome
 import pytest
 import trio
 
-from tsproc._trio_thread import TrioThread
+from tsproc._faces.trio_thread import TrioThread
 from tsproc.errors import NodeClosedError
 
 

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tsproc._helper import find_helper
+from tsproc._child.helper import find_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 

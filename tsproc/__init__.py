@@ -7,12 +7,12 @@
 See docs/design.md for how it works and docs/protocol.md for the helper protocol.
 """
 
-from ._node import EventStream, Node
-from ._packet import TailnetPacketConn
-from ._serve import serve_tcp
-from ._streams import TailnetListener, TailnetStream
-from ._supervisor import RestartPolicy
-from ._types import (
+from ._core.node import EventStream, Node
+from ._core.packet import TailnetPacketConn
+from ._core.serve import serve_tcp
+from ._core.streams import TailnetListener, TailnetStream
+from ._core.supervisor import RestartPolicy
+from ._core.types import (
     AuthUrlEvent,
     CrashLoopEvent,
     Event,

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import socket
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from random import randint
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, final
 
 import trio
 
@@ -56,10 +55,18 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"tsproc.asgi needs hypercorn: pip install 'tsproc[asgi]' ({exc})"
     ) from exc
 
-from ._node import Node
-from ._streams import TailnetStream
-from ._types import WhoIs
-from .errors import TsprocError
+from ._core.config import DEFAULT_BACKLOG
+from ._core.node import Node
+from ._core.streams import TailnetStream
+from ._core.types import WhoIs
+from ._identity import (
+    IDENTITY_HEADER_PREFIXES,
+    WHOIS_EXTENSION,
+    PeerApp,
+    TailnetSocketInfo,
+    identity,
+    whois_peer,
+)
 
 __all__ = [
     "HYPERCORN_VERSION",
@@ -74,16 +81,8 @@ __all__ = [
 HYPERCORN_VERSION: Final = "0.18.0"
 """The hypercorn release this module is written and tested against (its internals move)."""
 
-WHOIS_EXTENSION: Final = "tsproc.whois"
-"""The key of the peer's identity in ``scope["extensions"]``."""
-
-IDENTITY_HEADER_PREFIXES: Final = (b"tailscale-", b"x-tailscale-", b"x-webauth-")
-"""Request headers starting with these (lower case, ``_`` as ``-``) are removed."""
-
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 """An ASGI 3 application: ``async def app(scope, receive, send)``."""
-
-_WHOIS_TIMEOUT: Final = 10.0
 
 _log = logging.getLogger("tsproc.asgi")
 
@@ -97,26 +96,6 @@ if importlib.metadata.version("hypercorn") != HYPERCORN_VERSION:  # pragma: no c
     )
 
 
-def _is_identity_header(name: bytes) -> bool:
-    # Some stacks (WSGI/CGI environ, nginx with underscores_in_headers) read `Tailscale_User_Login`
-    # as `Tailscale-User-Login`; a forger must not get through with an underscore.
-    return name.lower().replace(b"_", b"-").startswith(IDENTITY_HEADER_PREFIXES)
-
-
-def _identity(who: WhoIs) -> dict[str, Any]:
-    return {
-        "login_name": who.user.login_name,
-        "display_name": who.user.display_name,
-        "user_id": who.user.id,
-        "hostname": who.node.hostname,
-        "dns_name": who.node.dns_name,
-        "node_id": who.node.id,
-        "tags": list(who.node.tags),
-        "tailscale_ips": [str(ip) for ip in who.node.tailscale_ips],
-        "whois": who,
-    }
-
-
 def scope_whois(scope: Mapping[str, Any]) -> WhoIs | None:
     """The :class:`~tsproc.WhoIs` of the peer of an ``http``/``websocket`` scope served by
     :func:`serve` (None for any other scope)."""
@@ -127,75 +106,13 @@ def scope_whois(scope: Mapping[str, Any]) -> WhoIs | None:
 
 
 @final
-class _PeerApp:
-    """The application as hypercorn calls it (its AppWrapper protocol) for one tailnet
-    connection: forged identity headers out, the verified identity in."""
-
-    def __init__(self, app: AppWrapper, identity: dict[str, Any] | None) -> None:
-        self._app = app
-        self._identity = identity
-
-    async def __call__(
-        self,
-        scope: Any,
-        receive: Any,
-        send: Any,
-        sync_spawn: Callable[..., Any],
-        call_soon: Callable[..., Any],
-    ) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = dict(scope)
-            scope["headers"] = [
-                (name, value) for name, value in scope["headers"]
-                if not _is_identity_header(name)
-            ]
-            extensions = dict(scope.get("extensions") or {})
-            extensions.pop(WHOIS_EXTENSION, None)
-            if self._identity is not None:
-                # Each request gets its own copy: one request's app cannot edit the next one's.
-                extensions[WHOIS_EXTENSION] = dict(
-                    self._identity, tags=list(self._identity["tags"]),
-                    tailscale_ips=list(self._identity["tailscale_ips"]))
-            scope["extensions"] = extensions
-        await self._app(scope, receive, send, sync_spawn, call_soon)
-
-
-class _Addressed(Protocol):
-    """A tailnet connection's two addresses: a TailnetStream, or tsproc.aio's writer."""
-
-    @property
-    def local_addr(self) -> tuple[str, int]: ...
-    @property
-    def remote_addr(self) -> tuple[str, int]: ...
-
-
-@final
-class _TailnetSocketInfo:
-    """What hypercorn reads of a connection's socket (trio's TCPServer, and through
-    ``get_extra_info("socket")`` asyncio's): the family and the two addresses. It
-    reports the tailnet ones (the real socket is a socketpair with no addresses), which is how
-    ``scope["client"]`` becomes the tailnet peer."""
-
-    def __init__(self, stream: _Addressed) -> None:
-        self._local = stream.local_addr
-        self._remote = stream.remote_addr
-        self.family = socket.AF_INET6 if ":" in self._remote[0] else socket.AF_INET
-
-    def getpeername(self) -> tuple[str, int]:
-        return self._remote
-
-    def getsockname(self) -> tuple[str, int]:
-        return self._local
-
-
-@final
 class _HypercornStream:
     """A TailnetStream with the surface hypercorn's TCPServer uses. It has no ``do_handshake``
     on purpose: that AttributeError is how TCPServer tells a plain stream from TLS."""
 
     def __init__(self, stream: TailnetStream) -> None:
         self._stream = stream
-        self.socket = _TailnetSocketInfo(stream)
+        self.socket = TailnetSocketInfo(stream)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self._stream.receive_some(max_bytes)
@@ -227,22 +144,16 @@ class _ConnectionHandler:
     async def __call__(self, stream: TailnetStream) -> None:
         app: AppWrapper
         if not stream.via_funnel:
-            who: WhoIs | None = None
-            with trio.move_on_after(_WHOIS_TIMEOUT):
-                try:
-                    who = await self._node.whois(stream.remote_addr)
-                except TsprocError as exc:
-                    _log.warning("closing connection from %s: WhoIs failed: %s",
-                                 stream.remote_addr, exc)
+            who = await whois_peer(self._node, stream.remote_addr, _log)
             if who is None:
                 # No verified identity, no request: the app may rely on the extension.
                 await trio.aclose_forcefully(stream)
                 return
-            app = _PeerApp(self._app, _identity(who))
+            app = PeerApp(self._app, identity(who))
         else:
             # From the internet through Funnel: no tailnet identity, so no extension; the
             # identity headers are still removed, for nobody on the internet may forge them.
-            app = _PeerApp(self._app, None)
+            app = PeerApp(self._app, None)
         transport: Any = _HypercornStream(stream)
         if self._ssl_context is not None:
             # hypercorn terminates TLS itself (config certfile/keyfile, e.g. from cert_pair).
@@ -262,7 +173,7 @@ async def serve(
     port: int = 80,
     *,
     config: Config | None = None,
-    backlog: int = 128,
+    backlog: int = DEFAULT_BACKLOG,
     funnel: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,

@@ -39,8 +39,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(f"tsproc.httpx needs httpx: pip install 'tsproc[httpx]' ({exc})") from exc
 
-from ._node import Node
-from ._streams import TailnetStream
+from ._core.node import Node
+from ._core.streams import TailnetStream
 from .errors import NodeTimeoutError, TsprocError
 
 __all__ = ["TailnetNetworkBackend", "TailnetTransport"]

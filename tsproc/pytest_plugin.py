@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ._node import Node
+from ._core.node import Node
 from .testing import LocalTailnet, local_tailnet
 
 _NEEDS_PYTEST_TRIO = (

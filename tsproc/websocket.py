@@ -44,10 +44,11 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"tsproc.websocket needs trio-websocket: pip install 'tsproc[websocket]' ({exc})"
     ) from exc
 
-from ._node import Node
-from ._streams import TailnetListener, TailnetStream
-from ._types import WhoIs
-from .errors import TsprocError
+from ._core.config import DEFAULT_BACKLOG
+from ._core.node import Node
+from ._core.streams import TailnetListener, TailnetStream
+from ._core.types import WhoIs
+from ._identity import whois_peer
 
 __all__ = [
     "Peer",
@@ -62,7 +63,6 @@ _MESSAGE_QUEUE_SIZE: Final = 1
 _MAX_MESSAGE_SIZE: Final = 1 << 20
 _RECEIVE_BUFFER: Final = 4 << 10
 _CONN_TIMEOUT: Final = 60.0
-_WHOIS_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +279,7 @@ async def serve_websocket(
     port: int,
     *,
     handler_nursery: trio.Nursery | None = None,
-    backlog: int = 128,
+    backlog: int = DEFAULT_BACKLOG,
     message_queue_size: int = _MESSAGE_QUEUE_SIZE,
     max_message_size: int = _MAX_MESSAGE_SIZE,
     receive_buffer_size: int | None = _RECEIVE_BUFFER,
@@ -298,13 +298,7 @@ async def serve_websocket(
 
     async def handle(request: WebSocketRequest) -> None:
         stream = _accepted_stream.get(None)
-        who: WhoIs | None = None
-        if stream is not None:
-            with trio.move_on_after(_WHOIS_TIMEOUT):
-                try:
-                    who = await node.whois(stream.remote_addr)
-                except TsprocError:
-                    who = None
+        who = None if stream is None else await whois_peer(node, stream.remote_addr, None)
         if stream is None or who is None:
             await request.reject(403, body=b"tailnet identity unavailable\n")
             return

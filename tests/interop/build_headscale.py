@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import hatch_build  # noqa: E402 - the repository root is on sys.path only now
-from tsproc._headscale import HEADSCALE_VERSION  # noqa: E402
+from tsproc.testing._headscale import HEADSCALE_VERSION  # noqa: E402
 
 MODULE = "github.com/juanfont/headscale"
 PACKAGE = "./cmd/headscale"

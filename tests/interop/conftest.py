@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.build_headscale import CACHED, BuildError, build
-from tsproc._headscale import HEADSCALE_VERSION
 from tsproc.testing import HeadscaleTailnet, headscale_tailnet
+from tsproc.testing._headscale import HEADSCALE_VERSION
 
 HERE = Path(__file__).parent
 USER = "alice"

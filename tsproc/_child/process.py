@@ -1,0 +1,195 @@
+"""One child process under trio: started, reaped, its log forwarded, stopped.
+
+Used for the helper (``helper.py``) and for Headscale (``tsproc/testing/_headscale.py``). It
+knows nothing of what the child is: the caller gives the argv, the fds and how to read one log
+line.
+
+- It forks from the calling (trio) thread, not through ``trio.lowlevel.open_process``, which
+  forks from a worker thread that exits when idle: a child whose parent-death signal is armed
+  (Headscale through ``setpriv --pdeathsig``) would get it when that *thread* ends.
+- It reaps through a pidfd on Linux (no thread, no SIGCHLD handler); elsewhere in a thread.
+- It forwards the child's log lines to a logger, each cut at :data:`MAX_LOG_LINE`, and keeps the
+  last few for error messages: a child that writes without newlines (a flood, binary junk) must
+  not make the host buffer, re-scan and log without bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+import trio
+
+from ..errors import redact
+
+__all__ = ["MAX_LOG_LINE", "ChildProcess", "LineParser", "fork_child"]
+
+# A log line longer than this is cut; the rest of the line is dropped.
+MAX_LOG_LINE: Final = 64 * 1024
+TAIL_LINES: Final = 20
+# How long the log may go on after the child exited (its last lines are in the pipe).
+_LOG_DRAIN: Final = 2.0
+
+# One log line (redacted, without its newline) → (logging level, message); None skips it.
+LineParser = Callable[[str], tuple[int, str] | None]
+
+
+def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
+               stdout: int | None) -> tuple[subprocess.Popen[bytes], int]:
+    """Fork *argv* from this thread with a new pipe as its stderr (and as its stdout when
+    *stdout* is None): the Popen and the pipe's read end, for :class:`ChildProcess`.
+
+    Raises:
+        OSError: it could not be started (the pipe is closed then).
+    """
+    log_read, log_write = os.pipe()
+    # A child inherits the forking thread's signal mask, and the asyncio and blocking faces'
+    # trio thread blocks SIGINT (tsproc._trio_thread): a helper must start with none blocked.
+    mask = signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=log_write if stdout is None else stdout,
+            stderr=log_write,
+            env=dict(env),
+            close_fds=True,
+            # Its own session: a Ctrl-C meant for the host's terminal must not reach it; the
+            # host decides when it stops.
+            start_new_session=True,
+        )
+    except OSError:
+        os.close(log_read)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(log_write)
+    return popen, log_read
+
+
+class ChildProcess:
+    """A running child: its pid, its exit status once reaped, and its last log lines.
+
+    Create it from :func:`fork_child`'s popen and pipe, run :meth:`watch` in a task (it reaps
+    the process and forwards its log), and end it with :meth:`terminate` or :meth:`kill`.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], log_fd: int, *, logger: logging.Logger,
+                 label: str, parse_line: LineParser) -> None:
+        self._popen = popen
+        self._log = trio.lowlevel.FdStream(log_fd)
+        self._logger = logger
+        self._label = label
+        self._parse_line = parse_line
+        self.log_tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._log_done = trio.Event()
+        self.exited = trio.Event()
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    async def watch(self) -> None:
+        """Forward the log and reap the process; returns once it has exited. Never raises
+        (it may run as a system task), and never leaves a process or a zombie behind."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward_log)
+                await self._wait_exit()
+                # Its log ends with it, unless a process it started still holds the pipe.
+                with trio.move_on_after(_LOG_DRAIN):
+                    await self._log_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.returncode is None:
+                # Cancelled before the child exited.
+                self.kill()
+                self.returncode = self._popen.wait()
+            self.exited.set()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send *sig* to the child if it still runs."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(sig)
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM, then SIGKILL after *grace* seconds; returns when it has exited."""
+        self.kill(signal.SIGTERM)
+        with trio.move_on_after(grace) as scope:
+            scope.shield = True
+            await self.exited.wait()
+        if not self.exited.is_set():
+            self.kill(signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await self.exited.wait()
+
+    def describe_exit(self) -> str:
+        """'exit status 3' or 'killed by SIGKILL', for messages and events."""
+        code = self.returncode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+    async def _wait_exit(self) -> None:
+        if sys.platform == "linux":
+            pidfd = os.pidfd_open(self._popen.pid)
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+            self.returncode = self._popen.wait()
+        else:  # pragma: no cover - no pidfd
+            self.returncode = await trio.to_thread.run_sync(
+                self._popen.wait, abandon_on_cancel=True
+            )
+
+    async def _forward_log(self) -> None:
+        pending = b""
+        cutting = False  # inside a line whose start was logged as truncated
+        try:
+            while chunk := await self._log.receive_some(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if cutting:  # the rest of the cut line
+                        cutting = False
+                        continue
+                    self._log_line(line)
+                if len(pending) > MAX_LOG_LINE:
+                    if not cutting:
+                        self._log_line(pending[:MAX_LOG_LINE] + b" [line truncated]")
+                    pending, cutting = b"", True
+            if pending and not cutting:
+                self._log_line(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        except Exception:  # the log is a courtesy: never let it take the watcher down
+            self._logger.exception("forwarding the log of %s %d failed", self._label, self.pid)
+        finally:
+            self._log_done.set()
+            await self._log.aclose()
+
+    def _log_line(self, raw: bytes) -> None:
+        text = redact(raw.decode("utf-8", "replace").rstrip("\r"))
+        parsed = self._parse_line(text) if text.strip() else None
+        if parsed is None:
+            return
+        level, message = parsed
+        if level >= logging.INFO:
+            self.log_tail.append(message)
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, "%s %d: %s", self._label, self.pid, message)

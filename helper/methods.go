@@ -36,6 +36,7 @@ var methods = map[string]handler{
 	"cert_domains":    (*node).certDomains,
 	"cert_pair":       (*node).certPair,
 	"bench_echo":      (*node).benchEcho,
+	"reset_peers":     (*node).resetPeers,
 	"shutdown":        (*node).shutdown,
 }
 

@@ -141,6 +141,7 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 		Ephemeral:     cfg.ephemeral,
 		AdvertiseTags: cfg.tags,
 		UserLogf:      stderrLog.Logf("info", "user"),
+		Port:          savedUDPPort(cfg.stateDir), // udpport.go
 	}
 	if n.tsnetLogs {
 		srv.Logf = stderrLog.Logf("debug", "tsnet")
@@ -157,6 +158,7 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 		srv.Close()
 		return nil, wire.NewError(wire.CodeInternal, "tsnet local client: %v", err)
 	}
+	saveUDPPort(srv, cfg.stateDir)
 	// Before the node is up, so that no connection ever meets netstack's 60 s TIME_WAIT.
 	if err := timewait.ShortenTimeWait(srv); err != nil {
 		stderrLog.Log("warn", "helper", fmt.Sprintf("a new connection on a recently used 4-tuple may stall: %v", err))

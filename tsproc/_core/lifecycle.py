@@ -55,6 +55,7 @@ class NodeLifecycle:
         self._state_changed = trio.Event()  # set and replaced by _set_state
         self._failure: TsprocError | None = None
         self._listeners: set[TailnetListener] = set()
+        self._orphaned: list[str] = []  # dead helpers' connections, for the next one's reset_peers
         self._events = EventHub()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -145,6 +146,11 @@ class NodeLifecycle:
             else:
                 self._nursery.start_soon(self._up_later, gen)
             await gen.relisten(self._listeners)
+            if number > 1 and self._orphaned:
+                # The peers of the dead helper's connections may be blocked in a read that
+                # nothing else would end for hours: the new helper has them reset now.
+                await gen.reset_peers(self._orphaned)
+                self._orphaned = []
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
             raise
@@ -178,6 +184,8 @@ class NodeLifecycle:
 
     def _on_down(self, generation: Generation) -> None:
         """Called by a generation the moment it dies."""
+        if not self._closing:
+            self._orphaned += generation.orphaned
         if self._closing or generation is not self._generation:
             return
         if self._state is NodeState.RUNNING:

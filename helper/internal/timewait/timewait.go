@@ -37,7 +37,10 @@ import (
 const Duration = 0
 
 // ShortenTimeWait sets srv's netstack TIME_WAIT to Duration. srv must be started.
-func ShortenTimeWait(srv *tsnet.Server) error {
+func ShortenTimeWait(srv *tsnet.Server) error { return SetTimeWait(srv, Duration) }
+
+// SetTimeWait sets srv's netstack TIME_WAIT to d. srv must be started.
+func SetTimeWait(srv *tsnet.Server, d time.Duration) error {
 	ns, ok := srv.Sys().Netstack.GetOK()
 	if !ok {
 		return fmt.Errorf("tsnet has no netstack")
@@ -46,7 +49,7 @@ func ShortenTimeWait(srv *tsnet.Server) error {
 	if !ok {
 		return fmt.Errorf("tsnet's netstack is a %T, not a *netstack.Impl", ns)
 	}
-	opt := tcpip.TCPTimeWaitTimeoutOption(Duration)
+	opt := tcpip.TCPTimeWaitTimeoutOption(d)
 	if err := impl.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
 		return fmt.Errorf("setting netstack's TIME_WAIT: %v", err)
 	}

@@ -109,7 +109,7 @@ SOAK_MINUTES ?= 5
 soak: $(HELPER) $(SOAKPEER)
 	$(PY) -m soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
-$(SOAKPEER): soak/gopeer/main.go soak/gopeer/go.mod soak/gopeer/go.sum $(VENV)/.installed
+$(SOAKPEER): $(wildcard soak/gopeer/*.go) soak/gopeer/go.mod soak/gopeer/go.sum $(VENV)/.installed
 	cd soak/gopeer && $(GO) build -o gopeer .
 
 # Every platform's wheel (manylinux/musllinux x86_64+aarch64, macOS x86_64+arm64) cross-built from

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/netip"
 
 	"tailscale.com/client/local"
 	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/timewait"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -43,7 +45,10 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 	// route through the host network (see resolve.go).
 	dst := netip.AddrPortFrom(ip, uint16(port))
 	addr := dst.String()
-	c, err := dialTailnet(dialCtx, srv, "tcp", dst)
+	// A handshake without an answer is tried again from a new port (see package timewait).
+	c, err := timewait.Dial(dialCtx, func(ctx context.Context) (net.Conn, error) {
+		return dialTailnet(ctx, srv, "tcp", dst)
+	})
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:

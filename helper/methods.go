@@ -43,6 +43,7 @@ var methods = map[string]handler{
 	"stop_capture":    (*node).stopCapture,
 	"set_exit_node":   (*node).setExitNode,
 	"bench_echo":      (*node).benchEcho,
+	"reset_peers":     (*node).resetPeers,
 	"shutdown":        (*node).shutdown,
 }
 

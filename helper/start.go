@@ -22,6 +22,7 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/timewait"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
 
@@ -153,6 +154,7 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 		Ephemeral:     cfg.ephemeral,
 		AdvertiseTags: cfg.tags,
 		UserLogf:      stderrLog.Logf("info", "user"),
+		Port:          savedUDPPort(cfg.stateDir), // udpport.go
 	}
 	if n.tsnetLogs {
 		srv.Logf = stderrLog.Logf("debug", "tsnet")
@@ -175,6 +177,11 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	if err != nil {
 		srv.Close()
 		return nil, wire.NewError(wire.CodeInternal, "tsnet local client: %v", err)
+	}
+	saveUDPPort(srv, cfg.stateDir)
+	// Before the node is up, so that no connection ever meets netstack's 60 s TIME_WAIT.
+	if err := timewait.ShortenTimeWait(srv); err != nil {
+		stderrLog.Log("warn", "helper", fmt.Sprintf("a new connection on a recently used 4-tuple may stall: %v", err))
 	}
 	// Accept peers' subnet routes (dial reaches addresses inside them), and advertise ours.
 	prefsCtx, cancelPrefs := context.WithTimeout(context.Background(), localCallTimeout)

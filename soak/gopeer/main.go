@@ -138,6 +138,9 @@ func main() {
 
 	stdin := bufio.NewReader(os.Stdin)
 	line, _ := stdin.ReadString('\n')
+	for command(srv, line) { // test commands (probe.go)
+		line, _ = stdin.ReadString('\n')
+	}
 	stop := make(chan struct{})
 	var clients sync.WaitGroup
 	var names []string

@@ -13,6 +13,7 @@ follow its answer (``accepted``, ``conn_end``): see :meth:`~tsproc._wire.rpc.Rpc
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ RPC_TIMEOUT: Final = 60.0
 # How long closing a listener waits for the helper to confirm it.
 _CLOSE_LISTENER_TIMEOUT: Final = 5.0
 
+_log = logging.getLogger("tsproc")
+
 T = TypeVar("T", bound=Disposable)
 
 
@@ -70,6 +73,9 @@ class Generation:
         self.died = trio.Event()
         self._death_reason = ""
         self.conns: dict[int, ConnState] = {}
+        # The four-tuples of the connections open when this helper died: their peers may still
+        # hold them, and the next helper makes them reset (NodeLifecycle, reset_peers).
+        self.orphaned: list[str] = []
         # Reset streams' fds, kept open until the helper's conn_reset (TailnetStream.reset).
         self._held: dict[int, int] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
@@ -172,6 +178,7 @@ class Generation:
         self._death_reason = reason
         self.process.kill()  # before the channel closes: see _channel_broke
         self.rpc.close()
+        self.orphaned = [state.four_tuple for state in self.conns.values() if state.four_tuple]
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")
         self.conns.clear()
@@ -265,6 +272,15 @@ class Generation:
             self.is_up = True
             return tuple(sorted(status.tailscale_ips, key=lambda ip: ip.version))
 
+    async def reset_peers(self, four_tuples: list[str]) -> None:
+        """Have the peers of a dead helper's connections reset them now (docs/protocol.md
+        §4), rather than at their keepalive, hours later. A refusal is only logged: the
+        connections were already broken on this side."""
+        try:
+            await self.request("reset_peers", {"conns": four_tuples})
+        except RemoteError as exc:
+            _log.warning("reset_peers: %s", exc)
+
     async def relisten(self, listeners: Iterable[TailnetListener]) -> None:
         """Open the node's listeners again in this (new) helper."""
         for listener in list(listeners):
@@ -319,6 +335,9 @@ class Generation:
 
     def _register_stream(self, fd: int, conn: int, fields: dict[str, Any]) -> TailnetStream:
         state = ConnState(conn, self.number)
+        local, remote = fields.get("local"), fields.get("remote")
+        if isinstance(local, str) and isinstance(remote, str):
+            state.four_tuple = f"{local} {remote}"
         stream = TailnetStream._create(fd, state, fields.get("local"), fields.get("remote"),
                                        on_close=self.stream_closed, whois=self._whois,
                                        via_funnel=fields.get("funnel") is True)

@@ -58,6 +58,7 @@ class NodeLifecycle:
         self._failure: TsprocError | None = None
         self._listeners: set[TailnetListener] = set()
         self._forwards: set[_Endpoint] = set()  # forwards and SOCKS5 proxies (_forward.py)
+        self._orphaned: list[str] = []  # dead helpers' connections, for the next one's reset_peers
         self._events = EventHub()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -152,6 +153,11 @@ class NodeLifecycle:
             await gen.relisten(self._listeners)
             for endpoint in list(self._forwards):
                 await endpoint._install(gen)
+            if number > 1 and self._orphaned:
+                # The peers of the dead helper's connections may be blocked in a read that
+                # nothing else would end for hours: the new helper has them reset now.
+                await gen.reset_peers(self._orphaned)
+                self._orphaned = []
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
             raise
@@ -193,6 +199,8 @@ class NodeLifecycle:
 
     def _on_down(self, generation: Generation) -> None:
         """Called by a generation the moment it dies."""
+        if not self._closing:
+            self._orphaned += generation.orphaned
         if self._closing or generation is not self._generation:
             return
         if self._state is NodeState.RUNNING:

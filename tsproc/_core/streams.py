@@ -41,11 +41,13 @@ class ConnState:
     closed in order) or False (reset, or the helper died).
     """
 
-    __slots__ = ("clean", "conn_id", "ended", "generation", "reason")
+    __slots__ = ("clean", "conn_id", "ended", "four_tuple", "generation", "reason")
 
     def __init__(self, conn_id: int, generation: int) -> None:
         self.conn_id = conn_id
         self.generation = generation
+        # "LOCAL REMOTE" as the helper gave them: what reset_peers names after the helper died.
+        self.four_tuple = ""
         self.clean: bool | None = None
         self.reason = ""
         self.ended = trio.Event()

@@ -1,0 +1,51 @@
+"""A peer that only reads learns at once that the other end's helper died
+(docs/reliability.md, "sigkill"; docs/protocol.md §4, ``reset_peers``).
+
+The new helper knows nothing of the dead one's connections, and a peer that never sends gives
+it nothing to answer: without help, its read would wait for its keepalive, about two hours on
+netstack. The host knows the connections' four-tuples; the new helper makes each peer reset its
+end. The peer here is pure-Go tsnet (soak/gopeer), blocked in a read with no deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import trio
+
+import tsproc
+from tests.gopeer import gopeer
+
+FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5, heartbeat_timeout=2.0)
+# The acceptance bound of issue 27, from the SIGKILL: the host notices the exit at once, the
+# new helper is running ~1-2 s later, and its probes reach the peer right after.
+RESET_BOUND = 5.0
+
+
+async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tailnet, tailnet_node):
+    async with (tailnet_node("server", restart=FAST) as server,
+                gopeer(tailnet.control_url) as peer,
+                trio.open_nursery() as nursery):
+        listener = await server.listen(93)
+        accepted: list[tsproc.TailnetStream] = []
+
+        async def echo_then_wait() -> None:
+            stream = await listener.accept()
+            accepted.append(stream)
+            await stream.send_all(await stream.receive_some(1))
+
+        nursery.start_soon(echo_then_wait)
+        await peer.command(f"hold {server.tailscale_ips[0]}:93")
+        with trio.fail_after(30):
+            await peer.event("held")
+        old_pid = server.helper_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        with trio.fail_after(RESET_BOUND):
+            end = await peer.event("hold_end")
+        assert "reset" in end["error"], end
+        assert server.helper_pid != old_pid
+        for stream in accepted:
+            await stream.aclose()
+        await listener.aclose()

@@ -121,8 +121,16 @@ async def tsproc_serve(nursery: trio.Nursery, control_url: str,
         yield serve, out, err
     finally:
         serve.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            assert await serve.wait() == 0, "\n".join(err.lines)
+        code: int | None = None
+        with trio.move_on_after(30):
+            code = await serve.wait()
+        if code is None:
+            # Say what it was doing, and leave no process behind for a later test to trip on.
+            serve.kill()
+            await serve.wait()
+            pytest.fail("tsproc serve did not exit within 30 s of Ctrl-C; its stderr:\n"
+                        + "\n".join(err.lines))
+        assert code == 0, "\n".join(err.lines)
 
 
 async def tsproc_connect_web(control_url: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:

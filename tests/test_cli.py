@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -298,3 +299,34 @@ async def test_an_interactive_login_url_is_printed_and_the_node_comes_up_after_l
                 status.kill()
                 await status.wait()
         nursery.cancel_scope.cancel()
+
+
+def test_ctrl_c_reaches_the_command_even_when_its_parent_thread_blocked_sigint():
+    """A signal mask survives fork and exec. The faces' trio thread blocks SIGINT, and so do
+    the threads it starts — trio's cached worker threads among them, which a later
+    trio.open_process in the same process may reuse: CI once had `tsproc serve` started from
+    such a thread ignore the test's Ctrl-C. The command unblocks the signals it ends on."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        started.append(subprocess.Popen([*TSPROC, "control"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=cli_env()))
+
+    spawner = threading.Thread(target=spawn)
+    spawner.start()
+    spawner.join()
+    control = started[0]
+    try:
+        assert control.stdout is not None
+        line = control.stdout.readline()  # the URL: the command is running
+        assert b"http://127.0.0.1:" in line, line
+        control.send_signal(signal.SIGINT)
+        assert control.wait(timeout=30) == 0
+    finally:
+        if control.returncode is None:
+            control.kill()
+            control.wait()
+        for pipe in (control.stdout, control.stderr):
+            if pipe is not None:
+                pipe.close()

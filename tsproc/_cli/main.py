@@ -414,6 +414,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    # A signal mask survives exec: a parent thread that blocks SIGINT (tsproc's own faces'
+    # trio thread does, and so do the threads it starts, trio's cached workers among them)
+    # would hand this command a Ctrl-C it never sees. Its commands end on SIGINT/SIGTERM.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     parser = _parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

@@ -152,11 +152,7 @@ func (n *node) closeForward(_ context.Context, p *wire.ParamReader) (*wire.Reply
 func (t *forwardTable) closeAll() {
 	t.mu.Lock()
 	t.closed = true
-	fs := make([]*forward, 0, len(t.byID))
-	for _, f := range t.byID {
-		fs = append(fs, f)
-	}
-	clear(t.byID)
+	fs := takeAll(t.byID)
 	t.mu.Unlock()
 	for _, f := range fs {
 		f.close()

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"sync"
 
 	"github.com/tsproc/tsproc/helper/internal/wire"
@@ -25,4 +27,12 @@ func closeByID[V interface{ close() }](p *wire.ParamReader, what string, mu *syn
 	}
 	v.close()
 	return wire.OKReply(map[string]any{}), nil
+}
+
+// takeAll empties table and returns what it held, for closing outside the lock the caller
+// holds.
+func takeAll[K comparable, V any](table map[K]V) []V {
+	vs := slices.Collect(maps.Values(table))
+	clear(table)
+	return vs
 }

@@ -54,6 +54,15 @@ class Snapshot:
                 raise AssertionError(f"leaked: {leaks}")
             time.sleep(0.05)
 
+    async def await_nothing_leaked(self, polls: int = 600) -> None:
+        """:meth:`assert_nothing_leaked` for asyncio code: looks every 50 ms, *polls* times,
+        without blocking the loop."""
+        for _ in range(polls):
+            if not (leaks := self.leaks()):
+                break
+            await asyncio.sleep(0.05)
+        assert not leaks, leaks
+
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout

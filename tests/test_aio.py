@@ -156,11 +156,7 @@ def test_cancelled_dials_leak_nothing(net):
                 async with asyncio.timeout(60):  # every bridged conn of this node closed
                     while node._runtime.conns:
                         await asyncio.sleep(0.05)
-                for _ in range(600):
-                    if not (leaks := baseline.leaks()):
-                        break
-                    await asyncio.sleep(0.05)
-                assert not leaks, leaks
+                await baseline.await_nothing_leaked()
 
     asyncio.run(main())
 

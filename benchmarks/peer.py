@@ -22,8 +22,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import trio
 
@@ -399,6 +399,35 @@ class Client:
         return conns
 
 
+class PhaseClient(Protocol):
+    """What :func:`run_timed_phases` asks of a client (peer.py's and peer_aio.py's)."""
+
+    async def mark(self, name: str) -> None: ...
+    async def bulk(self, streams: int) -> tuple[int, float]: ...
+    async def round_trips(self) -> list[float]: ...
+    async def setups(self) -> list[float]: ...
+
+
+async def run_timed_phases(c: PhaseClient, phases: Sequence[str], cfg: dict[str, Any],
+                           result: dict[str, Any]) -> None:
+    """The bulk, round-trip and set-up phases, between their marks, into *result*: the same
+    for every Python line, whichever loop runs it."""
+    for streams in (1, cfg["bulk_streams"]) if "bulk" in phases else ():
+        name = f"bulk{streams}"
+        await c.mark(f"{name}_start")
+        moved, secs = await c.bulk(streams)
+        await c.mark(f"{name}_end")
+        result[name] = {"bytes": moved, "seconds": secs, "streams": streams}
+    if "rr" in phases:
+        await c.mark("rr_start")
+        result["rr_us"] = await c.round_trips()
+        await c.mark("rr_end")
+    if "setup" in phases:
+        await c.mark("setup_start")
+        result["setup_us"] = await c.setups()
+        await c.mark("setup_end")
+
+
 async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_port: int,
                      cfg: dict[str, Any]) -> None:
     took = await net.start(hostname, client=True)
@@ -425,22 +454,7 @@ async def run_client(net: Net, hostname: str, target: str, bulk_port: int, echo_
         result["idle_conns"] = len(conns)
         await trio.sleep(SETTLE)  # let the teardown of 1,000 connections finish
 
-    for streams in (1, cfg["bulk_streams"]) if "bulk" in phases else ():
-        name = f"bulk{streams}"
-        await c.mark(f"{name}_start")
-        moved, secs = await c.bulk(streams)
-        await c.mark(f"{name}_end")
-        result[name] = {"bytes": moved, "seconds": secs, "streams": streams}
-
-    if "rr" in phases:
-        await c.mark("rr_start")
-        result["rr_us"] = await c.round_trips()
-        await c.mark("rr_end")
-
-    if "setup" in phases:
-        await c.mark("setup_start")
-        result["setup_us"] = await c.setups()
-        await c.mark("setup_end")
+    await run_timed_phases(c, phases, cfg, result)
 
     startups = [took]
     if net.node is not None and "startup" in phases:

@@ -18,23 +18,16 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import tsproc.aio
 
-TAILNET_BULK_PORT = 5001
-TAILNET_ECHO_PORT = 5002
-SETTLE = 0.5  # seconds, after closing the idle connections (as peer.py)
+from .peer import SETTLE, TAILNET_BULK_PORT, TAILNET_ECHO_PORT, emit, run_timed_phases
+
 READ_SIZE = 256 * 1024  # the bulk server's read size: as large as the client's chunks
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 async def stdin_reader() -> asyncio.StreamReader:
@@ -221,20 +214,7 @@ async def run_client(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
             await close(writer)
         result["idle_conns"] = len(conns)
         await asyncio.sleep(SETTLE)
-    for streams in (1, cfg["bulk_streams"]) if "bulk" in phases else ():
-        name = f"bulk{streams}"
-        await c.mark(f"{name}_start")
-        moved, secs = await c.bulk(streams)
-        await c.mark(f"{name}_end")
-        result[name] = {"bytes": moved, "seconds": secs, "streams": streams}
-    if "rr" in phases:
-        await c.mark("rr_start")
-        result["rr_us"] = await c.round_trips()
-        await c.mark("rr_end")
-    if "setup" in phases:
-        await c.mark("setup_start")
-        result["setup_us"] = await c.setups()
-        await c.mark("setup_end")
+    await run_timed_phases(c, phases, cfg, result)
     startups = [took]
     if "startup" in phases:
         for i in range(cfg["startup_repeats"]):

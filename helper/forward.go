@@ -145,31 +145,14 @@ func (n *node) forward(_ context.Context, p *wire.ParamReader) (*wire.Reply, err
 }
 
 func (n *node) closeForward(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
-	id := p.Uint("forward", 0, 1<<64-1)
-	if p.Err != nil {
-		return nil, p.Err
-	}
-	t := &n.forwards
-	t.mu.Lock()
-	f := t.byID[id]
-	delete(t.byID, id)
-	t.mu.Unlock()
-	if f == nil {
-		return nil, wire.NewError(wire.CodeNotFound, "no forward %d", id)
-	}
-	f.close()
-	return wire.OKReply(map[string]any{}), nil
+	return closeByID(p, "forward", &n.forwards.mu, &n.forwards.byID)
 }
 
 // closeAll closes every forward (the node is closing) and keeps new ones from being made.
 func (t *forwardTable) closeAll() {
 	t.mu.Lock()
 	t.closed = true
-	fs := make([]*forward, 0, len(t.byID))
-	for _, f := range t.byID {
-		fs = append(fs, f)
-	}
-	clear(t.byID)
+	fs := takeAll(t.byID)
 	t.mu.Unlock()
 	for _, f := range fs {
 		f.close()

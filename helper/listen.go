@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"math"
 	"net"
 	"strconv"
 
@@ -121,17 +120,5 @@ func (n *node) listenerEnded(l *tsListener, reason string) {
 }
 
 func (n *node) closeListener(_ context.Context, p *wire.ParamReader) (*wire.Reply, error) {
-	id := p.Uint("listener", 0, math.MaxUint64)
-	if p.Err != nil {
-		return nil, p.Err
-	}
-	n.mu.Lock()
-	l := n.listeners[id]
-	delete(n.listeners, id)
-	n.mu.Unlock()
-	if l == nil {
-		return nil, wire.NewError(wire.CodeNotFound, "no listener %d", id)
-	}
-	l.close()
-	return wire.OKReply(map[string]any{}), nil
+	return closeByID(p, "listener", &n.mu, &n.listeners)
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 
 	"tailscale.com/client/local"
@@ -203,20 +205,9 @@ func (n *node) close() {
 	}
 	n.closed = true
 	n.captures.stopAll()
-	listeners := make([]*tsListener, 0, len(n.listeners))
-	for _, l := range n.listeners {
-		listeners = append(listeners, l)
-	}
-	clear(n.listeners)
-	conns := make([]*bridge.Bridge, 0, len(n.conns))
-	for _, b := range n.conns {
-		conns = append(conns, b)
-	}
-	packets := make([]*packetRelay, 0, len(n.packets))
-	for _, r := range n.packets {
-		packets = append(packets, r)
-	}
-	clear(n.packets)
+	listeners := takeAll(n.listeners)
+	conns := slices.Collect(maps.Values(n.conns)) // each leaves n.conns as it ends
+	packets := takeAll(n.packets)
 	n.mu.Unlock()
 
 	for _, l := range listeners {

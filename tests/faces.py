@@ -3,6 +3,7 @@ that is interrupted with Ctrl-C (SIGINT) the way a person would."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -10,7 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import pytest
 
 from tests.conftest import child_pids, fd_targets, open_fds, pid_alive
 from tests.test_cli import cli_env
@@ -49,6 +53,15 @@ class Snapshot:
             if time.monotonic() > deadline:
                 raise AssertionError(f"leaked: {leaks}")
             time.sleep(0.05)
+
+    async def await_nothing_leaked(self, polls: int = 600) -> None:
+        """:meth:`assert_nothing_leaked` for asyncio code: looks every 50 ms, *polls* times,
+        without blocking the loop."""
+        for _ in range(polls):
+            if not (leaks := self.leaks()):
+                break
+            await asyncio.sleep(0.05)
+        assert not leaks, leaks
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
@@ -150,6 +163,24 @@ def assert_gone(pid: int, timeout: float = 30.0) -> None:
 def kill(pid: int | None) -> None:
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+
+
+def kill_mid_read(pid: int | None, recv: Callable[[int], bytes]) -> None:
+    """SIGKILL the helper *pid* while a blocking socket's *recv* has data still to come: its
+    reads end in ConnectionResetError, never a clean ``b""`` end."""
+    kill(pid)
+    with pytest.raises(ConnectionResetError):
+        while recv(100):  # never a clean b"" end
+            pass
+
+
+async def akill_mid_read(pid: int | None, reader: asyncio.StreamReader) -> None:
+    """:func:`kill_mid_read` for an asyncio stream."""
+    kill(pid)
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(60):
+            while await reader.read(100):  # never a clean b"" end
+                pass
 
 
 def check_ctrl_c(script: Script) -> None:

@@ -17,7 +17,7 @@ import pytest
 import tsproc
 import tsproc.aio
 import tsproc.blocking
-from tests.faces import Script, Snapshot, check_ctrl_c, kill
+from tests.faces import Script, Snapshot, akill_mid_read, check_ctrl_c, kill
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +121,7 @@ def test_helper_sigkill_mid_read_raises_not_eof(net):
             async with await tsproc.aio.serve(talker, source, 7):
                 reader, writer = await victim.dial("asource", 7)
                 assert await reader.readexactly(10) == b"first half"
-                kill(victim.helper_pid)
-                with pytest.raises(ConnectionResetError):
-                    async with asyncio.timeout(60):
-                        while await reader.read(100):  # never a clean b"" end
-                            pass
+                await akill_mid_read(victim.helper_pid, reader)
                 writer.close()
 
     asyncio.run(main())
@@ -160,11 +156,7 @@ def test_cancelled_dials_leak_nothing(net):
                 async with asyncio.timeout(60):  # every bridged conn of this node closed
                     while node._runtime.conns:
                         await asyncio.sleep(0.05)
-                for _ in range(600):
-                    if not (leaks := baseline.leaks()):
-                        break
-                    await asyncio.sleep(0.05)
-                assert not leaks, leaks
+                await baseline.await_nothing_leaked()
 
     asyncio.run(main())
 

@@ -75,11 +75,7 @@ def test_forward_and_socks5_under_asyncio(net):
                             pass
                 except TimeoutError:
                     pass
-            for _ in range(200):
-                if not (leaks := baseline.leaks()):
-                    break
-                await asyncio.sleep(0.05)
-            assert not leaks, leaks
+            await baseline.await_nothing_leaked(polls=200)
             kept = client.forward("afsrv", 7)
             fwd = await kept.__aenter__()
         await kept.__aexit__(None, None, None)  # the node closed first: nothing to do

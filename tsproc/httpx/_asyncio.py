@@ -12,31 +12,23 @@ import contextlib
 import select
 import ssl
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 import httpcore
 
-from ..errors import NodeTimeoutError, TsprocError
-from ._errors import ExceptionMap, map_exceptions
+from ._errors import (
+    NO_UNIX_SOCKETS,
+    OS_READ_ERRORS,
+    OS_TLS_ERRORS,
+    OS_WRITE_ERRORS,
+    dial_errors,
+    map_exceptions,
+)
 
 if TYPE_CHECKING:
     from ..aio import Node, TailnetStreamWriter
 
 __all__ = ["AsyncioNetworkBackend"]
-
-_READ_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.ReadTimeout,
-    OSError: httpcore.ReadError,  # ConnectionResetError: a cut connection, never a clean end
-}
-_WRITE_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.WriteTimeout,
-    OSError: httpcore.WriteError,
-}
-_TLS_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.ConnectTimeout,
-    OSError: httpcore.ConnectError,  # ssl.SSLError is an OSError
-}
-
 
 @final
 class _AsyncioNetworkStream(httpcore.AsyncNetworkStream):
@@ -47,14 +39,14 @@ class _AsyncioNetworkStream(httpcore.AsyncNetworkStream):
         self._writer = writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        with map_exceptions(_READ_ERRORS):
+        with map_exceptions(OS_READ_ERRORS):
             async with asyncio.timeout(timeout):
                 return await self._reader.read(max_bytes)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         if not buffer:
             return
-        with map_exceptions(_WRITE_ERRORS):
+        with map_exceptions(OS_WRITE_ERRORS):
             async with asyncio.timeout(timeout):
                 self._writer.write(buffer)
                 await self._writer.drain()
@@ -71,7 +63,7 @@ class _AsyncioNetworkStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
     ) -> httpcore.AsyncNetworkStream:
         try:
-            with map_exceptions(_TLS_ERRORS):
+            with map_exceptions(OS_TLS_ERRORS):
                 async with asyncio.timeout(timeout):
                     await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
         except BaseException:
@@ -116,13 +108,9 @@ class AsyncioNetworkBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         # local_address and socket_options are about host sockets; a tailnet dial has neither.
-        try:
+        with map_exceptions(dial_errors(TimeoutError)):
             async with asyncio.timeout(timeout):
                 reader, writer = await self._node.dial(host, port)
-        except (NodeTimeoutError, TimeoutError) as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except TsprocError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
         return _AsyncioNetworkStream(reader, writer)
 
     async def connect_unix_socket(
@@ -131,7 +119,7 @@ class AsyncioNetworkBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("a tailnet transport does not connect to unix sockets")
+        raise httpcore.ConnectError(NO_UNIX_SOCKETS)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -12,7 +12,10 @@ from typing import Final
 import httpcore
 import httpx
 
-__all__ = ["HTTPX_ERRORS", "ExceptionMap", "map_exceptions"]
+from ..errors import NodeTimeoutError, TsprocError
+
+__all__ = ["HTTPX_ERRORS", "NO_UNIX_SOCKETS", "OS_READ_ERRORS", "OS_TLS_ERRORS", "OS_WRITE_ERRORS",
+           "ExceptionMap", "dial_errors", "map_exceptions"]
 
 ExceptionMap = Mapping[type[BaseException], type[Exception]]
 
@@ -27,6 +30,32 @@ def map_exceptions(mapping: ExceptionMap) -> Iterator[None]:
             if isinstance(exc, from_exc):
                 raise to_exc(str(exc)) from exc
         raise
+
+
+def dial_errors(*timeouts: type[Exception]) -> ExceptionMap:
+    """A tailnet dial's failures as httpcore's: a node timeout or one of the face's own
+    *timeouts* is a connect timeout, any other tsproc error a connect error."""
+    kinds: tuple[type[Exception], ...] = (NodeTimeoutError, *timeouts)
+    mapping = dict.fromkeys(kinds, httpcore.ConnectTimeout)
+    return {**mapping, TsprocError: httpcore.ConnectError}
+
+
+# What the asyncio and blocking faces' streams raise (both OSError-based) as httpcore's errors.
+OS_READ_ERRORS: Final[ExceptionMap] = {
+    TimeoutError: httpcore.ReadTimeout,
+    OSError: httpcore.ReadError,  # ConnectionResetError: a cut connection, never a clean end
+}
+OS_WRITE_ERRORS: Final[ExceptionMap] = {
+    TimeoutError: httpcore.WriteTimeout,
+    OSError: httpcore.WriteError,
+}
+OS_TLS_ERRORS: Final[ExceptionMap] = {
+    TimeoutError: httpcore.ConnectTimeout,
+    OSError: httpcore.ConnectError,  # ssl.SSLError is an OSError
+}
+
+# Why every face's backend refuses httpcore's connect_unix_socket.
+NO_UNIX_SOCKETS: Final = "a tailnet transport does not connect to unix sockets"
 
 
 # httpcore's exceptions → httpx's, most specific first (what httpx's own transport does).

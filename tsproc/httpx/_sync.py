@@ -11,31 +11,23 @@ import select
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 import httpcore
 
-from ..errors import NodeTimeoutError, TsprocError
-from ._errors import ExceptionMap, map_exceptions
+from ._errors import (
+    NO_UNIX_SOCKETS,
+    OS_READ_ERRORS,
+    OS_TLS_ERRORS,
+    OS_WRITE_ERRORS,
+    dial_errors,
+    map_exceptions,
+)
 
 if TYPE_CHECKING:
     from ..blocking import Node
 
 __all__ = ["SyncNetworkBackend"]
-
-_READ_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.ReadTimeout,
-    OSError: httpcore.ReadError,  # ConnectionResetError: a cut connection, never a clean end
-}
-_WRITE_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.WriteTimeout,
-    OSError: httpcore.WriteError,
-}
-_TLS_ERRORS: Final[ExceptionMap] = {
-    TimeoutError: httpcore.ConnectTimeout,
-    OSError: httpcore.ConnectError,  # ssl.SSLError is an OSError
-}
-
 
 @final
 class _SyncNetworkStream(httpcore.NetworkStream):
@@ -45,14 +37,14 @@ class _SyncNetworkStream(httpcore.NetworkStream):
         self._sock = sock
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with map_exceptions(_READ_ERRORS):
+        with map_exceptions(OS_READ_ERRORS):
             self._sock.settimeout(timeout)
             return self._sock.recv(max_bytes)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
-        with map_exceptions(_WRITE_ERRORS):
+        with map_exceptions(OS_WRITE_ERRORS):
             self._sock.settimeout(timeout)
             self._sock.sendall(buffer)
 
@@ -62,7 +54,7 @@ class _SyncNetworkStream(httpcore.NetworkStream):
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
         try:
-            with map_exceptions(_TLS_ERRORS):
+            with map_exceptions(OS_TLS_ERRORS):
                 self._sock.settimeout(timeout)
                 tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname)
         except BaseException:
@@ -98,15 +90,11 @@ class SyncNetworkBackend(httpcore.NetworkBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        try:
+        with map_exceptions(dial_errors()):
             sock = self._node.dial(host, port, timeout=timeout)
-        except NodeTimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except TsprocError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
         return _SyncNetworkStream(sock)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None,
                             ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("a tailnet transport does not connect to unix sockets")
+        raise httpcore.ConnectError(NO_UNIX_SOCKETS)

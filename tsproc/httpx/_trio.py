@@ -17,8 +17,7 @@ import trio
 from .._core.node import Node
 from .._core.streams import TailnetStream
 from .._util import require_face
-from ..errors import NodeTimeoutError, TsprocError
-from ._errors import ExceptionMap, map_exceptions
+from ._errors import NO_UNIX_SOCKETS, ExceptionMap, dial_errors, map_exceptions
 
 __all__ = ["TailnetNetworkBackend"]
 
@@ -125,13 +124,8 @@ class TailnetNetworkBackend(httpcore.AsyncNetworkBackend):
         # local_address and socket_options are about host sockets; a tailnet dial has neither.
         # timeout=None is httpcore's "no timeout": the dial then has its own bound (30 s).
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        try:
-            with trio.fail_at(deadline):
-                stream = await self._node.dial(host, port)
-        except (NodeTimeoutError, trio.TooSlowError) as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except TsprocError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+        with map_exceptions(dial_errors(trio.TooSlowError)), trio.fail_at(deadline):
+            stream = await self._node.dial(host, port)
         return _TailnetNetworkStream(stream, stream)
 
     async def connect_unix_socket(
@@ -140,7 +134,7 @@ class TailnetNetworkBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("a tailnet transport does not connect to unix sockets")
+        raise httpcore.ConnectError(NO_UNIX_SOCKETS)
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)

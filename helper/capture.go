@@ -127,11 +127,19 @@ func (n *node) capturePcap(_ context.Context, p *wire.ParamReader) (*wire.Reply,
 	if !ok {
 		return nil, wire.NewError(wire.CodeInternal, "the node has no packet engine yet")
 	}
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+	// os.Pipe, not unix.Pipe2, which macOS lacks. The read end goes to the host as a raw
+	// fd that the reply closes once sent: a close-on-exec duplicate, so that no *os.File's
+	// finalizer closes it under the reply.
+	r, w, err := os.Pipe()
+	if err != nil {
 		return nil, wire.NewError(wire.CodeInternal, "capture pipe: %v", err)
 	}
-	w := os.NewFile(uintptr(fds[1]), "capture")
+	readFD, err := unix.FcntlInt(r.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	r.Close()
+	if err != nil {
+		w.Close()
+		return nil, wire.NewError(wire.CodeInternal, "capture pipe: %v", err)
+	}
 	id, run := n.captures.start(engine, format != "tailscale")
 	write := func() {
 		err := writeCapture(w, run)
@@ -145,7 +153,7 @@ func (n *node) capturePcap(_ context.Context, p *wire.ParamReader) (*wire.Reply,
 			helperLogf("capture %d: dropped %d packets the host did not read in time", id, d)
 		}
 	}
-	return &wire.Reply{Result: map[string]any{"capture": id, "fd": true}, FD: fds[0], After: func(sent bool) {
+	return &wire.Reply{Result: map[string]any{"capture": id, "fd": true}, FD: readFD, After: func(sent bool) {
 		if !sent || !n.goOwned(write) {
 			n.captures.stop(id)
 			w.Close()

@@ -3,6 +3,7 @@ package wire_test
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -287,7 +288,7 @@ func TestDispatcherHandsRequestFDsToTheirHandler(t *testing.T) {
 	w, r := fdtest.PipeFD(t)
 	send(1000, "take_fd", w) // before hello: refused, and the fd closed
 	h.Hello()
-	if !fdtest.WriteEndClosed(t, r) {
+	if !writeEndClosedWithin(t, r, 10*time.Second) {
 		t.Fatal("a request before hello kept its fd")
 	}
 	r.Close()
@@ -306,7 +307,7 @@ func TestDispatcherHandsRequestFDsToTheirHandler(t *testing.T) {
 	defer r2.Close()
 	send(1002, "fail", w2) // a handler that ignores the fd
 	h.MustCall("echo", map[string]any{})
-	if !fdtest.WriteEndClosed(t, r2) {
+	if !writeEndClosedWithin(t, r2, 10*time.Second) {
 		t.Fatal("the dispatcher kept an fd no handler took")
 	}
 	if m := h.Call("take_fd", map[string]any{}); m.Err == nil || m.Err.Code != wire.CodeBadRequest {
@@ -451,3 +452,18 @@ func TestFDsPerMessage(t *testing.T) {
 const testHelperVersion = "0.0.0-test"
 
 var testConfig = wire.Config{HelperVersion: testHelperVersion, TailscaleVersion: "0.0.0-tailscale"}
+
+// writeEndClosedWithin waits up to d for r's write end to be closed everywhere: requests are
+// handled concurrently, so the fd of a request whose handler ignored it may be closed just
+// after a later request's answer arrives.
+func writeEndClosedWithin(t *testing.T, r *os.File, d time.Duration) bool {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !fdtest.WriteEndClosed(t, r) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}

@@ -448,8 +448,9 @@ class Generation:
             self._ungranted[listener_id] = 0
             self.rpc.notify_nowait("grant", {"listener": listener_id, "n": ungranted})
 
-    def stream_closed(self, state: ConnState, held: int | None) -> None:
-        """A stream was closed, or reset if *held* (a duplicate of its fd, now ours) is given."""
+    def stream_closed(self, state: ConnState, held: int | None, seen: bool = False) -> None:
+        """A stream was closed, or reset if *held* (a duplicate of its fd, now ours) is given;
+        *seen*: the helper tells this close from a half-close by itself."""
         pending = self.conns.pop(state.conn_id, None) is not None
         if self.died.is_set():
             if held is not None:
@@ -461,7 +462,7 @@ class Generation:
             # its end and half-close the tailnet side before the reset.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id, "reset": True})
             self._held[state.conn_id] = held
-        elif pending:
+        elif pending and not seen:
             # Closed before the tailnet side ended: tell the helper to drop the tailnet
             # connection now, instead of keeping it until the peer speaks again.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})

@@ -132,11 +132,18 @@ func (b *Bridge) reportEnd(clean bool, err error) {
 }
 
 // finishHostPump ends the host → tailnet direction once its copy has returned err. EOF from
-// the host (the application half-closed) is passed on as a half-close of the tailnet
-// connection.
+// the host is passed on as a half-close of the tailnet connection when the application
+// half-closed, and as a close when it closed its end (hostClosedFully).
 func (b *Bridge) finishHostPump(err error) {
 	if err != nil {
 		b.Abort()
+		return
+	}
+	if b.hostClosedFully() {
+		// Closed, not half-closed: as close_conn (HostClosed), everything it wrote has
+		// been forwarded, so the tailnet connection closes in order now.
+		b.hostGone.Store(true)
+		b.finish()
 		return
 	}
 	cw, ok := b.tn.(interface{ CloseWrite() error })

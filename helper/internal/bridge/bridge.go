@@ -91,9 +91,11 @@ func New(id uint64, tn net.Conn, onEnd connEndFunc) (*Bridge, error) {
 // both sides and calls finished (from the pump that ended last: no third goroutine waits).
 func (b *Bridge) Start(finished func()) {
 	b.pumps.Store(2)
+	pumpsStarted()
 	done := func() {
 		if b.pumps.Add(-1) == 0 {
 			b.finish() // a no-op if a pump has already aborted
+			pumpsEnded()
 			finished()
 		}
 	}
@@ -305,6 +307,7 @@ func writeAll(w io.Writer, p []byte) error {
 		return nil
 	}
 	n, err := w.Write(p)
+	moved.Add(uint64(max(n, 0)))
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
 	}

@@ -234,7 +234,9 @@ func copyFromTailnet(dst io.Writer, src io.Reader) error {
 		}
 		large := largeBufs.Get().(*[]byte)
 		for full := true; full; full = n == len(*large) {
-			n, err = src.Read(*large)
+			if n, err = src.Read(*large); n == len(*large) {
+				fullReads.Add(1)
+			}
 			if werr := writeAll(dst, (*large)[:n]); werr != nil {
 				largeBufs.Put(large)
 				return werr
@@ -292,6 +294,8 @@ func readPooled(rc syscall.RawConn) (buf *[]byte, n int, err error) {
 	})
 	if n < 0 {
 		n = 0
+	} else if buf != nil && n == len(*buf) {
+		fullReads.Add(1)
 	}
 	switch {
 	case err != nil:

@@ -24,20 +24,24 @@ import (
 
 // Source is what the pumps report (bridge.Activity and bridge.Woken).
 type Source struct {
-	// Activity returns the live connections and the bytes moved since the start.
-	Activity func() (live int64, moved uint64)
+	// Activity returns the live connections and, since the start, the bytes moved and the
+	// reads that filled a large buffer (data queued faster than a pump moved it).
+	Activity func() (live int64, moved, full uint64)
 	// Woken receives a token when a connection starts while none was live.
 	Woken <-chan struct{}
 }
 
 // The policy, per sample of period. Up at once on bulk or a saturated P, down only after
 // downAfter quiet samples in a row, so a transfer that pauses for a moment keeps its Ps
-// and a change (a stop-the-world each) stays rare.
+// and a change (a stop-the-world each) stays rare. Bulk is either rate (upBytes) or a pump
+// read that filled its large buffer: on a machine so busy that one P moves less than upBytes,
+// the queue still shows that the helper is what holds the transfer back.
 const (
 	period = 100 * time.Millisecond
-	// upBytes per sample (40 MiB/s) is bulk; a 64-byte round trip moves ~0.1 MiB/s.
-	upBytes   = 4 << 20
-	downBytes = 1 << 20
+	// upBytes per sample (10 MiB/s) is bulk; 5,000 64-byte round trips a second move 0.6 MiB/s
+	// through each helper.
+	upBytes   = 1 << 20
+	downBytes = 256 << 10
 	// upCPU: the process used most of a core in the sample (on one P, it is saturated).
 	upCPU     = period * 85 / 100
 	downCPU   = period * 60 / 100
@@ -52,10 +56,11 @@ type Decision struct {
 	quiet int  // samples in a row below the down thresholds
 }
 
-// Next takes one sample's bytes and CPU time and reports whether the state changed.
-func (d *Decision) Next(bytes uint64, cpu time.Duration) bool {
+// Next takes one sample's bytes, full reads and CPU time and reports whether the state
+// changed.
+func (d *Decision) Next(bytes, full uint64, cpu time.Duration) bool {
 	switch {
-	case bytes >= upBytes || cpu >= upCPU:
+	case bytes >= upBytes || full > 0 || cpu >= upCPU:
 		d.quiet = 0
 		if d.One {
 			d.One = false
@@ -91,18 +96,18 @@ func Adapt(src Source, logf func(format string, args ...any)) {
 // watch samples while connections exist and leaves the default in place when they are gone.
 func watch(src Source, logf func(format string, args ...any)) {
 	var d Decision
-	_, lastMoved := src.Activity()
+	_, lastMoved, lastFull := src.Activity()
 	lastCPU := processCPU()
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for idle := 0; idle < lingerSamples; {
 		<-t.C
-		live, moved := src.Activity()
+		live, moved, full := src.Activity()
 		cpu := processCPU()
-		if d.Next(moved-lastMoved, cpu-lastCPU) {
+		if d.Next(moved-lastMoved, full-lastFull, cpu-lastCPU) {
 			set(d.One, logf)
 		}
-		lastMoved, lastCPU = moved, cpu
+		lastMoved, lastFull, lastCPU = moved, full, cpu
 		if live > 0 {
 			idle = 0
 		} else {

@@ -1,6 +1,9 @@
 package bridge
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Host → tailnet pump goroutines come from a pool. That pump's stack grows on its first
 // netstack write (gVisor's TCP send path is deep), and a new goroutine starts small, so every
@@ -17,6 +20,14 @@ import "time"
 // (+7 MB per 1,000 idle connections when both pumps were pooled), to save little (its stack
 // grows less).
 const poolIdle = time.Second
+
+// poolMax bounds the idle pooled goroutines. Set-ups one after another need one or two; a
+// burst of connections that all go idle together (a thousand opened at once) would otherwise
+// keep a thousand grown stacks for poolIdle, and the heap they leave behind (+2 MB per 1,000
+// idle connections, measured) after it.
+const poolMax = 16
+
+var poolIdleNow atomic.Int32 // idle pooled goroutines
 
 // pumpWork hands a pump to an idle pooled goroutine; unbuffered, so a send succeeds only
 // when one is waiting.
@@ -35,6 +46,10 @@ func pumpWorker(f func()) {
 	var t *time.Timer
 	for {
 		f()
+		if poolIdleNow.Add(1) > poolMax {
+			poolIdleNow.Add(-1)
+			return
+		}
 		if t == nil {
 			t = time.NewTimer(poolIdle)
 		} else {
@@ -42,7 +57,9 @@ func pumpWorker(f func()) {
 		}
 		select {
 		case f = <-pumpWork:
+			poolIdleNow.Add(-1)
 		case <-t.C:
+			poolIdleNow.Add(-1)
 			return
 		}
 	}

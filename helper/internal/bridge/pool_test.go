@@ -3,6 +3,7 @@ package bridge
 import (
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,4 +43,22 @@ func TestPumpPoolReusesAndRetires(t *testing.T) {
 	if d := time.Since(start); d < poolIdle/2 {
 		t.Fatalf("the idle pool goroutine exited after %v, want about %v", d, poolIdle)
 	}
+}
+
+// TestPumpPoolKeepsAtMostPoolMaxIdle: a burst of pumps that end together leaves at most
+// poolMax goroutines waiting.
+func TestPumpPoolKeepsAtMostPoolMaxIdle(t *testing.T) {
+	release := make(chan struct{})
+	var started sync.WaitGroup
+	for range 4 * poolMax {
+		started.Add(1)
+		goPump(func() { started.Done(); <-release })
+	}
+	started.Wait()
+	close(release)
+	wiretest.WaitFor(t, func() bool { all, idle := pumpWorkers(); return all == idle }, "the burst's pumps to end")
+	if all, _ := pumpWorkers(); all > poolMax {
+		t.Fatalf("%d pool goroutines left waiting, want at most %d", all, poolMax)
+	}
+	wiretest.WaitFor(t, func() bool { all, _ := pumpWorkers(); return all == 0 }, "the idle pool goroutines to exit")
 }

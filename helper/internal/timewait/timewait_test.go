@@ -8,11 +8,17 @@ import (
 	"time"
 )
 
-// A dial that answers nothing until its context ends, the first unanswered times.
-func silentFor(unanswered int, attempts *[]time.Duration) func(context.Context) (net.Conn, error) {
+// A dial that answers nothing until its context ends, the first unanswered times; it records
+// each attempt's deadline and how much of it was left when the attempt began.
+type attempt struct {
+	deadline time.Time
+	left     time.Duration
+}
+
+func silentFor(unanswered int, attempts *[]attempt) func(context.Context) (net.Conn, error) {
 	return func(ctx context.Context) (net.Conn, error) {
 		if d, ok := ctx.Deadline(); ok {
-			*attempts = append(*attempts, time.Until(d).Round(10*time.Millisecond))
+			*attempts = append(*attempts, attempt{d, time.Until(d)})
 		}
 		if len(*attempts) <= unanswered {
 			<-ctx.Done()
@@ -23,8 +29,12 @@ func silentFor(unanswered int, attempts *[]time.Duration) func(context.Context) 
 	}
 }
 
+// The checks hold however late the scheduler runs each step (the machine may be loaded): an
+// attempt's bound is at least what was left of it when it began, and at most the time from the
+// previous attempt's deadline (or the call) to its own, since it began after that.
 func TestDialRetriesAnUnansweredHandshakeWithDoublingBounds(t *testing.T) {
-	var attempts []time.Duration
+	var attempts []attempt
+	called := time.Now()
 	c, err := dialFrom(context.Background(), 20*time.Millisecond, silentFor(2, &attempts))
 	if err != nil {
 		t.Fatal(err)
@@ -32,25 +42,40 @@ func TestDialRetriesAnUnansweredHandshakeWithDoublingBounds(t *testing.T) {
 	c.Close()
 	want := []time.Duration{20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond}
 	if len(attempts) != len(want) {
-		t.Fatalf("attempts with bounds %v, want %v", attempts, want)
+		t.Fatalf("%d attempts, want %d", len(attempts), len(want))
 	}
-	for i := range want {
-		if attempts[i] > want[i] || attempts[i] < want[i]-10*time.Millisecond {
-			t.Errorf("attempt %d bounded at %v, want %v", i, attempts[i], want[i])
+	since := called
+	for i, a := range attempts {
+		if a.left > want[i] || a.deadline.Sub(since) < want[i] {
+			t.Errorf("attempt %d: %v left at its start, %v after the one before; want a bound of %v",
+				i, a.left, a.deadline.Sub(since), want[i])
 		}
+		since = a.deadline
 	}
 }
 
 func TestDialEndsWithTheCallersDeadline(t *testing.T) {
-	var attempts []time.Duration
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	var attempts []attempt
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_, err := dialFrom(ctx, 30*time.Millisecond, silentFor(1000, &attempts))
 	if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() == nil {
 		t.Fatalf("err %v, ctx %v: want the caller's deadline", err, ctx.Err())
 	}
-	if len(attempts) != 3 { // 30 ms, 60 ms, and the last 10 ms of the caller's 100
-		t.Errorf("%d attempts, want 3", len(attempts))
+	// 30, 60, 120, 240 and 480 ms, then the rest of the caller's second.
+	caller, _ := ctx.Deadline()
+	if len(attempts) < 2 {
+		t.Fatalf("%d attempts, want the short ones and then the caller's deadline", len(attempts))
+	}
+	for i, a := range attempts[:len(attempts)-1] {
+		if !a.deadline.Before(caller) {
+			t.Errorf("attempt %d ends at the caller's deadline, want a shorter bound", i)
+		}
+	}
+	// The last attempt is bounded by the caller's deadline, unless that deadline passed while
+	// the attempt before it was ending (a loaded machine): then there is no last attempt.
+	if last := attempts[len(attempts)-1]; last.deadline.After(caller) {
+		t.Errorf("the last attempt ends %v after the caller's deadline", last.deadline.Sub(caller))
 	}
 }
 

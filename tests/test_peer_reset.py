@@ -49,3 +49,34 @@ async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tail
         for stream in accepted:
             await stream.aclose()
         await listener.aclose()
+
+
+async def test_a_stream_closed_before_the_host_sees_the_death_is_reset_too(tailnet, tailnet_node):
+    """The application closes its stream in the moment between the helper's death and the
+    host noticing it (as one does whose write failed with EPIPE as the dead helper's fds
+    closed): its tuple must still reach the new helper, or the peer hangs."""
+    async with (tailnet_node("server", restart=FAST) as server,
+                gopeer(tailnet.control_url) as peer,
+                trio.open_nursery() as nursery):
+        listener = await server.listen(93)
+        accepted: list[tsproc.TailnetStream] = []
+
+        async def echo() -> None:
+            stream = await listener.accept()
+            accepted.append(stream)
+            await stream.send_all(await stream.receive_some(1))
+
+        nursery.start_soon(echo)
+        await peer.command(f"hold {server.tailscale_ips[0]}:93")
+        with trio.fail_after(30):
+            await peer.event("held")
+        old_pid = server.helper_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # No checkpoint between the kill and the close: the host cannot have noticed yet.
+        await accepted[0].aclose()
+        with trio.fail_after(RESET_BOUND):
+            end = await peer.event("hold_end")
+        assert "reset" in end["error"], end
+        assert server.helper_pid != old_pid
+        await listener.aclose()

@@ -76,6 +76,13 @@ class Generation:
         # The four-tuples of the connections open when this helper died: their peers may still
         # hold them, and the next helper makes them reset (NodeLifecycle, reset_peers).
         self.orphaned: list[str] = []
+        # Connections the application closed before their tailnet side ended, by conn id:
+        # (heartbeats sent by then, four-tuple). Their close_conn may have reached a helper
+        # that was already dead (the application closes as soon as its fd breaks, which can
+        # be before the host learns of the death), so they stay orphan candidates until a
+        # heartbeat sent after the close is answered: the helper read the close_conn first.
+        self._closing: dict[int, tuple[int, str]] = {}
+        self._pings = 0
         # Reset streams' fds, kept open until the helper's conn_reset (TailnetStream.reset).
         self._held: dict[int, int] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
@@ -147,13 +154,17 @@ class Generation:
     async def _heartbeat(self, policy: RestartPolicy) -> None:
         while not self.died.is_set():
             await trio.sleep(policy.heartbeat_interval)
+            sent = self._pings
+            self._pings += 1
             with trio.move_on_after(policy.heartbeat_timeout) as scope:
                 try:
                     await self.rpc.request("ping", {})
                 except RemoteError:
-                    continue  # an answer, even "hello first", proves the helper is alive
+                    pass  # an answer, even "hello first", proves the helper is alive
                 except TsprocError:
                     return  # the channel is gone: die() is already under way
+                # Answered: the helper read every close_conn sent before this ping.
+                self._closing = {conn: v for conn, v in self._closing.items() if v[0] > sent}
             if scope.cancelled_caught:
                 self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return
@@ -179,6 +190,8 @@ class Generation:
         self.process.kill()  # before the channel closes: see _channel_broke
         self.rpc.close()
         self.orphaned = [state.four_tuple for state in self.conns.values() if state.four_tuple]
+        self.orphaned += [four_tuple for _, four_tuple in self._closing.values()]
+        self._closing.clear()
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")
         self.conns.clear()
@@ -432,6 +445,8 @@ class Generation:
             if held is not None:
                 os.close(held)
             return
+        if pending and state.four_tuple:
+            self._closing[state.conn_id] = (self._pings, state.four_tuple)
         if held is not None:
             # Reset: the helper resets the tailnet side, then answers conn_reset, which closes
             # *held* (as the helper's death does). Until then the helper cannot read EOF on

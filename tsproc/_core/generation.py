@@ -76,11 +76,11 @@ class Generation:
         # The four-tuples of the connections open when this helper died: their peers may still
         # hold them, and the next helper makes them reset (NodeLifecycle, reset_peers).
         self.orphaned: list[str] = []
-        # Connections the application closed before their tailnet side ended, by conn id:
-        # (heartbeats sent by then, four-tuple). Their close_conn may have reached a helper
-        # that was already dead (the application closes as soon as its fd breaks, which can
-        # be before the host learns of the death), so they stay orphan candidates until a
-        # heartbeat sent after the close is answered: the helper read the close_conn first.
+        # Connections the application closed, by conn id: (heartbeats sent by then,
+        # four-tuple). The helper may have died before it acted on the close (the application
+        # closes as soon as its fd breaks, which can be before the host learns of the death;
+        # or its FIN was still to go out after the peer's), so they stay orphan candidates
+        # until a heartbeat sent after the close is answered.
         self._closing: dict[int, tuple[int, str]] = {}
         self._pings = 0
         # Reset streams' fds, kept open until the helper's conn_reset (TailnetStream.reset).
@@ -445,7 +445,7 @@ class Generation:
             if held is not None:
                 os.close(held)
             return
-        if pending and state.four_tuple:
+        if state.four_tuple:
             self._closing[state.conn_id] = (self._pings, state.four_tuple)
         if held is not None:
             # Reset: the helper resets the tailnet side, then answers conn_reset, which closes

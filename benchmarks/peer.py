@@ -117,13 +117,14 @@ class HopHelper:
             if state is not None:
                 state.finish(msg.params.get("clean") is True, str(msg.params.get("error", "")))
 
-    def _closed(self, state: ConnState, held: int | None = None) -> None:
+    def _closed(self, state: ConnState, held: int | None = None, seen: bool = False) -> None:
         # *held*: a reset stream's fd (tsproc/_core/generation.py). The hop never resets; a --base
-        # tree older than resets calls this with the state alone.
+        # tree older than resets calls this with the state alone, one older than 0.3 without
+        # *seen* (the helper tells the close from a half-close itself: no close_conn).
         if held is not None:
             os.close(held)
         assert self.rpc is not None
-        if self._conns.pop(state.conn_id, None) is not None:
+        if self._conns.pop(state.conn_id, None) is not None and not seen:
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
 
     async def dial(self) -> TailnetStream:

@@ -271,10 +271,10 @@ WHY_MISSED = {
     "hop": "a round trip crosses four more process boundaries (application and helper at "
     "both ends); each is a wake-up of another process, which on two busy shared cores often "
     "waits for a CPU (see the CPU pressure in the header, and the helper hop line).",
-    "setup": "a connection costs control-channel messages (dial and its answer with the fd, "
-    "accepted with the fd, grant, close_conn, conn_end), a socketpair, fd passing and pump "
-    "goroutines at each end, and a trio task switch per message in each host "
-    "(benchmarks/README.md, set-up profile).",
+    "setup": "a connection costs four control-channel messages (dial and its answer with the "
+    "fd, accepted with the fd, the conn_end before the server's EOF; a grant per half "
+    "backlog), a socketpair, fd passing and pump goroutines at each end, and in each host "
+    "the wake-ups those messages cause (benchmarks/README.md, issue 26 §1).",
     "idle": "each bridged connection holds its pump goroutines and a socketpair in each "
     "helper, on top of tsnet's own per-connection state (benchmarks/README.md).",
     "rss": "tsnet's own buffers under load (wireguard-go's message buffers, netstack's "

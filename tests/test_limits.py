@@ -172,6 +172,35 @@ async def test_a_request_too_big_for_a_frame_fails_that_call_and_leaves_the_help
         await events.aclose()
 
 
+async def test_accepted_connections_are_granted_back_in_batches(tailnet_node):
+    """The host grants credit back in batches of half the backlog (docs/protocol.md §7), not
+    with a message per accepted connection, and a client that dials one connection after
+    another never waits for credit."""
+    backlog, count = 4, 10
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(9402, backlog=backlog)
+        rpc = server._generation.rpc
+        grants: list[int] = []
+        notify = rpc.notify_nowait
+
+        def recording(method: str, params: dict) -> None:
+            if method == "grant":
+                grants.append(params["n"])
+            notify(method, params)
+
+        rpc.notify_nowait = recording  # type: ignore[method-assign]
+        for i in range(count):
+            with trio.fail_after(10):
+                stream = await client.dial("server", 9402)
+                await stream.send_all(b"x")
+                accepted = await listener.accept()
+                assert await accepted.receive_some(1) == b"x", i
+            await accepted.aclose()
+            await stream.aclose()
+        assert grants == [backlog // 2] * (count // (backlog // 2)), grants
+        await listener.aclose()
+
+
 async def test_a_listener_nobody_accepts_from_holds_at_most_backlog(tailnet_node):
     """The helper hands over at most `backlog` connections the application has not accepted;
     other listeners, dials and RPCs keep working meanwhile."""

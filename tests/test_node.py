@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from functools import partial
 
 import pytest
@@ -115,6 +116,41 @@ async def test_half_close_in_both_directions(tailnet_node, first_to_close):
             assert await read_all(closer) == b"more 0;more 1;more 2;"
             await c.aclose()
             await s.aclose()
+
+
+@pytest.mark.parametrize("half_close_first", [False, True])
+async def test_closing_a_stream_ends_the_tailnet_connection_at_once(tailnet_node,
+                                                                    half_close_first):
+    """A stream closed while its peer keeps its side open ends the tailnet connection now (the
+    peer reads EOF), not when the peer next speaks. On Linux the helper sees a close itself
+    (docs/protocol.md §6): the host says it with close_conn only after a half-close."""
+    async with tailnet_node("server") as server, tailnet_node("client") as client:
+        listener = await server.listen(8004)
+        rpc = client._generation.rpc
+        sent: list[str] = []
+        notify = rpc.notify_nowait
+
+        def recording(method: str, params: dict) -> None:
+            sent.append(method)
+            notify(method, params)
+
+        rpc.notify_nowait = recording  # type: ignore[method-assign]
+        with trio.fail_after(20):
+            stream = await client.dial("server", 8004)
+            await stream.send_all(b"request")
+            peer = await listener.accept()
+            assert await peer.receive_some(7) == b"request"
+            if half_close_first:
+                await stream.send_eof()
+                assert await peer.receive_some(1) == b""
+            await stream.aclose()
+            assert await read_all(peer) == b""
+            while (await client.status()).helper_conns:
+                await trio.sleep(0.05)
+        expected = ["close_conn"] if half_close_first or sys.platform != "linux" else []
+        assert sent == expected
+        await peer.aclose()
+        await listener.aclose()
 
 
 async def test_200_concurrent_connections_each_carrying_data(tailnet_node):

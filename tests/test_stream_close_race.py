@@ -20,7 +20,7 @@ async def test_aclose_wakes_a_receiver_waiting_for_the_eof_verdict():
     ours, theirs = socket.socketpair()
     forgotten: list[int] = []
     stream = TailnetStream._create(ours.detach(), ConnState(7, 1), "100.64.0.1:1", "100.64.0.2:2",
-                           on_close=lambda state, held: forgotten.append(state.conn_id))
+                           on_close=lambda state, held, seen: forgotten.append(state.conn_id))
     theirs.close()  # EOF, and no conn_end will ever come
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:

@@ -87,6 +87,8 @@ class Generation:
         self._held: dict[int, int] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
         self.id_by_listener: dict[TailnetListener, int] = {}
+        # Connections accepted per listener id and not yet granted back (see grant).
+        self._ungranted: dict[int, int] = {}
         # Listener ids this host closed whose close_listener the helper has not answered yet:
         # an `accepted` for one of them may still come (its connection is dropped). Any other
         # unknown id is a protocol error.
@@ -400,6 +402,7 @@ class Generation:
         listener = self.listener_by_id.get(listener_id)
         if listener is not None:
             listener.push(stream)
+            self._grant_if_short(listener, listener_id)
             return
         # For a listener being closed, nobody will accept it: resetting the stream resets it
         # in the helper too. Any other id was never the host's.
@@ -416,6 +419,7 @@ class Generation:
         if listener_id is None or self.died.is_set():
             return False
         self.listener_by_id.pop(listener_id, None)
+        self._ungranted.pop(listener_id, None)
         self._retired.add(listener_id)
         assert self._nursery is not None  # run() started before any listener registered
         self._nursery.start_soon(self._close_listener, listener_id, released)
@@ -434,12 +438,32 @@ class Generation:
                 released.set()
 
     def grant(self, listener: TailnetListener, stream: TailnetStream) -> None:
+        """The application accepted *stream*: its credit goes back to the helper, in batches
+        (docs/protocol.md §7). A grant per accept would cost a control message and a wake-up
+        of the helper per connection; instead the host grants once half the backlog has been
+        accepted, and at once when the helper has run out of credit (the queued and the
+        ungranted connections make the backlog), which with fewer than half ungranted means
+        that more than half of the backlog waits here. The bound is unchanged: the helper
+        still hands over at most backlog connections the host has not granted back."""
         listener_id = self.id_by_listener.get(listener)
         if listener_id is not None and stream._state.generation == self.number:
-            self.rpc.notify_nowait("grant", {"listener": listener_id, "n": 1})
+            ungranted = self._ungranted.get(listener_id, 0) + 1
+            self._ungranted[listener_id] = ungranted
+            if ungranted >= max(1, listener.backlog // 2):
+                self._grant_if_short(listener, listener_id, force=True)
+            else:
+                self._grant_if_short(listener, listener_id)
 
-    def stream_closed(self, state: ConnState, held: int | None) -> None:
-        """A stream was closed, or reset if *held* (a duplicate of its fd, now ours) is given."""
+    def _grant_if_short(self, listener: TailnetListener, listener_id: int, *,
+                        force: bool = False) -> None:
+        ungranted = self._ungranted.get(listener_id, 0)
+        if ungranted and (force or ungranted + listener.waiting >= listener.backlog):
+            self._ungranted[listener_id] = 0
+            self.rpc.notify_nowait("grant", {"listener": listener_id, "n": ungranted})
+
+    def stream_closed(self, state: ConnState, held: int | None, seen: bool = False) -> None:
+        """A stream was closed, or reset if *held* (a duplicate of its fd, now ours) is given;
+        *seen*: the helper tells this close from a half-close by itself."""
         pending = self.conns.pop(state.conn_id, None) is not None
         if self.died.is_set():
             if held is not None:
@@ -453,7 +477,7 @@ class Generation:
             # its end and half-close the tailnet side before the reset.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id, "reset": True})
             self._held[state.conn_id] = held
-        elif pending:
+        elif pending and not seen:
             # Closed before the tailnet side ended: tell the helper to drop the tailnet
             # connection now, instead of keeping it until the peer speaks again.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -32,6 +33,11 @@ __all__ = ["ConnState", "TailnetListener", "TailnetStream", "adopt_socket", "spl
 _SOCKET_BUFFER: Final = 1 << 20
 # How long aclose() waits for the helper to release a listener's port.
 _RELEASE_TIMEOUT: Final = 5.0
+# On Linux the helper tells a closed socketpair end from a half-closed one by itself (POLLHUP
+# with the EOF), so a stream closed without a half-close before needs no close_conn
+# (docs/protocol.md §6).
+_HELPER_SEES_CLOSE: Final = sys.platform == "linux"
+_MSG_NOSIGNAL: Final[int] = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
 class ConnState:
@@ -113,7 +119,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         state: ConnState,
         local_addr: object,
         remote_addr: object,
-        on_close: Callable[[ConnState, int | None], None] | None = None,
+        on_close: Callable[[ConnState, int | None, bool], None] | None = None,
         *,
         via_funnel: bool = False,
         whois: Callable[[Addr], Awaitable[WhoIs]] | None = None,
@@ -123,6 +129,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         self.socket_stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self._sock = sock  # the same socket, for the synchronous check in _close_locally
         self.local_addr = split_addr(local_addr)
         self.remote_addr = split_addr(remote_addr)
         self.via_funnel = via_funnel
@@ -208,6 +215,20 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
         self._close_locally()
         self.socket_stream.socket.close()
 
+    def _helper_sees_close(self) -> bool:
+        """Whether the close about to happen reaches the helper as a close, not as the EOF of
+        a half-close: only where it polls for it, and only if the socket was not shut down for
+        writing before (by send_eof, or through a duplicate of its fd, as the faces make). A
+        zero-length send tells: it fails with EPIPE on such a socket and moves nothing (no
+        wake-up of the helper) on any other."""
+        if not _HELPER_SEES_CLOSE:
+            return False
+        try:
+            self._sock.send(b"", _MSG_NOSIGNAL)
+        except OSError:
+            return False  # half-closed (EPIPE), or a state we cannot read: say it in words
+        return True
+
     def reset_now(self) -> None:
         """:meth:`reset` without a checkpoint (for cleanup paths that cannot await)."""
         self._close_locally(reset=True)
@@ -223,7 +244,7 @@ class TailnetStream(trio.abc.HalfCloseableStream, metaclass=NoPublicConstructor)
                 # would half-close the tailnet connection, and the peer would read EOF.
                 with contextlib.suppress(OSError):
                     held = os.dup(self.socket_stream.socket.fileno())
-            on_close(self._state, held)
+            on_close(self._state, held, not reset and self._helper_sees_close())
         self._closed = True
         # A task may have read EOF and be waiting in _verify_eof for a conn_end that will now
         # never be delivered (on_close made the node forget this conn): wake it, and it raises

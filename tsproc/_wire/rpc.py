@@ -106,9 +106,12 @@ class RpcChannel:
         self._nursery: trio.Nursery | None = None
         self._answering = 0
         self._decoder = proto.Decoder()
-        # Every frame goes through one writer task: callers that cannot await (a stream's
-        # close, a listener's accept) can still send, and queued frames leave in one write.
+        # A frame is written at once when nothing is queued before it and the socket takes it
+        # whole (_send); otherwise it goes through one writer task, so that callers that
+        # cannot await (a stream's close, a listener's accept) can still send, and queued
+        # frames leave in one write. _unsent counts the frames queued and not yet written.
         self._outbox_send, self._outbox = trio.open_memory_channel[bytes | _FdFrame](math.inf)
+        self._unsent = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._broken: BaseException | None = None
@@ -184,6 +187,7 @@ class RpcChannel:
             except trio.ClosedResourceError:
                 return
             finally:
+                self._unsent -= len(items)
                 for leftover in items:
                     if isinstance(leftover, _FdFrame):
                         leftover.close()
@@ -231,7 +235,10 @@ class RpcChannel:
         pending = _Pending(on_result)
         self._pending[request_id] = pending
         try:
-            self._outbox_send.send_nowait(frame if fd is None else _FdFrame(frame, os.dup(fd)))
+            if fd is None:
+                self._send(frame)
+            else:
+                self._queue(_FdFrame(frame, os.dup(fd)))
             await pending.done.wait()
         except BaseException:
             # Cancelled: a late answer is closed by the reader when it comes.
@@ -250,7 +257,7 @@ class RpcChannel:
     def notify_nowait(self, method: str, params: dict[str, Any]) -> None:
         """Queue a notification; silently dropped if the channel is gone (nobody to tell)."""
         if self._broken is None:
-            self._outbox_send.send_nowait(proto.encode_notification(method, params))
+            self._send(proto.encode_notification(method, params))
 
     def request_nowait(self, method: str, params: dict[str, Any]) -> None:
         """Queue a request whose answer nobody waits for (any fd in it is closed)."""
@@ -260,7 +267,7 @@ class RpcChannel:
             pending = _Pending()
             pending.abandoned = True
             self._pending[request_id] = pending
-            self._outbox_send.send_nowait(frame)
+            self._send(frame)
 
     def close(self) -> None:
         """Close the socket and fail every waiting request. Idempotent."""
@@ -330,7 +337,32 @@ class RpcChannel:
         except ProtocolError as exc:
             frame = proto.encode_response(request_id, {"code": "limit", "message": str(exc)}, None)
         if self._broken is None:
-            self._outbox_send.send_nowait(frame)
+            self._send(frame)
+
+    def _send(self, frame: bytes) -> None:
+        """Write *frame* now if nothing is queued before it and the socket takes it whole;
+        otherwise (or for the part it did not take) queue it for the writer task.
+
+        A request then costs no task switch to the writer and no scheduler pass before its
+        bytes leave. A frame is never split between the two paths in a way the helper could
+        see: what the socket did not take is queued first in line, and the writer sends it
+        before anything queued after it."""
+        if self._unsent == 0 and self._broken is None:
+            try:
+                sent = os.write(self._sock.fileno(), frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._fail(HelperDiedError(f"cannot write to the helper: {exc}"))
+                return
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self._queue(frame)
+
+    def _queue(self, item: bytes | _FdFrame) -> None:
+        self._unsent += 1
+        self._outbox_send.send_nowait(item)
 
     @staticmethod
     def _deliver(pending: _Pending, response: proto.Response) -> None:

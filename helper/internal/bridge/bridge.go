@@ -54,7 +54,8 @@ type Bridge struct {
 	localRC syscall.RawConn // local's fd, to wait for data without holding a buffer
 	pumps   atomic.Int32    // pumps still running; the last one to end finishes the bridge
 
-	// hostGone is set by close_conn: the host closed its end for good. forwarded is set once
+	// hostGone is set by close_conn: the host closed its end for good (or keeps it only
+	// until its reset is done) and expects no conn_end. forwarded is set once
 	// everything the host wrote has reached the tailnet connection. When both hold, the
 	// tailnet connection is closed fully, as closing a TCP socket would (see HostClosed).
 	hostGone  atomic.Bool
@@ -65,7 +66,8 @@ type Bridge struct {
 
 // New makes the socketpair for tn, the tailnet connection with the helper-wide id. Until Start
 // is called nothing is pumped; the caller hands TakePassFD to the host and then calls Start,
-// or Abort if the hand-over failed. onEnd is called once the tailnet → host direction ends.
+// or Abort if the hand-over failed. onEnd is called once the tailnet → host direction ends,
+// unless the host let the connection go first (HostClosed, HostReset).
 func New(id uint64, tn net.Conn, onEnd connEndFunc) (*Bridge, error) {
 	local, passFD, err := NewSocketpair(unix.SOCK_STREAM, "tsproc-conn", hostSendBuf)
 	if err != nil {
@@ -110,22 +112,38 @@ func (b *Bridge) Start(finished func()) {
 func (b *Bridge) pumpToHost() {
 	err := copyFromTailnet(b.local, b.tn)
 	if err == nil {
-		b.onEnd(b.id, true, nil)
+		b.reportEnd(true, nil)
 		if err := b.local.CloseWrite(); err != nil {
 			b.Abort()
 		}
 		return
 	}
-	b.onEnd(b.id, false, err)
+	b.reportEnd(false, err)
 	b.Abort()
 }
 
+// reportEnd calls onEnd, unless the host has already let the connection go (close_conn,
+// with or without reset): it has forgotten the conn and nobody reads its end, so the word
+// would be a control message, and a wake-up of the host, for nothing (docs/protocol.md §6).
+func (b *Bridge) reportEnd(clean bool, err error) {
+	if !b.hostGone.Load() {
+		b.onEnd(b.id, clean, err)
+	}
+}
+
 // finishHostPump ends the host → tailnet direction once its copy has returned err. EOF from
-// the host (the application half-closed) is passed on as a half-close of the tailnet
-// connection.
+// the host is passed on as a half-close of the tailnet connection when the application
+// half-closed, and as a close when it closed its end (hostClosedFully).
 func (b *Bridge) finishHostPump(err error) {
 	if err != nil {
 		b.Abort()
+		return
+	}
+	if b.hostClosedFully() {
+		// Closed, not half-closed: as close_conn (HostClosed), everything it wrote has
+		// been forwarded, so the tailnet connection closes in order now.
+		b.hostGone.Store(true)
+		b.finish()
 		return
 	}
 	cw, ok := b.tn.(interface{ CloseWrite() error })
@@ -160,7 +178,10 @@ func (b *Bridge) HostClosed() {
 // Whatever the host wrote and the pump has not yet forwarded is discarded, as a kernel
 // socket's RST discards its send queue. The host keeps its end open until the conn_reset
 // that follows, so the host → tailnet pump cannot read EOF and half-close first.
-func (b *Bridge) HostReset() { b.Abort() }
+func (b *Bridge) HostReset() {
+	b.hostGone.Store(true)
+	b.Abort()
+}
 
 // Abort ends the bridge abortively: both sides closed, and the tailnet connection reset
 // (Reset), so that a peer never reads a cut-off transfer as complete. It is how every

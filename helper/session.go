@@ -82,6 +82,7 @@ func runNode(args []string) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 
+	adaptProcs()
 	sess := newSession(rd, wr, flt, *tsnetLogs)
 	served := make(chan error, 1)
 	go func() { served <- sess.serve() }()

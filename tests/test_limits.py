@@ -37,7 +37,9 @@ async def settled(node: tsproc.Node, timeout: float = 30) -> int:
         while True:
             status = await node.status()
             if status.helper_conns == 0:
-                await trio.sleep(0.5)  # let the pumps' goroutines finish exiting
+                # Let the pumps' goroutines finish exiting: a pooled one waits a second
+                # for another connection first (helper/internal/bridge/pool.go).
+                await trio.sleep(2)
                 return (await node.status()).helper_goroutines
             await trio.sleep(0.1)
 

@@ -324,7 +324,9 @@ async def test_1000_connections_leave_nothing_behind(tailnet_node):
                     while True:
                         s, c = await server.status(), await client.status()
                         if s.helper_conns == 0 and c.helper_conns == 0:
-                            await trio.sleep(0.5)  # let the pumps' goroutines finish exiting
+                            # Let the pumps' goroutines finish exiting: a pooled one
+                            # waits a second for another connection first (bridge/pool.go).
+                            await trio.sleep(2)
                             s, c = await server.status(), await client.status()
                             return s.helper_goroutines, c.helper_goroutines
                         await trio.sleep(0.1)

@@ -93,9 +93,11 @@ func New(id uint64, tn net.Conn, onEnd connEndFunc) (*Bridge, error) {
 // both sides and calls finished (from the pump that ended last: no third goroutine waits).
 func (b *Bridge) Start(finished func()) {
 	b.pumps.Store(2)
+	pumpsStarted()
 	done := func() {
 		if b.pumps.Add(-1) == 0 {
 			b.finish() // a no-op if a pump has already aborted
+			pumpsEnded()
 			finished()
 		}
 	}
@@ -253,7 +255,9 @@ func copyFromTailnet(dst io.Writer, src io.Reader) error {
 		}
 		large := largeBufs.Get().(*[]byte)
 		for full := true; full; full = n == len(*large) {
-			n, err = src.Read(*large)
+			if n, err = src.Read(*large); n == len(*large) {
+				fullReads.Add(1)
+			}
 			if werr := writeAll(dst, (*large)[:n]); werr != nil {
 				largeBufs.Put(large)
 				return werr
@@ -311,6 +315,8 @@ func readPooled(rc syscall.RawConn) (buf *[]byte, n int, err error) {
 	})
 	if n < 0 {
 		n = 0
+	} else if buf != nil && n == len(*buf) {
+		fullReads.Add(1)
 	}
 	switch {
 	case err != nil:
@@ -326,6 +332,7 @@ func writeAll(w io.Writer, p []byte) error {
 		return nil
 	}
 	n, err := w.Write(p)
+	moved.Add(uint64(max(n, 0)))
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
 	}

@@ -9,7 +9,11 @@ import (
 // Copy copies src to dst until EOF (nil) or an error with the pump's adaptive buffers (a small
 // one while little arrives, a pooled large one while data queues), as the tailnet → host pump
 // does. The helper's forwards use it from a tailnet connection to a local socket.
-func Copy(dst io.Writer, src io.Reader) error { return copyFromTailnet(dst, src) }
+func Copy(dst io.Writer, src io.Reader) error {
+	pumpsStarted()
+	defer pumpsEnded()
+	return copyFromTailnet(dst, src)
+}
 
 // CopyFromLocal copies a kernel socket (a forward's accepted connection) to dst until EOF
 // (nil) or an error, as the host → tailnet pump does: it waits for data holding no buffer and
@@ -20,6 +24,8 @@ func CopyFromLocal(dst io.Writer, src syscall.Conn) error {
 	if err != nil {
 		return fmt.Errorf("local socket: %w", err)
 	}
+	pumpsStarted()
+	defer pumpsEnded()
 	for {
 		buf, n, err := readPooled(rc)
 		if n > 0 {

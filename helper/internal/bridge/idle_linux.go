@@ -71,7 +71,7 @@ func (p *idlePoller) run() {
 			// A stale event for a closed fd whose number was reused finds the new bridge
 			// not armed (or armed, and then it merely reads EAGAIN and re-arms).
 			if b != nil && b.armed.CompareAndSwap(true, false) {
-				go b.runHostPump()
+				goPump(b.runHostPump)
 			}
 		}
 	}
@@ -81,7 +81,7 @@ func (p *idlePoller) run() {
 func (b *Bridge) startHostPump(done func()) {
 	b.hostDone = done
 	if hostPoller.start() != nil || b.localRC.Control(func(fd uintptr) { b.fd = int32(fd) }) != nil {
-		go b.runHostPumpNoIdle()
+		goPump(b.runHostPumpNoIdle)
 		return
 	}
 	hostPoller.mu.Lock()
@@ -102,7 +102,7 @@ func (b *Bridge) arm(op int) {
 	})
 	if err != nil && b.armed.CompareAndSwap(true, false) {
 		// Closed under us: the pump reads the error and ends.
-		go b.runHostPump()
+		goPump(b.runHostPump)
 	}
 }
 

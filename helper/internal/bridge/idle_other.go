@@ -9,10 +9,10 @@ type bridgeIdleState struct{}
 
 // startHostPump starts the host → tailnet direction; done is called when it has ended.
 func (b *Bridge) startHostPump(done func()) {
-	go func() {
+	goPump(func() {
 		defer done()
 		b.finishHostPump(b.copyFromHost())
-	}()
+	})
 }
 
 func (b *Bridge) disarm() {}

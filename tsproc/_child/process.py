@@ -42,9 +42,11 @@ LineParser = Callable[[str], tuple[int, str] | None]
 
 
 def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
-               stdout: int | None) -> tuple[subprocess.Popen[bytes], int]:
+               stdout: int | None,
+               pass_fds: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """Fork *argv* from this thread with a new pipe as its stderr (and as its stdout when
-    *stdout* is None): the Popen and the pipe's read end, for :class:`ChildProcess`.
+    *stdout* is None): the Popen and the pipe's read end, for :class:`ChildProcess`. The
+    child inherits *pass_fds* too, under the same numbers.
 
     Raises:
         OSError: it could not be started (the pipe is closed then).
@@ -61,6 +63,7 @@ def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
             stderr=log_write,
             env=dict(env),
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             # Its own session: a Ctrl-C meant for the host's terminal must not reach it; the
             # host decides when it stops.
             start_new_session=True,
@@ -113,7 +116,11 @@ class ChildProcess:
                 # Cancelled before the child exited.
                 self.kill()
                 self.returncode = self._popen.wait()
+            self._on_exit()
             self.exited.set()
+
+    def _on_exit(self) -> None:
+        """Called once the child has exited, before :attr:`exited` is set."""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send *sig* to the child if it still runs."""

@@ -47,6 +47,8 @@ _HELLO_TIMEOUT: Final = 10.0
 # nor failed within this, is treated as a hang (the heartbeat normally notices much sooner).
 # Requests that wait in the helper carry the caller's deadline instead (_config.call_deadline).
 RPC_TIMEOUT: Final = 60.0
+# The heartbeat's wait is measured in slices of this (_answered_within).
+_SLICE: Final = 0.1
 # How long closing a listener waits for the helper to confirm it.
 _CLOSE_LISTENER_TIMEOUT: Final = 5.0
 
@@ -158,18 +160,27 @@ class Generation:
             await trio.sleep(policy.heartbeat_interval)
             sent = self._pings
             self._pings += 1
-            with trio.move_on_after(policy.heartbeat_timeout) as scope:
-                try:
-                    await self.rpc.request("ping", {})
-                except RemoteError:
-                    pass  # an answer, even "hello first", proves the helper is alive
-                except TsprocError:
-                    return  # the channel is gone: die() is already under way
-                # Answered: the helper read every close_conn sent before this ping.
-                self._closing = {conn: v for conn, v in self._closing.items() if v[0] > sent}
-            if scope.cancelled_caught:
+            answered, alive = trio.Event(), [True]
+            assert self._nursery is not None
+            self._nursery.start_soon(self._ping, answered, alive)
+            if not await _answered_within(answered, policy.heartbeat_timeout):
                 self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return
+            if not alive[0]:
+                return  # the channel is gone: die() is already under way
+            # Answered: the helper read every close_conn sent before this ping.
+            self._closing = {conn: v for conn, v in self._closing.items() if v[0] > sent}
+
+    async def _ping(self, answered: trio.Event, alive: list[bool]) -> None:
+        """One heartbeat: sets *answered* once the helper answered or the channel ended
+        (then *alive* becomes [False])."""
+        try:
+            await self.rpc.request("ping", {})
+        except RemoteError:
+            pass  # an answer, even "hello first", proves the helper is alive
+        except TsprocError:
+            alive[0] = False
+        answered.set()
 
     def _channel_broke(self, error: BaseException) -> None:
         """The channel ends: called before its socket closes. If the host gave up on the
@@ -481,6 +492,27 @@ class Generation:
             # Closed before the tailnet side ended: tell the helper to drop the tailnet
             # connection now, instead of keeping it until the peer speaks again.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
+
+
+async def _answered_within(answered: trio.Event, host_seconds: float) -> bool:
+    """Wait for *answered* while the host runs for *host_seconds*: False if it never came.
+
+    Only the time this host's loop actually ran counts. A loop held up — a slow log handler,
+    a blocking call in the application, the whole machine stalled — cannot read an answer
+    that arrived meanwhile, and the deadline would fire in the same pass that would have
+    read it: every node's helper declared hung at once, healthy ones too. So the wait goes in
+    slices of _SLICE, and a slice counts for at most its length, however late it ended: the
+    answer is missed only after host_seconds / _SLICE passes of the loop at least, each of
+    which could have read it. A stuck helper is still declared hung, after *host_seconds* of
+    a host that runs (somewhat later on a loaded one: its slices end late)."""
+    awake = 0.0
+    while awake < host_seconds:
+        began = trio.current_time()
+        with trio.move_on_after(min(_SLICE, host_seconds - awake)):
+            await answered.wait()
+            return True
+        awake += min(trio.current_time() - began, _SLICE)
+    return answered.is_set()
 
 
 class _ListenerClaim:

@@ -104,6 +104,8 @@ func (n *node) handOver(l *tsListener, c net.Conn) bool {
 		params["remote"], params["funnel"] = src.String(), true
 	}
 	err = wire.Notify(n.out, "accepted", params, b.TakePassFD())
+	// The host has it now, or it is reset below: either way its peer needs no reset later.
+	n.record.Done(c.LocalAddr(), c.RemoteAddr())
 	n.startConn(b, err == nil)
 	return err == nil
 }

@@ -12,6 +12,7 @@ import (
 	"tailscale.com/tsnet"
 
 	"github.com/tsproc/tsproc/helper/internal/bridge"
+	"github.com/tsproc/tsproc/helper/internal/connrecord"
 	"github.com/tsproc/tsproc/helper/internal/statestore"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -25,6 +26,9 @@ type node struct {
 	out       wire.Sender       // notifications to the host
 	host      statestore.Caller // requests to the host (the dispatcher), for a host state store
 	tsnetLogs bool
+	// record holds the tuples of connections netstack took on and the host has not been
+	// handed yet (internal/connrecord); nil without one.
+	record *connrecord.Record
 
 	// startMu is held across tsnet's Start and by close, because tsnet.Server.Close must
 	// not run before or concurrently with Start.

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tsproc/tsproc/helper/internal/connrecord"
 	"github.com/tsproc/tsproc/helper/internal/nolisten"
 	"github.com/tsproc/tsproc/helper/internal/parentwatch"
 	"github.com/tsproc/tsproc/helper/internal/wire"
@@ -33,6 +34,7 @@ const (
 func runNode(args []string) int {
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	tsnetLogs := fs.Bool("tsnet-logs", true, "write tsnet's verbose backend log to stderr (level debug, source tsnet)")
+	recordFD := fs.Int("conn-record-fd", -1, "an inherited fd of the host's shared connection record (internal/connrecord)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tsproc-helper node [flags]\n\n"+
 			"Speaks the tsproc protocol on fds 0 and 1, which must be one end of an AF_UNIX\n"+
@@ -84,6 +86,14 @@ func runNode(args []string) int {
 
 	adaptProcs()
 	sess := newSession(rd, wr, flt, *tsnetLogs)
+	if *recordFD >= 0 {
+		// Without it the host still resets the peers of every connection it was handed.
+		rec, err := connrecord.Open(*recordFD)
+		if err != nil {
+			stderrLog.Log("warn", "helper", fmt.Sprintf("connections not yet handed over will not be reset after a crash: %v", err))
+		}
+		sess.node.record = rec
+	}
 	served := make(chan error, 1)
 	go func() { served <- sess.serve() }()
 	helperLogf("tsproc-helper %s (tailscale %s, protocol %d) serving, pid %d",

@@ -22,6 +22,7 @@ import (
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 
+	"github.com/tsproc/tsproc/helper/internal/connrecord"
 	"github.com/tsproc/tsproc/helper/internal/timewait"
 	"github.com/tsproc/tsproc/helper/internal/wire"
 )
@@ -182,6 +183,12 @@ func (n *node) start(_ context.Context, p *wire.ParamReader) (*wire.Reply, error
 	// Before the node is up, so that no connection ever meets netstack's 60 s TIME_WAIT.
 	if err := timewait.ShortenTimeWait(srv); err != nil {
 		stderrLog.Log("warn", "helper", fmt.Sprintf("a new connection on a recently used 4-tuple may stall: %v", err))
+	}
+	// Before the node is up: no peer can open a flow yet while netstack's hook changes.
+	if n.record != nil {
+		if err := connrecord.Watch(srv, n.record); err != nil {
+			stderrLog.Log("warn", "helper", fmt.Sprintf("connections not yet handed over will not be reset after a crash: %v", err))
+		}
 	}
 	// Accept peers' subnet routes (dial reaches addresses inside them), and advertise ours.
 	prefsCtx, cancelPrefs := context.WithTimeout(context.Background(), localCallTimeout)

@@ -140,7 +140,7 @@ async def cancel_dials(soak: Soak, sn: SoakNode) -> str:
     async def one(delay: float, target: str) -> None:
         with trio.move_on_after(delay) as scope:
             try:
-                stream = await sn.node.dial(target, SERVICE_PORT)
+                stream = await soak.timeline.dial(sn.node, target, SERVICE_PORT)
             except EXPECTED_ERRORS as exc:
                 outcomes[type(exc).__name__] += 1
                 return
@@ -170,7 +170,7 @@ async def control_freeze(soak: Soak, sn: SoakNode) -> str:
     freeze = policy.heartbeat_interval + policy.heartbeat_timeout + 2
     transfer = soak.next_id()
     with trio.fail_after(30):
-        stream = await sn.node.dial(other.name, SERVICE_PORT)
+        stream = await soak.timeline.dial(sn.node, other.name, SERVICE_PORT)
     soak.counters.connections += 1
     s = Session(stream)
     exchanges = 0
@@ -241,7 +241,7 @@ async def saturate(soak: Soak, sn: SoakNode) -> str:
     async def one(src: SoakNode) -> None:
         try:
             with trio.fail_after(20):
-                stream = await src.node.dial(sn.name, SATURATE_PORT)
+                stream = await soak.timeline.dial(src.node, sn.name, SATURATE_PORT)
         except trio.TooSlowError:
             outcomes["dial timed out"] += 1
             return
@@ -321,7 +321,7 @@ async def memory_limit(soak: Soak, sn: SoakNode) -> str:
 
     async def fill(src: SoakNode) -> None:
         try:
-            stream = await src.node.dial(sn.name, SINK_PORT)
+            stream = await soak.timeline.dial(src.node, sn.name, SINK_PORT)
         except EXPECTED_ERRORS:
             return
         soak.counters.connections += 1

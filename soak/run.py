@@ -31,11 +31,11 @@ from tsproc._child.helper import find_helper, helper_environment
 
 from . import faults
 from .protocol import Ledger, Pool, Reconciled, Side
+from .timeline import GO_NAME, SLOW_DIAL, Judged, Timeline
 from .workload import SERVICE_PORT, UDP_PORT, Client, Counters, serve_conn
 
 ROOT = Path(__file__).resolve().parent.parent
 GOPEER = ROOT / "soak" / "gopeer" / "gopeer"
-GO_NAME = "soak-go"
 RECOVERY_BOUND = 120.0
 # How far the host's RSS may end above where it started (after the warm-up).
 RSS_BOUND = 96 << 20
@@ -149,9 +149,11 @@ class SoakNode:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     continue  # its helper restarted: open a new one
 
-    async def watch_events(self, events: tsproc.EventStream) -> None:
+    async def watch_events(self, events: tsproc.EventStream, timeline: Timeline) -> None:
         async for event in events:
-            if isinstance(event, tsproc.HelperRestartedEvent):
+            if isinstance(event, tsproc.StateEvent):
+                timeline.state(self.name, event.state)  # RESTARTING: its helper died
+            elif isinstance(event, tsproc.HelperRestartedEvent):
                 now = trio.current_time()
                 self.restarts.append((now, event.reason))
                 self.last_restart = now
@@ -180,6 +182,7 @@ class Soak:
     nodes: list[SoakNode]
     control_pid: int
     fault_rng: random.Random
+    timeline: Timeline
     policy: tsproc.RestartPolicy = POLICY
     faults: list[FaultRecord] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -240,9 +243,10 @@ def load_average() -> str:
 # -- the Go peer --
 
 class GoPeer:
-    def __init__(self, process: trio.Process, soak_ledger: Ledger) -> None:
+    def __init__(self, process: trio.Process, soak_ledger: Ledger, timeline: Timeline) -> None:
         self.process = process
         self.ledger = soak_ledger
+        self.timeline = timeline
         self.ready = trio.Event()
         self.done = trio.Event()
         self.ips: list[str] = []
@@ -271,6 +275,10 @@ class GoPeer:
             self.ledger.record(int(msg["id"]), msg["role"], msg["kind"],
                                Side(msg["outcome"], bool(msg["sent_all"]),
                                     int(msg["verified"]), str(msg["detail"])))
+            self.timeline.go_record(int(msg["id"]), msg["role"], msg["outcome"],
+                                    str(msg["detail"]), msg)
+        elif ev == "dial":
+            self.timeline.go_dial(msg)
         elif ev == "done":
             self.dialed = int(msg.get("dialed", 0))
             self.done.set()
@@ -317,9 +325,10 @@ async def run(cfg: Config) -> int:
                 nodes.append(sn)
                 log(f"{name} up: {', '.join(map(str, sn.ips))}")
             client_ids = itertools.count(1)
+            timeline = Timeline()
             soak = Soak(cfg, tailnet, ledger, pool, counters,
-                        Client(ledger, pool, counters, lambda: next(client_ids)), nodes,
-                        tailnet._process.pid, random.Random(rng.random()))
+                        Client(ledger, pool, counters, lambda: next(client_ids), timeline),
+                        nodes, tailnet._process.pid, random.Random(rng.random()), timeline)
             soak._ids = client_ids
             results = await _run_with_nodes(soak, stack, rng)
             rss_start = results.pop("rss_start")
@@ -362,8 +371,16 @@ async def run(cfg: Config) -> int:
                         "should not raise: " + "; ".join(reconciled.unexpected_details[:10]))
     if counters.udp_corrupt:
         failures.append(f"{counters.udp_corrupt} corrupt UDP datagrams")
+    judged = soak.timeline.judge() if soak is not None else Judged()
+    if judged.unexcused:
+        failures.append(f"{len(judged.unexcused)} dials took longer than {SLOW_DIAL:g} s with "
+                        "no fault on either end: " + "; ".join(judged.unexcused[:10]))
+    if judged.go_timeouts_died:
+        failures.append(f"{len(judged.go_timeouts_died)} connections of the Go peer ran into "
+                        "its deadline after their tsproc end's helper died (the new helper "
+                        "must reset them): " + "; ".join(judged.go_timeouts_died[:10]))
     table = _table(cfg, minutes, soak, reconciled, counters, leaks, rss_start, rss_end,
-                   load_start, load_average(), results)
+                   load_start, load_average(), results, judged)
     print(table, flush=True)
     if soak is not None:
         for f in soak.faults:
@@ -371,12 +388,21 @@ async def run(cfg: Config) -> int:
                 log(f"fault {f.kind} on {f.node} at {f.at:.0f}s: {f.note} {f.failed}")
     for note in counters.notes:
         log(f"note: {note}")
+    if cfg.verbose:
+        for what in judged.excused_details:
+            log(f"slow dial during a fault on one of its ends: {what}")
+        for what in judged.go_timeouts_other:
+            log(f"Go peer deadline hit, no helper death at its tsproc end: {what}")
     if cfg.json_path is not None:
         cfg.json_path.write_text(json.dumps({
             "seed": cfg.seed, "minutes": minutes, "table": table, "failures": failures,
             "faults": [f.__dict__ for f in soak.faults] if soak else [],
             "error_kinds": dict(reconciled.error_kinds), "notes": counters.notes,
             "error_samples": reconciled.error_samples,
+            "slow_dials_unexcused": judged.unexcused,
+            "slow_dials_excused": judged.excused_details,
+            "go_timeouts_helper_died": judged.go_timeouts_died,
+            "go_timeouts_other": judged.go_timeouts_other,
         }, indent=1, default=str))
     for failure in failures:
         log(f"FAIL: {failure}")
@@ -416,7 +442,7 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
     process = await trio.lowlevel.open_process(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=go_log, env=env,
         start_new_session=True)
-    gopeer = GoPeer(process, soak.ledger)
+    gopeer = GoPeer(process, soak.ledger, soak.timeline)
 
     async def stop_gopeer() -> None:
         with trio.CancelScope(shield=True):
@@ -433,7 +459,7 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
     async with trio.open_nursery() as outer:
         outer.start_soon(gopeer.read)
         for sn in soak.nodes:
-            outer.start_soon(sn.watch_events, sn.node.events())
+            outer.start_soon(sn.watch_events, sn.node.events(), soak.timeline)
         with trio.fail_after(120):
             await gopeer.ready.wait()
         if gopeer.error:
@@ -445,6 +471,9 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
                 servers.start_soon(sn.serve, soak)
                 servers.start_soon(sn.udp_echo)
             await _warm_up(soak)
+            soak.timeline.ip_names = {str(ip): sn.name for sn in soak.nodes for ip in sn.ips}
+            soak.timeline.ip_names.update((ip, GO_NAME) for ip in gopeer.ips)
+            soak.timeline.start()  # dials are judged from here on
             await gopeer.send("go")
             listeners_base = {sn.name: (await sn.node.status()).helper_listeners
                               for sn in soak.nodes}
@@ -604,6 +633,7 @@ async def _fault_loop(soak: Soak, stop: trio.Event, end_at: float) -> None:
             soak.failures.append(f"fault {kind} on {sn.name} raised {record.failed}")
         took = trio.current_time() - now
         record.recovery = await _wait_recovered(soak, now)
+        soak.timeline.fault(kind, sn.name, now, record.recovery)
         if record.recovery is None:
             soak.failures.append(f"fault {kind} on {sn.name}: not recovered within "
                                  f"{RECOVERY_BOUND:g} s")
@@ -688,7 +718,7 @@ async def _listener_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: 
         restarts = len(sn.restarts) + len(src.restarts)
         try:
             with trio.fail_after(30):
-                stream = await src.node.dial(sn.name, port)
+                stream = await soak.timeline.dial(src.node, sn.name, port)
         except (trio.TooSlowError, tsproc.TsprocError):
             pass
         else:
@@ -734,7 +764,7 @@ def _fmt_bytes(n: int) -> str:
 
 def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Counters,
            leaks: Counter[str], rss_start: int, rss_end: int, load_start: str, load_end: str,
-           results: dict[str, Any]) -> str:
+           results: dict[str, Any], j: Judged) -> str:
     fault_counts: Counter[str] = Counter(f.kind for f in soak.faults) if soak else Counter()
     failed_faults = sum(1 for f in soak.faults if f.failed) if soak else 0
     restarts = sum(len(sn.restarts) for sn in soak.nodes) if soak else 0
@@ -771,6 +801,20 @@ def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Cou
         ("faults injected", f"{sum(fault_counts.values())}: " + ", ".join(
             f"{k} {fault_counts[k]}" for k in faults.KINDS if fault_counts[k])),
         ("faults that showed a defect (must be 0)", str(failed_faults)),
+        ("dials (tsproc / Go peer)", f"{sum(j.dials.values())} ({j.dials['tsproc']} / "
+                                     f"{j.dials['Go peer']})"),
+        ("slowest dial", f"{j.slowest.took:.2f} s ({j.slowest.src}->{j.slowest.dst}, "
+         f"{j.slowest.outcome}{'; ' if j.slowest_excuse else ''}{j.slowest_excuse})"
+         if j.slowest else "-"),
+        (f"**dials > {SLOW_DIAL:g} s, no fault on either end (must be 0)**",
+         f"**{len(j.unexcused)}**"),
+        (f"dials > {SLOW_DIAL:g} s during a fault on one of their ends",
+         f"{sum(j.excused.values())}" + (" (" + ", ".join(
+             f"{k} {j.excused[k]}" for k in faults.KINDS if j.excused[k]) + ")"
+             if j.excused else "")),
+        ("**Go peer read deadlines hit, the tsproc end's helper died (must be 0)**",
+         f"**{len(j.go_timeouts_died)}**"),
+        ("Go peer read deadlines hit, other causes", str(len(j.go_timeouts_other))),
         ("helper restarts", f"{restarts} ({expected} from faults; by reason: "
          + ", ".join(f"{k} {n}" for k, n in reasons.most_common()) + ")"),
         ("slowest recovery", f"{slowest.recovery:.1f} s ({slowest.kind} on {slowest.node})"

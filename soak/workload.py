@@ -29,6 +29,7 @@ from .protocol import (
     udp_datagram,
     udp_parse,
 )
+from .timeline import Timeline
 
 SERVICE_PORT = 7000
 UDP_PORT = 7001
@@ -124,11 +125,12 @@ class Client:
     """Starts transfers from a tsproc node and records the client side of each."""
 
     def __init__(self, ledger: Ledger, pool: Pool, counters: Counters,
-                 next_id: Callable[[], int]) -> None:
+                 next_id: Callable[[], int], timeline: Timeline) -> None:
         self.ledger = ledger
         self.pool = pool
         self.counters = counters
         self.next_id = next_id
+        self.timeline = timeline
 
     async def bulk(self, node: tsproc.Node, target: str, up: int, down: int,
                    port: int = SERVICE_PORT, rng: random.Random | None = None,
@@ -186,7 +188,7 @@ class Client:
             deadline = trio.current_time() + deadline_for(nbytes)
         try:
             with trio.fail_at(deadline):
-                stream = await node.dial(target, port)
+                stream = await self.timeline.dial(node, target, port)
         except Exception as exc:
             outcome, detail = classify(exc)
             self.ledger.record(transfer, "client", kind, Side("dial_" + outcome, False, 0, detail))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import suppress
 
+import pytest
 import trio
 
 import tsproc
@@ -48,4 +50,77 @@ async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tail
         assert server.helper_pid != old_pid
         for stream in accepted:
             await stream.aclose()
+        await listener.aclose()
+
+
+async def test_a_stream_closed_before_the_host_sees_the_death_is_reset_too(tailnet, tailnet_node):
+    """The application closes its stream in the moment between the helper's death and the
+    host noticing it (as one does whose write failed with EPIPE as the dead helper's fds
+    closed): its tuple must still reach the new helper, or the peer hangs."""
+    async with (tailnet_node("server", restart=FAST) as server,
+                gopeer(tailnet.control_url) as peer,
+                trio.open_nursery() as nursery):
+        listener = await server.listen(93)
+        accepted: list[tsproc.TailnetStream] = []
+
+        async def echo() -> None:
+            stream = await listener.accept()
+            accepted.append(stream)
+            await stream.send_all(await stream.receive_some(1))
+
+        nursery.start_soon(echo)
+        await peer.command(f"hold {server.tailscale_ips[0]}:93")
+        with trio.fail_after(30):
+            await peer.event("held")
+        old_pid = server.helper_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        # No checkpoint between the kill and the close: the host cannot have noticed yet.
+        await accepted[0].aclose()
+        with trio.fail_after(RESET_BOUND):
+            end = await peer.event("hold_end")
+        assert "reset" in end["error"], end
+        assert server.helper_pid != old_pid
+        await listener.aclose()
+
+
+@pytest.mark.parametrize("death", ["sigkill", "sigstop"])
+async def test_peers_of_connections_never_handed_over_are_reset(tailnet, tailnet_node, death):
+    """A connection the dead helper's netstack completed but never handed to the host: the
+    host never had its four-tuple, yet its peer must be reset too (helper/internal/connrecord).
+
+    The listener's backlog is 1 and the application never accepts: the first connection is
+    handed over and waits in the host; with the backlog full, the helper stops calling
+    Accept, so the second waits in tsnet's queue (for a second, then tsnet would close it).
+    The helper then dies at once: SIGKILL, or SIGSTOP and the heartbeat's kill."""
+    async with (tailnet_node("server", restart=FAST) as server,
+                gopeer(tailnet.control_url) as peer):
+        listener = await server.listen(94, backlog=1)
+        addr = f"{server.tailscale_ips[0]}:94"
+        await peer.command(f"wait {addr}")
+        with trio.fail_after(30):
+            await peer.event("waiting")
+            while listener.waiting < 1:  # handed over: the helper is out of credit now
+                await trio.sleep(0.01)
+        await peer.command(f"wait {addr}")
+        with trio.fail_after(30):
+            await peer.event("waiting")
+        old_pid = server.helper_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL if death == "sigkill" else signal.SIGSTOP)
+        killed_at = trio.current_time()
+        bound = RESET_BOUND + (0 if death == "sigkill" else
+                               FAST.heartbeat_interval + FAST.heartbeat_timeout)
+        try:
+            ends = []
+            with trio.fail_after(bound):
+                for _ in range(2):
+                    ends.append(await peer.event("wait_end"))
+        finally:
+            if death == "sigstop":
+                with suppress(ProcessLookupError):
+                    os.kill(old_pid, signal.SIGCONT)
+        assert all("reset" in end["error"] for end in ends), ends
+        assert server.helper_pid != old_pid
+        assert trio.current_time() - killed_at < bound
         await listener.aclose()

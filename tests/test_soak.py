@@ -17,6 +17,8 @@ import trio.testing
 
 from soak.protocol import Corrupt, EarlyEOF, Ledger, Pool, Session, Side, udp_datagram, udp_parse
 from soak.run import GOPEER
+from soak.timeline import Dial, Timeline
+from tsproc import NodeState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,3 +124,48 @@ def test_one_minute_soak(tmp_path):
     result = json.loads(out.read_text())
     assert result["failures"] == []
     assert len(result["faults"]) >= 3, "the minute injected almost no faults"
+
+
+async def test_a_slow_dial_is_excused_only_by_a_fault_on_one_of_its_ends():
+    tl = Timeline()
+    t0 = trio.current_time()
+    tl.record(Dial("soak-a", "soak-b", 7000, t0 - 100, t0 - 90, "connected"))  # warm-up
+    tl.start()
+    tl.fault("sigkill", "soak-b", t0 + 10, 5.0)
+    tl.fault("control_freeze", "soak-c", t0 + 100, 10.0)
+    tl.record(Dial("soak-a", "soak-b", 7000, t0 + 12, t0 + 20, "connected"))  # excused
+    tl.record(Dial("soak-a", "soak-c", 7000, t0 + 12, t0 + 20, "connected"))  # not
+    tl.record(Dial("soak-a", "soak-b", 7000, t0 + 1, t0 + 9.9, "Cancelled"))  # ends before
+    tl.record(Dial("soak-a", "soak-b", 7000, t0 + 16, t0 + 16.1, "connected"))  # fast
+    tl.ip_names = {"100.64.0.1": "soak-a"}
+    tl.go_dial({"dst": "100.64.0.1", "port": 7000, "outcome": "connected",  # control: all
+                "start": t0 + 105 - tl.mono_offset, "end": t0 + 112 - tl.mono_offset})
+    j = tl.judge()
+    assert j.dials == {"tsproc": 4, "Go peer": 1}
+    assert j.excused == {"sigkill": 1, "control_freeze": 1}
+    assert len(j.unexcused) == 2
+    assert any(d.startswith("soak-a->soak-c:7000") for d in j.unexcused)
+    assert any("Cancelled" in d for d in j.unexcused)
+    assert j.slowest is not None and j.slowest.dst == "soak-b"
+    assert j.slowest.took == pytest.approx(8.9)
+
+
+async def test_a_go_peer_deadline_counts_against_tsproc_when_the_helper_died_meanwhile():
+    tl = Timeline()
+    t0 = trio.current_time()
+    tl.start()
+    tl.ip_names = {"100.64.0.1": "soak-a", "100.64.0.2": "soak-b"}
+    tl.state("soak-a", NodeState.RESTARTING, at=t0 + 20)
+    tl.state("soak-a", NodeState.RUNNING, at=t0 + 22)
+    tl.state("soak-b", NodeState.RESTARTING, at=t0 + 5)
+    tl.state("soak-b", NodeState.RUNNING, at=t0 + 7)
+    for transfer, peer in ((1, "100.64.0.1"), (2, "100.64.0.2")):
+        tl.go_record(transfer, "server", "timeout", "read: i/o timeout",
+                     {"peer": peer, "start": t0 + 10 - tl.mono_offset,
+                      "end": t0 + 55 - tl.mono_offset})
+    tl.go_record(3, "client", "error", "connection reset by peer",
+                 {"peer": "100.64.0.1", "start": t0 + 10 - tl.mono_offset,
+                  "end": t0 + 23 - tl.mono_offset})
+    j = tl.judge()
+    assert len(j.go_timeouts_died) == 1 and "soak-a" in j.go_timeouts_died[0]
+    assert len(j.go_timeouts_other) == 1 and "soak-b" in j.go_timeouts_other[0]

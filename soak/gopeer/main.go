@@ -6,8 +6,11 @@
 //	gopeer -control URL -hostname H -port P -udp-port U -targets a,b,c [-workers N] [-seed S]
 //
 // It speaks JSON lines on stdout to soak/__main__.py: {"ev":"ready",...} once it is up, then one
-// {"ev":"rec",...} per transfer end it saw (as client or server), and {"ev":"done"} once its
-// workers have stopped after a "stop" line (or EOF) on stdin. A "go" line starts its workers.
+// {"ev":"rec",...} per transfer end it saw (as client or server), one {"ev":"dial",...} per
+// dial it made, and {"ev":"done"} once its workers have stopped after a "stop" line (or EOF) on
+// stdin. A "go" line starts its workers. Times ("start", "end") are CLOCK_MONOTONIC seconds,
+// the clock the host's trio and time.monotonic read, so that the host can set them against
+// its fault windows and its nodes' helper restarts.
 //
 // The wire protocol is soak/protocol.py's: a 32-byte header ("SOAK", kind, 3 pad bytes, id,
 // a, b; big-endian), then for kind 'B' a bytes of data and their sha256, answered by a status
@@ -41,6 +44,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"tailscale.com/envknob"
 	"tailscale.com/logtail"
 	"tailscale.com/net/netns"
@@ -76,10 +80,32 @@ func emit(v map[string]any) {
 	}
 }
 
-// record reports how one transfer ended on this side.
-func record(id uint64, role, kind, outcome string, sentAll bool, verified int64, detail string) {
+// record reports how one transfer ended on this side: peer is the tsproc end's IP, start and
+// end (monotonic seconds) the connection's life on this side (for a failed dial, the dial's).
+func record(id uint64, role, kind, outcome string, sentAll bool, verified int64, detail string,
+	peer string, start float64) {
 	emit(map[string]any{"ev": "rec", "id": id, "role": role, "kind": kind,
-		"outcome": outcome, "sent_all": sentAll, "verified": verified, "detail": detail})
+		"outcome": outcome, "sent_all": sentAll, "verified": verified, "detail": detail,
+		"peer": peer, "start": start, "end": monotonic()})
+}
+
+// monotonic is CLOCK_MONOTONIC in seconds: the host's clock (Go's own monotonic reading is
+// relative to an unexported origin).
+func monotonic() float64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		fatal("clock_gettime: %v", err)
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+}
+
+// peerIP is the IP of a connection's remote end.
+func peerIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	return host
 }
 
 func main() {
@@ -202,11 +228,12 @@ func serveTCP(ln net.Listener) {
 		if err != nil {
 			return
 		}
+		accepted := monotonic()
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
 			defer c.Close()
-			serveConn(c)
+			serveConn(c, accepted)
 		}()
 	}
 }
@@ -230,6 +257,8 @@ type session struct {
 	r        *bufio.Reader
 	verified int64
 	sentAll  bool
+	peer     string  // the tsproc end's IP
+	start    float64 // when the connection was made (monotonic seconds)
 }
 
 func (s *session) readFull(n int) ([]byte, error) {
@@ -295,8 +324,8 @@ func closeWrite(c net.Conn) error {
 	return nil
 }
 
-func serveConn(c net.Conn) {
-	s := &session{c: c, r: bufio.NewReaderSize(c, 256<<10)}
+func serveConn(c net.Conn, accepted float64) {
+	s := &session{c: c, r: bufio.NewReaderSize(c, 256<<10), peer: peerIP(c), start: accepted}
 	c.SetDeadline(time.Now().Add(deadlineFor(0)))
 	hdr, err := s.readFull(headerSize)
 	if err != nil || !bytes.Equal(hdr[:4], magic) {
@@ -325,16 +354,16 @@ func serveConn(c net.Conn) {
 
 func finish(id uint64, role, kind string, s *session, err error) {
 	if err == nil {
-		record(id, role, kind, "complete", s.sentAll, s.verified, "")
+		record(id, role, kind, "complete", s.sentAll, s.verified, "", s.peer, s.start)
 		return
 	}
 	var ce errCorrupt
 	if errors.As(err, &ce) {
-		record(id, role, kind, "corrupt", s.sentAll, s.verified, ce.what)
+		record(id, role, kind, "corrupt", s.sentAll, s.verified, ce.what, s.peer, s.start)
 		return
 	}
 	outcome, detail := outcomeOf(err)
-	record(id, role, kind, outcome, s.sentAll, s.verified, detail)
+	record(id, role, kind, outcome, s.sentAll, s.verified, detail, s.peer, s.start)
 }
 
 func serveBulk(s *session, rng *rand.Rand, up, down int) error {
@@ -434,20 +463,29 @@ func (c *client) bulk(rng *rand.Rand, target string, up, down int) {
 	deadline := time.Now().Add(deadlineFor(up + down))
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	start := monotonic()
 	conn, err := c.srv.Dial(ctx, "tcp", net.JoinHostPort(target, strconv.Itoa(c.port)))
+	connected := monotonic()
+	// Every dial's timing, whatever its end: the host judges slow ones against its faults.
+	dial := map[string]any{"ev": "dial", "dst": target, "port": c.port, "start": start,
+		"end": connected, "outcome": "connected", "detail": ""}
+	if err != nil {
+		dial["outcome"], dial["detail"] = "error", err.Error()
+	}
+	emit(dial)
 	if err != nil {
 		// No connection, so no transfer: the dial's failure is the outcome.
 		outcome, detail := outcomeOf(err)
 		if outcome == "eof_early" {
 			outcome = "error"
 		}
-		record(id, "client", "B", "dial_"+outcome, false, 0, detail)
+		record(id, "client", "B", "dial_"+outcome, false, 0, detail, target, start)
 		return
 	}
 	dialed.Add(1)
 	defer conn.Close()
 	conn.SetDeadline(deadline)
-	s := &session{c: conn, r: bufio.NewReaderSize(conn, 256<<10)}
+	s := &session{c: conn, r: bufio.NewReaderSize(conn, 256<<10), peer: target, start: connected}
 	finish(id, "client", "B", s, clientBulk(s, rng, id, up, down))
 }
 

@@ -21,6 +21,10 @@ import (
 //	               until the connection fails or ends, with no deadline at all (the
 //	               connection's end is all the test waits for). Emits {"ev":"hold_end",
 //	               "error":E} then.
+//	wait ADDR      dial ADDR and read until the connection fails or ends, with no deadline,
+//	               sending nothing (for a server that never accepts it). Emits
+//	               {"ev":"waiting","local":L} once connected, {"ev":"wait_end","local":L,
+//	               "error":E} at its end.
 //
 // ADDR is a tailnet IP and port (IPv6 in brackets).
 
@@ -41,6 +45,9 @@ func command(srv *tsnet.Server, line string) bool {
 		return true
 	case len(f) == 2 && f[0] == "hold":
 		go hold(srv, f[1])
+		return true
+	case len(f) == 2 && f[0] == "wait":
+		wait(srv, f[1]) // connected before the next command is read
 		return true
 	}
 	return false
@@ -110,4 +117,24 @@ func hold(srv *tsnet.Server, addr string) {
 		err = io.EOF
 	}
 	emit(map[string]any{"ev": "hold_end", "error": err.Error()})
+}
+
+func wait(srv *tsnet.Server, addr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	c, err := srv.Dial(ctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		emit(map[string]any{"ev": "wait_end", "local": "", "error": "dial: " + err.Error()})
+		return
+	}
+	local := c.LocalAddr().String()
+	emit(map[string]any{"ev": "waiting", "local": local})
+	go func() {
+		defer c.Close()
+		_, err := io.Copy(io.Discard, c)
+		if err == nil {
+			err = io.EOF
+		}
+		emit(map[string]any{"ev": "wait_end", "local": local, "error": err.Error()})
+	}()
 }

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import HelperNotFoundError, redact
+from .connrecord import ConnRecord
 from .process import ChildProcess, fork_child
 
 __all__ = ["SECRET_ENV", "HelperProcess", "find_helper", "helper_environment"]
@@ -90,9 +91,19 @@ class HelperProcess(ChildProcess):
     """One running helper: a :class:`~tsproc._child.process.ChildProcess` with the host end of its
     control channel (a socketpair that is the helper's stdin and stdout)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], control: socket.socket, log_fd: int):
+    def __init__(self, popen: subprocess.Popen[bytes], control: socket.socket, log_fd: int,
+                 record: ConnRecord | None = None):
         super().__init__(popen, log_fd, logger=log, label="helper", parse_line=_parse_line)
         self.control = control
+        self._record = record
+        # Once it has exited: the connections it had taken on and not handed over (a
+        # ConnRecord's open tuples), whose peers the next helper should reset.
+        self.unhanded: list[str] = []
+
+    def _on_exit(self) -> None:
+        if self._record is not None:
+            self.unhanded = self._record.open_tuples()
+            self._record.close()
 
     @property
     def stderr_tail(self) -> deque[str]:
@@ -100,8 +111,10 @@ class HelperProcess(ChildProcess):
         return self.log_tail
 
     @classmethod
-    def spawn(cls, path: Path, args: list[str], env: Mapping[str, str]) -> HelperProcess:
-        """Start the helper with a fresh socketpair as its stdin/stdout and a pipe as stderr.
+    def spawn(cls, path: Path, args: list[str], env: Mapping[str, str], *,
+              conn_record: bool = False) -> HelperProcess:
+        """Start the helper with a fresh socketpair as its stdin/stdout and a pipe as stderr;
+        with *conn_record* (a ``node`` helper), with a :class:`ConnRecord` it writes to.
 
         It forks from the calling (trio) thread (see ``process.py``). The helper itself
         watches its parent with a pidfd and exits at EOF on its stdin; it does not use
@@ -110,16 +123,22 @@ class HelperProcess(ChildProcess):
         Raises:
             HelperNotFoundError: it could not be started.
         """
+        record = ConnRecord() if conn_record else None
+        pass_fds = [] if record is None else [record.fd]
+        if record is not None:
+            args = [*args, f"-conn-record-fd={record.fd}"]
         host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            popen, log_fd = fork_child([os.fspath(path), *args], env,
-                                       stdin=child_end.fileno(), stdout=child_end.fileno())
+            popen, log_fd = fork_child([os.fspath(path), *args], env, stdin=child_end.fileno(),
+                                       stdout=child_end.fileno(), pass_fds=pass_fds)
         except OSError as exc:
             host_end.close()
+            if record is not None:
+                record.close()
             raise HelperNotFoundError(f"cannot start the helper {path}: {exc}") from exc
         finally:
             child_end.close()
-        return cls(popen, host_end, log_fd)
+        return cls(popen, host_end, log_fd, record)
 
 
 def _parse_line(text: str) -> tuple[int, str]:

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
@@ -36,15 +37,27 @@ MAX_LOG_LINE: Final = 64 * 1024
 TAIL_LINES: Final = 20
 # How long the log may go on after the child exited (its last lines are in the pipe).
 _LOG_DRAIN: Final = 2.0
+# The forwarder lets other tasks run after this many lines: a 64 KiB read holds hundreds, and
+# a slow log handler would otherwise hold the host's loop for seconds (every node's traffic
+# and heartbeats wait on it).
+_LINES_PER_CHECKPOINT: Final = 16
+# The logger's time (the application's handlers, which may be slow: a file on a busy disk, a
+# remote sink) is capped: LOG_SHARE of the loop's time, with bursts of up to LOG_BURST
+# seconds (a token bucket). A dying Go runtime's dump is thousands of lines; the lines over
+# the cap are counted, not logged, and still reach the tail (error messages).
+LOG_SHARE: Final = 0.1
+LOG_BURST: Final = 0.5
 
 # One log line (redacted, without its newline) → (logging level, message); None skips it.
 LineParser = Callable[[str], tuple[int, str] | None]
 
 
 def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
-               stdout: int | None) -> tuple[subprocess.Popen[bytes], int]:
+               stdout: int | None,
+               pass_fds: Sequence[int] = ()) -> tuple[subprocess.Popen[bytes], int]:
     """Fork *argv* from this thread with a new pipe as its stderr (and as its stdout when
-    *stdout* is None): the Popen and the pipe's read end, for :class:`ChildProcess`.
+    *stdout* is None): the Popen and the pipe's read end, for :class:`ChildProcess`. The
+    child inherits *pass_fds* too, under the same numbers.
 
     Raises:
         OSError: it could not be started (the pipe is closed then).
@@ -61,6 +74,7 @@ def fork_child(argv: Sequence[str], env: Mapping[str, str], *, stdin: int,
             stderr=log_write,
             env=dict(env),
             close_fds=True,
+            pass_fds=tuple(pass_fds),
             # Its own session: a Ctrl-C meant for the host's terminal must not reach it; the
             # host decides when it stops.
             start_new_session=True,
@@ -89,6 +103,10 @@ class ChildProcess:
         self._label = label
         self._parse_line = parse_line
         self.log_tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._tokens = LOG_BURST
+        self._refilled = 0.0
+        self._dropped = 0  # lines not handed to the logger since the last report
+        self._reported = 0.0
         self._log_done = trio.Event()
         self.exited = trio.Event()
         self.returncode: int | None = None
@@ -113,7 +131,11 @@ class ChildProcess:
                 # Cancelled before the child exited.
                 self.kill()
                 self.returncode = self._popen.wait()
+            self._on_exit()
             self.exited.set()
+
+    def _on_exit(self) -> None:
+        """Called once the child has exited, before :attr:`exited` is set."""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send *sig* to the child if it still runs."""
@@ -164,7 +186,9 @@ class ChildProcess:
             while chunk := await self._log.receive_some(65536):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for line in lines:
+                for i, line in enumerate(lines, 1):
+                    if i % _LINES_PER_CHECKPOINT == 0:
+                        await trio.lowlevel.checkpoint()
                     if cutting:  # the rest of the cut line
                         cutting = False
                         continue
@@ -180,6 +204,7 @@ class ChildProcess:
         except Exception:  # the log is a courtesy: never let it take the watcher down
             self._logger.exception("forwarding the log of %s %d failed", self._label, self.pid)
         finally:
+            self._report_dropped(at_end=True)
             self._log_done.set()
             await self._log.aclose()
 
@@ -191,5 +216,25 @@ class ChildProcess:
         level, message = parsed
         if level >= logging.INFO:
             self.log_tail.append(message)
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, "%s %d: %s", self._label, self.pid, message)
+        if not self._logger.isEnabledFor(level):
+            return
+        now = trio.current_time()
+        self._tokens = min(LOG_BURST, self._tokens + (now - self._refilled) * LOG_SHARE)
+        self._refilled = now
+        if self._tokens <= 0:
+            self._dropped += 1
+            return
+        began = time.perf_counter()
+        self._report_dropped()
+        self._logger.log(level, "%s %d: %s", self._label, self.pid, message)
+        self._tokens -= time.perf_counter() - began
+
+    def _report_dropped(self, *, at_end: bool = False) -> None:
+        """Say how many lines were not forwarded: at most once a second, and at the end."""
+        now = trio.current_time()
+        if self._dropped and (at_end or now - self._reported >= 1):
+            self._reported = now
+            self._logger.warning("%s %d: %d log lines not forwarded (logging took more than "
+                                 "%d %% of the time)", self._label, self.pid, self._dropped,
+                                 LOG_SHARE * 100)
+            self._dropped = 0

@@ -47,6 +47,8 @@ _HELLO_TIMEOUT: Final = 10.0
 # nor failed within this, is treated as a hang (the heartbeat normally notices much sooner).
 # Requests that wait in the helper carry the caller's deadline instead (_config.call_deadline).
 RPC_TIMEOUT: Final = 60.0
+# The heartbeat's wait is measured in slices of this (_answered_within).
+_SLICE: Final = 0.1
 # How long closing a listener waits for the helper to confirm it.
 _CLOSE_LISTENER_TIMEOUT: Final = 5.0
 
@@ -76,6 +78,13 @@ class Generation:
         # The four-tuples of the connections open when this helper died: their peers may still
         # hold them, and the next helper makes them reset (NodeLifecycle, reset_peers).
         self.orphaned: list[str] = []
+        # Connections the application closed, by conn id: (heartbeats sent by then,
+        # four-tuple). The helper may have died before it acted on the close (the application
+        # closes as soon as its fd breaks, which can be before the host learns of the death;
+        # or its FIN was still to go out after the peer's), so they stay orphan candidates
+        # until a heartbeat sent after the close is answered.
+        self._closing: dict[int, tuple[int, str]] = {}
+        self._pings = 0
         # Reset streams' fds, kept open until the helper's conn_reset (TailnetStream.reset).
         self._held: dict[int, int] = {}
         self.listener_by_id: dict[int, TailnetListener] = {}
@@ -149,16 +158,29 @@ class Generation:
     async def _heartbeat(self, policy: RestartPolicy) -> None:
         while not self.died.is_set():
             await trio.sleep(policy.heartbeat_interval)
-            with trio.move_on_after(policy.heartbeat_timeout) as scope:
-                try:
-                    await self.rpc.request("ping", {})
-                except RemoteError:
-                    continue  # an answer, even "hello first", proves the helper is alive
-                except TsprocError:
-                    return  # the channel is gone: die() is already under way
-            if scope.cancelled_caught:
+            sent = self._pings
+            self._pings += 1
+            answered, alive = trio.Event(), [True]
+            assert self._nursery is not None
+            self._nursery.start_soon(self._ping, answered, alive)
+            if not await _answered_within(answered, policy.heartbeat_timeout):
                 self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return
+            if not alive[0]:
+                return  # the channel is gone: die() is already under way
+            # Answered: the helper read every close_conn sent before this ping.
+            self._closing = {conn: v for conn, v in self._closing.items() if v[0] > sent}
+
+    async def _ping(self, answered: trio.Event, alive: list[bool]) -> None:
+        """One heartbeat: sets *answered* once the helper answered or the channel ended
+        (then *alive* becomes [False])."""
+        try:
+            await self.rpc.request("ping", {})
+        except RemoteError:
+            pass  # an answer, even "hello first", proves the helper is alive
+        except TsprocError:
+            alive[0] = False
+        answered.set()
 
     def _channel_broke(self, error: BaseException) -> None:
         """The channel ends: called before its socket closes. If the host gave up on the
@@ -181,6 +203,8 @@ class Generation:
         self.process.kill()  # before the channel closes: see _channel_broke
         self.rpc.close()
         self.orphaned = [state.four_tuple for state in self.conns.values() if state.four_tuple]
+        self.orphaned += [four_tuple for _, four_tuple in self._closing.values()]
+        self._closing.clear()
         for state in self.conns.values():
             state.finish(False, f"the helper died ({reason})")
         self.conns.clear()
@@ -456,6 +480,8 @@ class Generation:
             if held is not None:
                 os.close(held)
             return
+        if state.four_tuple:
+            self._closing[state.conn_id] = (self._pings, state.four_tuple)
         if held is not None:
             # Reset: the helper resets the tailnet side, then answers conn_reset, which closes
             # *held* (as the helper's death does). Until then the helper cannot read EOF on
@@ -466,6 +492,27 @@ class Generation:
             # Closed before the tailnet side ended: tell the helper to drop the tailnet
             # connection now, instead of keeping it until the peer speaks again.
             self.rpc.notify_nowait("close_conn", {"conn": state.conn_id})
+
+
+async def _answered_within(answered: trio.Event, host_seconds: float) -> bool:
+    """Wait for *answered* while the host runs for *host_seconds*: False if it never came.
+
+    Only the time this host's loop actually ran counts. A loop held up — a slow log handler,
+    a blocking call in the application, the whole machine stalled — cannot read an answer
+    that arrived meanwhile, and the deadline would fire in the same pass that would have
+    read it: every node's helper declared hung at once, healthy ones too. So the wait goes in
+    slices of _SLICE, and a slice counts for at most its length, however late it ended: the
+    answer is missed only after host_seconds / _SLICE passes of the loop at least, each of
+    which could have read it. A stuck helper is still declared hung, after *host_seconds* of
+    a host that runs (somewhat later on a loaded one: its slices end late)."""
+    awake = 0.0
+    while awake < host_seconds:
+        began = trio.current_time()
+        with trio.move_on_after(min(_SLICE, host_seconds - awake)):
+            await answered.wait()
+            return True
+        awake += min(trio.current_time() - began, _SLICE)
+    return answered.is_set()
 
 
 class _ListenerClaim:

@@ -58,7 +58,8 @@ class NodeLifecycle:
         self._failure: TsprocError | None = None
         self._listeners: set[TailnetListener] = set()
         self._forwards: set[_Endpoint] = set()  # forwards and SOCKS5 proxies (_forward.py)
-        self._orphaned: list[str] = []  # dead helpers' connections, for the next one's reset_peers
+        # Dead helpers, whose connections' peers the next one resets (reset_peers).
+        self._dead: list[Generation] = []
         self._events = EventHub()
         self._stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
@@ -137,7 +138,7 @@ class NodeLifecycle:
     async def _start_generation(self, number: int, path: Path) -> SupervisedGeneration:
         assert self._nursery is not None and self._state_dir is not None
         process = HelperProcess.spawn(path, self._config.helper_args(),
-                                      self._config.helper_environment(number))
+                                      self._config.helper_environment(number), conn_record=True)
         gen = Generation(number, process, self._on_down, self._on_backend_state,
                          whois=self._stream_whois, on_request=self._config.state_answers())
         self._spawned.add(gen)
@@ -153,15 +154,27 @@ class NodeLifecycle:
             await gen.relisten(self._listeners)
             for endpoint in list(self._forwards):
                 await endpoint._install(gen)
-            if number > 1 and self._orphaned:
+            if number > 1 and self._dead:
                 # The peers of the dead helper's connections may be blocked in a read that
                 # nothing else would end for hours: the new helper has them reset now.
-                await gen.reset_peers(self._orphaned)
-                self._orphaned = []
+                orphaned = await self._orphaned()
+                if orphaned:
+                    await gen.reset_peers(orphaned)
+                self._dead = []
         except BaseException as exc:
             gen.die(f"start failed: {type(exc).__name__}")
             raise
         return gen
+
+    async def _orphaned(self) -> list[str]:
+        """The four-tuples of the dead helpers' connections: those the host was handed, and
+        those a helper had taken on and not handed over (read once its process is gone)."""
+        tuples: dict[str, None] = {}
+        for dead in self._dead:
+            with trio.move_on_after(5):  # killed already: it is reaped within moments
+                await dead.process.exited.wait()
+            tuples.update(dict.fromkeys(dead.orphaned + dead.process.unhanded))
+        return list(tuples)
 
     async def _apply_exit_node(self, gen: Generation) -> None:
         """Give a helper that is up the node's exit node (Node(exit_node=), set_exit_node)."""
@@ -200,7 +213,7 @@ class NodeLifecycle:
     def _on_down(self, generation: Generation) -> None:
         """Called by a generation the moment it dies."""
         if not self._closing:
-            self._orphaned += generation.orphaned
+            self._dead.append(generation)
         if self._closing or generation is not self._generation:
             return
         if self._state is NodeState.RUNNING:

@@ -25,25 +25,33 @@ FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5, heartb
 RESET_BOUND = 5.0
 
 
+async def _hold_and_kill(server: tsproc.Node, peer, listener: tsproc.TailnetListener,
+                        nursery: trio.Nursery, accepted: list[tsproc.TailnetStream]) -> int:
+    """The Go peer connects and holds a read after a 1-byte echo, then the server's helper is
+    SIGKILLed; returns the dead helper's pid. The accepted stream goes into *accepted*."""
+
+    async def echo() -> None:
+        stream = await listener.accept()
+        accepted.append(stream)
+        await stream.send_all(await stream.receive_some(1))
+
+    nursery.start_soon(echo)
+    await peer.command(f"hold {server.tailscale_ips[0]}:93")
+    with trio.fail_after(30):
+        await peer.event("held")
+    old_pid = server.helper_pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    return old_pid
+
+
 async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tailnet, tailnet_node):
     async with (tailnet_node("server", restart=FAST) as server,
                 gopeer(tailnet.control_url) as peer,
                 trio.open_nursery() as nursery):
         listener = await server.listen(93)
         accepted: list[tsproc.TailnetStream] = []
-
-        async def echo_then_wait() -> None:
-            stream = await listener.accept()
-            accepted.append(stream)
-            await stream.send_all(await stream.receive_some(1))
-
-        nursery.start_soon(echo_then_wait)
-        await peer.command(f"hold {server.tailscale_ips[0]}:93")
-        with trio.fail_after(30):
-            await peer.event("held")
-        old_pid = server.helper_pid
-        assert old_pid is not None
-        os.kill(old_pid, signal.SIGKILL)
+        old_pid = await _hold_and_kill(server, peer, listener, nursery, accepted)
         with trio.fail_after(RESET_BOUND):
             end = await peer.event("hold_end")
         assert "reset" in end["error"], end
@@ -62,19 +70,7 @@ async def test_a_stream_closed_before_the_host_sees_the_death_is_reset_too(tailn
                 trio.open_nursery() as nursery):
         listener = await server.listen(93)
         accepted: list[tsproc.TailnetStream] = []
-
-        async def echo() -> None:
-            stream = await listener.accept()
-            accepted.append(stream)
-            await stream.send_all(await stream.receive_some(1))
-
-        nursery.start_soon(echo)
-        await peer.command(f"hold {server.tailscale_ips[0]}:93")
-        with trio.fail_after(30):
-            await peer.event("held")
-        old_pid = server.helper_pid
-        assert old_pid is not None
-        os.kill(old_pid, signal.SIGKILL)
+        old_pid = await _hold_and_kill(server, peer, listener, nursery, accepted)
         # No checkpoint between the kill and the close: the host cannot have noticed yet.
         await accepted[0].aclose()
         with trio.fail_after(RESET_BOUND):

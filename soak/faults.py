@@ -22,7 +22,7 @@ from .protocol import BYE, EXPECTED_ERRORS, HEADER, MAGIC, U32, Corrupt, Session
 from .workload import SERVICE_PORT
 
 if TYPE_CHECKING:
-    from .run import Soak, SoakNode
+    from .state import Soak, SoakNode
 
 KINDS = (
     "sigkill",          # SIGKILL the helper

@@ -4,7 +4,6 @@ steady workload between them, a fault loop, and the accounting at the end."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import logging
@@ -13,13 +12,11 @@ import random
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import traceback
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +27,20 @@ import tsproc.testing
 from tsproc._child.helper import find_helper, helper_environment
 
 from . import faults
-from .protocol import Ledger, Pool, Reconciled, Side
+from .host import child_pids, fd_target, load_average, open_fds, rss, trio_tasks
+from .peer import GoPeer
+from .protocol import Ledger, Pool
+from .report import table as result_table
+from .state import POLICY, Config, FaultRecord, Soak, SoakNode, log
 from .timeline import GO_NAME, SLOW_DIAL, Judged, Timeline
-from .workload import SERVICE_PORT, UDP_PORT, Client, Counters, serve_conn
+from .workers import WORKERS
+from .workload import SERVICE_PORT, UDP_PORT, Client, Counters
 
 ROOT = Path(__file__).resolve().parent.parent
 GOPEER = ROOT / "soak" / "gopeer" / "gopeer"
 RECOVERY_BOUND = 120.0
 # How far the host's RSS may end above where it started (after the warm-up).
 RSS_BOUND = 96 << 20
-
-# Faster than the default policy, so that a frozen helper is found within a few seconds, yet
-# slack enough for a shared, loaded machine; stable_after is short so that a crash loop is
-# counted from a helper that ran a while, as in production.
-POLICY = tsproc.RestartPolicy(
-    max_attempts=6, initial_backoff=0.1, heartbeat_interval=1.0, heartbeat_timeout=4.0,
-    stable_after=10.0,
-)
 
 # The helper is started through this wrapper, which makes a node's next N starts exit at once
 # (TSPROC_HELPER_FAULT=exit_at_start, the helper's own test switch) while the count in its file
@@ -61,234 +55,6 @@ if [ "${n:-0}" -gt 0 ]; then
 fi
 exec "$SOAK_REAL_HELPER" "$@"
 """
-
-
-@dataclass
-class Config:
-    minutes: float = 5.0
-    seed: int = 0
-    nodes: int = 3
-    fault_gap: tuple[float, float] = (2.0, 6.0)
-    json_path: Path | None = None
-    verbose: bool = False
-    kinds: tuple[str, ...] = faults.KINDS
-
-
-def log(msg: str) -> None:
-    print(f"soak: {msg}", file=sys.stderr, flush=True)
-
-
-class SoakNode:
-    """One tsproc node of the soak, its service listener and what happened to it."""
-
-    def __init__(self, name: str, node: tsproc.Node, crash_file: Path) -> None:
-        self.name = name
-        self.node = node
-        self.crash_file = crash_file
-        self.ips: tuple[Any, ...] = ()
-        self.listener: tsproc.TailnetListener | None = None
-        self.listener_ready = trio.Event()
-        self.accept_closed = trio.Event()
-        self._closing_listener = False
-        self.restarts: list[tuple[float, str]] = []
-        self.last_restart = trio.current_time()
-        self.crash_loop_failure = ""
-        self.handlers = 0
-
-    async def open_service_listener(self) -> None:
-        self.listener = await faults._listen(self.node, SERVICE_PORT, backlog=128)
-        self.listener_ready.set()
-
-    async def close_service_listener(self) -> None:
-        self.listener_ready = trio.Event()
-        self.accept_closed = trio.Event()
-        self._closing_listener = True
-        assert self.listener is not None
-        await self.listener.aclose()
-
-    async def reopen_service_listener(self) -> None:
-        await self.open_service_listener()
-        self._closing_listener = False
-
-    async def serve(self, soak: Soak) -> None:
-        async with trio.open_nursery() as handlers:
-            while True:
-                await self.listener_ready.wait()
-                assert self.listener is not None
-                try:
-                    stream = await self.listener.accept()
-                except trio.ClosedResourceError as exc:
-                    self.accept_closed.set()
-                    if not self._closing_listener:
-                        # Not our doing: tsproc closed it. Note it, and listen again.
-                        soak.counters.notes.append(f"{self.name}: service listener closed: {exc}")
-                        self.listener_ready = trio.Event()
-                        await self.open_service_listener()
-                    continue
-                handlers.start_soon(self._handle, stream, soak)
-
-    async def _handle(self, stream: tsproc.TailnetStream, soak: Soak) -> None:
-        self.handlers += 1
-        try:
-            await serve_conn(stream, soak.ledger, soak.pool)
-        finally:
-            self.handlers -= 1
-
-    async def udp_echo(self) -> None:
-        while True:
-            try:
-                conn = await self.node.listen_packet(UDP_PORT)
-            except tsproc.TsprocError:
-                await trio.sleep(0.5)  # restarting (or the old socket not yet released)
-                continue
-            async with conn:
-                try:
-                    while True:
-                        data, addr = await conn.recvfrom()
-                        await conn.sendto(data, addr)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    continue  # its helper restarted: open a new one
-
-    async def watch_events(self, events: tsproc.EventStream, timeline: Timeline) -> None:
-        async for event in events:
-            if isinstance(event, tsproc.StateEvent):
-                timeline.state(self.name, event.state)  # RESTARTING: its helper died
-            elif isinstance(event, tsproc.HelperRestartedEvent):
-                now = trio.current_time()
-                self.restarts.append((now, event.reason))
-                self.last_restart = now
-            elif isinstance(event, tsproc.CrashLoopEvent):
-                self.crash_loop_failure = event.error
-
-
-@dataclass
-class FaultRecord:
-    kind: str
-    node: str
-    at: float
-    recovery: float | None
-    note: str
-    failed: str = ""
-
-
-@dataclass
-class Soak:
-    cfg: Config
-    tailnet: tsproc.testing.LocalTailnet
-    ledger: Ledger
-    pool: Pool
-    counters: Counters
-    client: Client
-    nodes: list[SoakNode]
-    control_pid: int
-    fault_rng: random.Random
-    timeline: Timeline
-    policy: tsproc.RestartPolicy = POLICY
-    faults: list[FaultRecord] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def peer_names(self, sn: SoakNode) -> list[str]:
-        return [n.name for n in self.nodes if n is not sn] + [GO_NAME]
-
-    def by_name(self, name: str) -> SoakNode | None:
-        return next((n for n in self.nodes if n.name == name), None)
-
-
-# -- host resources --
-
-def open_fds() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/fd")}
-
-
-def child_pids() -> set[int]:
-    me, children = os.getpid(), set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
-                children.add(int(name))
-    return children
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def trio_tasks() -> int:
-    stack, n = [trio.lowlevel.current_root_task()], 0
-    while stack:
-        task = stack.pop()
-        n += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return n
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-# -- the Go peer --
-
-class GoPeer:
-    def __init__(self, process: trio.Process, soak_ledger: Ledger, timeline: Timeline) -> None:
-        self.process = process
-        self.ledger = soak_ledger
-        self.timeline = timeline
-        self.ready = trio.Event()
-        self.done = trio.Event()
-        self.ips: list[str] = []
-        self.dialed = 0
-        self.error = ""
-
-    async def read(self) -> None:
-        assert self.process.stdout is not None
-        buf = b""
-        async for chunk in self.process.stdout:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                self._line(json.loads(line))
-        if not self.done.is_set():
-            self.error = self.error or f"the Go peer exited early ({self.process.returncode})"
-        self.ready.set()
-        self.done.set()
-
-    def _line(self, msg: dict[str, Any]) -> None:
-        ev = msg.get("ev")
-        if ev == "ready":
-            self.ips = list(msg["ips"])
-            self.ready.set()
-        elif ev == "rec":
-            self.ledger.record(int(msg["id"]), msg["role"], msg["kind"],
-                               Side(msg["outcome"], bool(msg["sent_all"]),
-                                    int(msg["verified"]), str(msg["detail"])))
-            self.timeline.go_record(int(msg["id"]), msg["role"], msg["outcome"],
-                                    str(msg["detail"]), msg)
-        elif ev == "dial":
-            self.timeline.go_dial(msg)
-        elif ev == "done":
-            self.dialed = int(msg.get("dialed", 0))
-            self.done.set()
-        elif ev == "error":
-            self.error = str(msg.get("error"))
-
-    async def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.process.stdin.send_all(line.encode() + b"\n")
 
 
 # -- the run --
@@ -357,7 +123,7 @@ async def run(cfg: Config) -> int:
         if n:
             failures.append(f"leak: {n} {what}")
     if leaked_fds:
-        failures.append("leaked fds: " + ", ".join(_fd_target(fd) for fd in sorted(leaked_fds)))
+        failures.append("leaked fds: " + ", ".join(fd_target(fd) for fd in sorted(leaked_fds)))
     rss_end = rss()
     if rss_start and rss_end - rss_start > RSS_BOUND:
         failures.append(f"host RSS grew by {(rss_end - rss_start) >> 20} MiB "
@@ -379,7 +145,7 @@ async def run(cfg: Config) -> int:
         failures.append(f"{len(judged.go_timeouts_died)} connections of the Go peer ran into "
                         "its deadline after their tsproc end's helper died (the new helper "
                         "must reset them): " + "; ".join(judged.go_timeouts_died[:10]))
-    table = _table(cfg, minutes, soak, reconciled, counters, leaks, rss_start, rss_end,
+    table = result_table(cfg, minutes, soak, reconciled, counters, leaks, rss_start, rss_end,
                    load_start, load_average(), results, judged)
     print(table, flush=True)
     if soak is not None:
@@ -417,13 +183,6 @@ def _make_workdir() -> Path:
     wrapper.write_text(WRAPPER)
     wrapper.chmod(0o700)
     return workdir
-
-
-def _fd_target(fd: int) -> str:
-    try:
-        return f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}"
-    except OSError:
-        return str(fd)
 
 
 async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random) -> dict[str, Any]:
@@ -484,7 +243,7 @@ async def _run_with_nodes(soak: Soak, stack: AsyncExitStack, rng: random.Random)
                 async with trio.open_nursery() as workers:
                     workers.start_soon(_fault_loop, soak, stop, end_at)
                     workers.start_soon(_progress, soak, stop, results)
-                    for i, worker in enumerate(_WORKERS):
+                    for i, worker in enumerate(WORKERS):
                         workers.start_soon(worker, soak, stop, random.Random(rng.random()), i)
                     await trio.sleep_until(end_at)
                     stop.set()
@@ -642,192 +401,6 @@ async def _fault_loop(soak: Soak, stop: trio.Event, end_at: float) -> None:
             log(f"fault {kind}: {record.note}; recovered in {record.recovery:.1f} s (the "
                 f"fault itself took {took:.1f} s)")
         kind = next(kinds)
-
-
-# -- workers --
-
-def _pick(soak: Soak, rng: random.Random) -> tuple[SoakNode, str]:
-    src = rng.choice(soak.nodes)
-    return src, rng.choice(soak.peer_names(src))
-
-
-async def _bulk_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
-    while not stop.is_set():
-        src, dst = _pick(soak, rng)
-        outcome = await soak.client.bulk(src.node, dst, int(2 ** rng.uniform(10, 21)),
-                                         int(2 ** rng.uniform(10, 21)), rng=rng)
-        if outcome != "complete":
-            await trio.sleep(0.2)
-
-
-async def _short_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
-    while not stop.is_set():
-        src, dst = _pick(soak, rng)
-        outcome = await soak.client.bulk(src.node, dst, rng.randrange(16, 512),
-                                         rng.randrange(16, 512), rng=rng)
-        await trio.sleep(0.02 if outcome == "complete" else 0.2)
-
-
-async def _rr_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
-    while not stop.is_set():
-        src, dst = _pick(soak, rng)
-        outcome = await soak.client.request_response(src.node, dst, rng.randrange(10, 200), rng)
-        if outcome != "complete":
-            await trio.sleep(0.2)
-
-
-async def _udp_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
-    while not stop.is_set():
-        src, dst = _pick(soak, rng)
-        await soak.client.udp_flow(src.node, dst, rng.randrange(50, 200), rng)
-        await trio.sleep(0.1)
-
-
-async def _listener_worker(soak: Soak, stop: trio.Event, rng: random.Random, _: int) -> None:
-    """New listeners opened, used and closed; a closed one must refuse."""
-    c = soak.counters
-    for round_ in itertools.count():
-        if stop.is_set():
-            return
-        sn = rng.choice(soak.nodes)
-        src = rng.choice([n for n in soak.nodes if n is not sn])
-        port = 7400 + round_ % 50
-        try:
-            listener = await _listen_freed_port(soak, sn, port)
-        except (trio.TooSlowError, tsproc.TsprocError):
-            await trio.sleep(0.5)
-            continue
-        c.listeners_opened += 1
-        async with trio.open_nursery() as nursery:
-            async def serve(listener: tsproc.TailnetListener = listener) -> None:
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except trio.ClosedResourceError:
-                        return
-                    nursery.start_soon(serve_conn, stream, soak.ledger, soak.pool)
-
-            nursery.start_soon(serve)
-            for _ in range(rng.randrange(1, 4)):
-                await soak.client.bulk(src.node, sn.name, rng.randrange(64, 65536),
-                                       rng.randrange(64, 65536), port=port, rng=rng)
-            await listener.aclose()
-            c.listeners_closed += 1
-        # Closed: a dial to it must fail (it is refused), not connect. Only meaningful while
-        # both nodes stayed up: a restart in between would explain a refusal by itself anyway.
-        restarts = len(sn.restarts) + len(src.restarts)
-        try:
-            with trio.fail_after(30):
-                stream = await soak.timeline.dial(src.node, sn.name, port)
-        except (trio.TooSlowError, tsproc.TsprocError):
-            pass
-        else:
-            await stream.aclose()
-            if len(sn.restarts) + len(src.restarts) == restarts:
-                c.closed_listener_accepted += 1
-                soak.failures.append(f"{src.name} connected to {sn.name}:{port} after its "
-                                     "listener was closed")
-        await trio.sleep(rng.uniform(0.1, 1.0))
-
-
-async def _listen_freed_port(soak: Soak, sn: SoakNode, port: int) -> tsproc.TailnetListener:
-    """Listen on a port whose last listener was closed: AddressInUseError for long means the
-    helper kept the closed listener (a leak, and a port lost until the next restart)."""
-    in_use_since = None
-    with trio.fail_after(60):
-        while True:
-            try:
-                return await sn.node.listen(port, backlog=16)
-            except tsproc.AddressInUseError:
-                now = trio.current_time()
-                in_use_since = in_use_since or now
-                if now - in_use_since > 10:
-                    soak.failures.append(f"{sn.name}:{port} still taken 10 s after its "
-                                         "listener was closed")
-                    raise
-            except (tsproc.HelperDiedError, tsproc.NodeTimeoutError):
-                in_use_since = None  # restarting: the port is free once it is back
-            await trio.sleep(0.2)
-
-
-_WORKERS = (
-    [_bulk_worker] * 3 + [_short_worker] * 2 + [_rr_worker] * 2 + [_udp_worker]
-    + [_listener_worker]
-)
-
-
-# -- the table --
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
-
-
-def _table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Counters,
-           leaks: Counter[str], rss_start: int, rss_end: int, load_start: str, load_end: str,
-           results: dict[str, Any], j: Judged) -> str:
-    fault_counts: Counter[str] = Counter(f.kind for f in soak.faults) if soak else Counter()
-    failed_faults = sum(1 for f in soak.faults if f.failed) if soak else 0
-    restarts = sum(len(sn.restarts) for sn in soak.nodes) if soak else 0
-    expected = sum(n for k, n in fault_counts.items()
-                   if k in ("sigkill", "sigstop", "crash_loop", "memory_limit"))
-    recoveries = [f for f in soak.faults if f.recovery is not None] if soak else []
-    slowest = max(recoveries, key=lambda f: f.recovery or 0, default=None)
-    reasons: Counter[str] = Counter()
-    for sn in soak.nodes if soak else []:
-        for _, reason in sn.restarts:
-            reasons[reason.split(":")[0].split(" (")[0]] += 1
-    rows = [
-        ("seed", str(cfg.seed)),
-        ("minutes", f"{minutes:.1f}"),
-        ("nodes", f"{cfg.nodes} tsproc nodes in one host process + 1 pure-Go tsnet peer"),
-        ("load average at start / end", f"{load_start} / {load_end}"),
-        ("connections", str(c.connections)),
-        ("bytes verified (sha256)", _fmt_bytes(r.bytes_verified)),
-        ("transfers", f"{r.transfers} ("
-         + ", ".join(f"{ {'B': 'bulk/short', 'R': 'request/response'}.get(k, k)} {n}"
-                     for k, n in sorted(r.by_kind.items())) + ")"),
-        ("completed", str(r.completed)),
-        ("ended with an error", f"{r.errors} (dial failed {r.dial_failures}, "
-                                f"deadline hit {r.timeouts})"),
-        ("**silently wrong (must be 0)**", f"**{r.silently_wrong}**"),
-        ("unexpected exception types (must be 0)", str(r.unexpected)),
-        ("UDP datagrams sent / echoed intact / lost / duplicated / corrupt",
-         f"{c.udp_sent} / {c.udp_echoed} / {c.udp_sent - c.udp_echoed} / "
-         f"{c.udp_duplicates} / {c.udp_corrupt} ({c.udp_flows} flows, "
-         f"{c.udp_flow_errors} ended by a restart; lost "
-         + ", ".join(f"to {k} {100 * (s - e) / max(1, s):.0f} %"
-                     for k, (s, e) in sorted(c.udp_by_target.items())) + ")"),
-        ("listeners opened / closed", f"{c.listeners_opened} / {c.listeners_closed}"),
-        ("faults injected", f"{sum(fault_counts.values())}: " + ", ".join(
-            f"{k} {fault_counts[k]}" for k in faults.KINDS if fault_counts[k])),
-        ("faults that showed a defect (must be 0)", str(failed_faults)),
-        ("dials (tsproc / Go peer)", f"{sum(j.dials.values())} ({j.dials['tsproc']} / "
-                                     f"{j.dials['Go peer']})"),
-        ("slowest dial", f"{j.slowest.took:.2f} s ({j.slowest.src}->{j.slowest.dst}, "
-         f"{j.slowest.outcome}{'; ' if j.slowest_excuse else ''}{j.slowest_excuse})"
-         if j.slowest else "-"),
-        (f"**dials > {SLOW_DIAL:g} s, no fault on either end (must be 0)**",
-         f"**{len(j.unexcused)}**"),
-        (f"dials > {SLOW_DIAL:g} s during a fault on one of their ends",
-         f"{sum(j.excused.values())}" + (" (" + ", ".join(
-             f"{k} {j.excused[k]}" for k in faults.KINDS if j.excused[k]) + ")"
-             if j.excused else "")),
-        ("**Go peer read deadlines hit, the tsproc end's helper died (must be 0)**",
-         f"**{len(j.go_timeouts_died)}**"),
-        ("Go peer read deadlines hit, other causes", str(len(j.go_timeouts_other))),
-        ("helper restarts", f"{restarts} ({expected} from faults; by reason: "
-         + ", ".join(f"{k} {n}" for k, n in reasons.most_common()) + ")"),
-        ("slowest recovery", f"{slowest.recovery:.1f} s ({slowest.kind} on {slowest.node})"
-         if slowest else "-"),
-        ("leaks (must be 0)", f"{sum(leaks.values())} (" + ", ".join(
-            f"{k} {n}" for k, n in sorted(leaks.items())) + ")"),
-        ("host RSS start / peak / end", f"{rss_start >> 20} MiB / "
-         f"{results.get('rss_peak', 0) >> 20} MiB / {rss_end >> 20} MiB"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
-    lines += [f"| {k:{width}} | {v} |" for k, v in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,9 @@ KINDS = (
     "memory_limit",     # a hard address-space limit the helper then exceeds under load
 )
 
+# The kinds whose target's helper dies (and is replaced): the supervisor counts each.
+ENDS_HELPER = frozenset({"sigkill", "sigstop", "crash_loop", "memory_limit"})
+
 SATURATE_PORT = 7300
 SINK_PORT = 7301
 CRASH_LOOP_EXITS = 3

@@ -23,7 +23,7 @@ def table(cfg: Config, minutes: float, soak: Soak | None, r: Reconciled, c: Coun
     failed_faults = sum(1 for f in soak.faults if f.failed) if soak else 0
     restarts = sum(len(sn.restarts) for sn in soak.nodes) if soak else 0
     expected = sum(n for k, n in fault_counts.items()
-                   if k in ("sigkill", "sigstop", "crash_loop", "memory_limit"))
+                   if k in faults.ENDS_HELPER)
     recoveries = [f for f in soak.faults if f.recovery is not None] if soak else []
     slowest = max(recoveries, key=lambda f: f.recovery or 0, default=None)
     reasons: Counter[str] = Counter()

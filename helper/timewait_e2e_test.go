@@ -104,8 +104,10 @@ func countStalls(t *testing.T, controlURL string, n int, timeWait time.Duration,
 		}
 	}()
 	dst := netip.AddrPortFrom(ipS, 9000).String()
-	// The first connection also finds the path between the nodes: it may take longer.
+	// The first connection also finds the path between the nodes: it may take longer. The
+	// server came up last, so the client may not have it in its netmap yet.
 	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tsnettest.WaitForPeer(t, wctx, cli, ipS)
 	wc, err := cli.Dial(wctx, "tcp", dst)
 	wcancel()
 	if err != nil {

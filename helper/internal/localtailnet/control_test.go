@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -222,7 +221,7 @@ func TestControlTwoNodes(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	waitForPeer(t, ctx, a, ipB)
+	tsnettest.WaitForPeer(t, ctx, a, ipB)
 	for _, target := range []string{"nodeb:8081", "nodeb.tailnet.test:8081", netip.AddrPortFrom(ipB, 8081).String()} {
 		echo(t, ctx, a, target)
 	}
@@ -316,32 +315,6 @@ func TestControlTwoNodesDERPOnly(t *testing.T) {
 	}
 	if testing.Verbose() {
 		t.Logf("child output:\n%s", out)
-	}
-}
-
-// waitForPeer waits until s knows peer's home DERP region: before that, a dial's first
-// WireGuard handshake finds no path and is retried only 5 s later.
-func waitForPeer(t *testing.T, ctx context.Context, s *tsnet.Server, peer netip.Addr) {
-	t.Helper()
-	lc, err := s.LocalClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		st, err := lc.Status(ctx)
-		if err != nil {
-			t.Fatalf("waiting for peer %v: %v", peer, err)
-		}
-		for _, ps := range st.Peer {
-			if slices.Contains(ps.TailscaleIPs, peer) && ps.Relay != "" {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("peer %v with a home DERP region not in %s's status: %v", peer, s.Hostname, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
 	}
 }
 

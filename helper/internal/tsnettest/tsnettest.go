@@ -6,6 +6,7 @@ import (
 	"context"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -70,4 +71,33 @@ func UpWithin(t testing.TB, s *tsnet.Server, d time.Duration) (netip.Addr, error
 		return netip.Addr{}, err
 	}
 	return st.TailscaleIPs[0], nil
+}
+
+// WaitForPeer waits until s knows peer with a home DERP region, failing t when ctx ends first.
+// Up returns once s itself is running; a node that came up just before it may not be in its
+// netmap yet, and until it is, a dial to it fails at once ("no route to host"), and until its
+// home region is known, the first WireGuard handshake finds no path and is retried only 5 s
+// later.
+func WaitForPeer(t testing.TB, ctx context.Context, s *tsnet.Server, peer netip.Addr) {
+	t.Helper()
+	lc, err := s.LocalClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		st, err := lc.Status(ctx)
+		if err != nil {
+			t.Fatalf("waiting for peer %v: %v", peer, err)
+		}
+		for _, ps := range st.Peer {
+			if slices.Contains(ps.TailscaleIPs, peer) && ps.Relay != "" {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("peer %v with a home DERP region not in %s's status: %v", peer, s.Hostname, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

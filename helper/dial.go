@@ -45,6 +45,7 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 	// route through the host network (see resolve.go).
 	dst := netip.AddrPortFrom(ip, uint16(port))
 	addr := dst.String()
+	n.paths.await(dialCtx, srv, lc, ip)
 	// A handshake without an answer is tried again from a new port (see package timewait).
 	c, err := timewait.Dial(dialCtx, func(ctx context.Context) (net.Conn, error) {
 		return dialTailnet(ctx, srv, "tcp", dst)

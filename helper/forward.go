@@ -342,6 +342,7 @@ func (n *node) dialForward(ctx context.Context, host string, port uint16) (net.C
 		// An address off the tailnet, or a name that is not a tailnet name: never dialled.
 		return nil, socks5.NotAllowed, err
 	}
+	n.paths.await(ctx, srv, lc, ip)
 	c, err := dialTailnet(ctx, srv, "tcp", netip.AddrPortFrom(ip, port))
 	switch {
 	case err == nil:

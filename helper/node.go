@@ -43,6 +43,7 @@ type node struct {
 	conns        map[uint64]*bridge.Bridge
 	packets      map[uint64]*packetRelay
 	resolver     tailnetResolver
+	paths        peerPaths    // peerpath.go
 	forwards     forwardTable // forward.go
 	nextListener uint64
 	nextConn     uint64

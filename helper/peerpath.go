@@ -40,13 +40,13 @@ type peerPaths struct {
 // meets its own deadline. An address no node holds (inside a subnet route) or this node's
 // own is not waited for.
 func (p *peerPaths) await(ctx context.Context, srv *tsnet.Server, lc *local.Client, ip netip.Addr) {
-	if ip4, ip6 := srv.TailscaleIPs(); ip == ip4 || ip == ip6 {
-		return
-	}
 	p.mu.Lock()
 	_, ok := p.seen[ip]
 	p.mu.Unlock()
 	if ok {
+		return // the common case, and all it costs
+	}
+	if ip4, ip6 := srv.TailscaleIPs(); ip == ip4 || ip == ip6 {
 		return
 	}
 	parent := ctx

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 
 import pytest
 import trio
@@ -25,59 +25,55 @@ FAST = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5, heartb
 RESET_BOUND = 5.0
 
 
-async def _hold_and_kill(server: tsproc.Node, peer, listener: tsproc.TailnetListener,
-                        nursery: trio.Nursery, accepted: list[tsproc.TailnetStream]) -> int:
-    """The Go peer connects and holds a read after a 1-byte echo, then the server's helper is
-    SIGKILLed; returns the dead helper's pid. The accepted stream goes into *accepted*."""
-
-    async def echo() -> None:
-        stream = await listener.accept()
-        accepted.append(stream)
-        await stream.send_all(await stream.receive_some(1))
-
-    nursery.start_soon(echo)
-    await peer.command(f"hold {server.tailscale_ips[0]}:93")
-    with trio.fail_after(30):
-        await peer.event("held")
-    old_pid = server.helper_pid
-    assert old_pid is not None
-    os.kill(old_pid, signal.SIGKILL)
-    return old_pid
-
-
-async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tailnet, tailnet_node):
+@asynccontextmanager
+async def _held_then_killed(tailnet, tailnet_node):
+    """A server node and the Go peer, connected on port 93: the peer holds a read after a 1-byte
+    echo, then the server's helper is SIGKILLed. Yields (server, peer, the accepted streams, the
+    dead helper's pid) at once after the kill, with no checkpoint in between."""
     async with (tailnet_node("server", restart=FAST) as server,
                 gopeer(tailnet.control_url) as peer,
                 trio.open_nursery() as nursery):
         listener = await server.listen(93)
         accepted: list[tsproc.TailnetStream] = []
-        old_pid = await _hold_and_kill(server, peer, listener, nursery, accepted)
-        with trio.fail_after(RESET_BOUND):
-            end = await peer.event("hold_end")
-        assert "reset" in end["error"], end
-        assert server.helper_pid != old_pid
+
+        async def echo() -> None:
+            stream = await listener.accept()
+            accepted.append(stream)
+            await stream.send_all(await stream.receive_some(1))
+
+        nursery.start_soon(echo)
+        await peer.command(f"hold {server.tailscale_ips[0]}:93")
+        with trio.fail_after(30):
+            await peer.event("held")
+        old_pid = server.helper_pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+        yield server, peer, accepted, old_pid
         for stream in accepted:
             await stream.aclose()
         await listener.aclose()
+
+
+async def _reset_within_bound(server: tsproc.Node, peer, old_pid: int) -> None:
+    with trio.fail_after(RESET_BOUND):
+        end = await peer.event("hold_end")
+    assert "reset" in end["error"], end
+    assert server.helper_pid != old_pid
+
+
+async def test_a_read_only_go_peer_is_reset_soon_after_the_helper_is_killed(tailnet, tailnet_node):
+    async with _held_then_killed(tailnet, tailnet_node) as (server, peer, _, old_pid):
+        await _reset_within_bound(server, peer, old_pid)
 
 
 async def test_a_stream_closed_before_the_host_sees_the_death_is_reset_too(tailnet, tailnet_node):
     """The application closes its stream in the moment between the helper's death and the
     host noticing it (as one does whose write failed with EPIPE as the dead helper's fds
     closed): its tuple must still reach the new helper, or the peer hangs."""
-    async with (tailnet_node("server", restart=FAST) as server,
-                gopeer(tailnet.control_url) as peer,
-                trio.open_nursery() as nursery):
-        listener = await server.listen(93)
-        accepted: list[tsproc.TailnetStream] = []
-        old_pid = await _hold_and_kill(server, peer, listener, nursery, accepted)
+    async with _held_then_killed(tailnet, tailnet_node) as (server, peer, accepted, old_pid):
         # No checkpoint between the kill and the close: the host cannot have noticed yet.
         await accepted[0].aclose()
-        with trio.fail_after(RESET_BOUND):
-            end = await peer.event("hold_end")
-        assert "reset" in end["error"], end
-        assert server.helper_pid != old_pid
-        await listener.aclose()
+        await _reset_within_bound(server, peer, old_pid)
 
 
 @pytest.mark.parametrize("death", ["sigkill", "sigstop"])

@@ -384,6 +384,10 @@ async def test_a_peer_storm_of_2000_connections_is_held_to_the_backlog(tailnet):
             nonlocal echoing
             try:
                 await echo(stream)
+            except trio.BrokenResourceError:
+                # The peer cancels its canary mid-exchange when the storm ends, and a cancelled
+                # stream's close is a reset: the peer's own count says whether canaries failed.
+                pass
             finally:
                 echoing -= 1
 

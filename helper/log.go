@@ -33,3 +33,8 @@ func tailscaleVersion() string {
 	}
 	return "unknown"
 }
+
+// debugLogf logs the helper's own messages at debug level.
+func debugLogf(format string, args ...any) {
+	stderrLog.Log("debug", "helper", fmt.Sprintf(format, args...))
+}

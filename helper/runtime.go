@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/tsproc/tsproc/helper/internal/bridge"
 	"github.com/tsproc/tsproc/helper/internal/procs"
 )
@@ -15,7 +13,5 @@ func adaptProcs() {
 		return
 	}
 	src := procs.Source{Activity: bridge.Activity, Woken: bridge.Woken()}
-	go procs.Adapt(src, func(format string, args ...any) {
-		stderrLog.Log("debug", "helper", fmt.Sprintf(format, args...))
-	})
+	go procs.Adapt(src, debugLogf)
 }

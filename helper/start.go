@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"tailscale.com/client/local"
 	"tailscale.com/envknob"
@@ -315,6 +316,15 @@ func (n *node) up(ctx context.Context, p *wire.ParamReader) (*wire.Reply, error)
 	defer cancel()
 	st, err := srv.Up(upCtx)
 	if err == nil {
+		// Running is not yet reachable through DERP: see derpHome.
+		region, waited, ok := awaitDERPHome(upCtx, srv, lc)
+		if ok {
+			debugLogf("home DERP region %q registered this node %v after it was running", region, waited.Round(time.Microsecond))
+		} else {
+			helperLogf("home DERP region %q has not registered this node %v after it was running; "+
+				"until it does, peers reach it on direct paths only, and a peer's first dial may wait "+
+				"5 s for WireGuard's retry", region, waited.Round(time.Millisecond))
+		}
 		n.afterUp()
 		return wire.OKReply(n.statusResult(st)), nil
 	}

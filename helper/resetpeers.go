@@ -59,6 +59,7 @@ func (n *node) resetPeers(ctx context.Context, p *wire.ParamReader) (*wire.Reply
 		segments = append(segments, seg)
 	}
 	helperLogf("reset_peers: %d of %d connections are this node's: probing their peers", len(segments), len(conns))
+	debugLogf("reset_peers: %s", strings.Join(conns, ", "))
 	if len(segments) > 0 {
 		n.goOwned(func() {
 			start := time.Now()

@@ -3,6 +3,7 @@ soak (issue 15, docs/reliability.md) went looking for."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -79,3 +80,49 @@ async def test_a_listener_closed_while_the_new_helper_reopens_it_is_closed_there
         again = await node.listen(9501)  # the port is free
         await again.aclose()
         await keep.aclose()
+
+
+async def test_accept_as_the_helper_of_its_queued_connection_dies_keeps_the_listener(
+        tailnet_node):
+    # A helper's death drops the connections it queued (TailnetListener.drop_generation).
+    # accept() once yielded between seeing a queued connection and taking it; a death in that
+    # yield emptied the queue, and accept() raised ClosedResourceError for a listener that
+    # stayed open (a 1-minute soak's service task then listened again, and met its own
+    # listener's port for a minute). Each round queues a connection and has its helper die
+    # (the host's own death path, as a missed heartbeat takes it) in the same scheduling
+    # round as accept(): trio runs the two in either order, so six rounds meet the yield
+    # with 63 in 64 odds, had it come back.
+    # Six deaths in a row are six failures to the supervisor unless each helper counts as
+    # stable by the next death.
+    policy = dataclasses.replace(FAST, stable_after=0.5, max_attempts=10)
+    async with tailnet_node("queued", restart=policy) as node, \
+            tailnet_node("knocker", restart=FAST) as knocker:
+        listener = await node.listen(9520)
+        for _ in range(6):
+            dialed = await knocker.dial("queued", 9520)
+            with trio.fail_after(10):
+                while not listener.waiting:
+                    await trio.sleep(0.01)
+            gen = node._generation
+            assert gen is not None
+            events = node.events()
+
+            async def helper_dies(gen: _generation.Generation = gen) -> None:
+                gen.die("the test: the helper dies as accept() runs")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(helper_dies)
+                taken = await listener.accept()  # raised ClosedResourceError before the fix
+            await taken.aclose()
+            await dialed.aclose()
+            await _restarted(node, events)
+            assert not listener.closed
+        # It still accepts.
+        async def knock() -> None:
+            await (await knocker.dial("queued", 9520)).aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(knock)
+            with trio.fail_after(30):
+                await (await listener.accept()).aclose()
+        await listener.aclose()

@@ -298,17 +298,21 @@ class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstr
         Raises:
             trio.ClosedResourceError: the listener was closed (also while waiting).
         """
+        # A cancel point before taking a stream and a schedule point after, never a yield in
+        # between: other tasks run only while this one parks, so a queue seen non-empty is
+        # popped at once. (Yielding between the look and the pop let a helper's death,
+        # which drops that helper's queued connections, empty the queue under a listener
+        # that stayed open, and accept raised ClosedResourceError for it.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
             if self._closed:
                 raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
             await self._lot.park()
         if self._closed:
             raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
-        await trio.lowlevel.checkpoint()
-        if not self._queue:  # pragma: no cover - a concurrent close drained it
-            raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
         stream = self._queue.popleft()
         self._on_accept(self, stream)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
     async def aclose(self) -> None:

@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                                 else logging.NullHandler())
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("tsproc").addHandler(handler)
-    logging.getLogger("tsproc").setLevel(logging.INFO)
+    # With --log, debug too: what reset_peers was given after a death, say (docs/reliability.md).
+    logging.getLogger("tsproc").setLevel(logging.DEBUG if args.log else logging.INFO)
     logging.getLogger("tsproc").propagate = False
     return trio.run(run, cfg)

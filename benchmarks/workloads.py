@@ -64,11 +64,13 @@ MODES: dict[str, Workload] = {
         rr_count=10000, rr_warmup=500, rr_size=64,
         setup_count=500, idle_conns=1000, dial_parallel=32, startup_repeats=3,
     ),
-    # The test suite's smoke run: every code path, tiny sizes.
+    # The test suite's smoke run: every code path, small sizes. CPU comes from /proc in clock
+    # ticks (10 ms), so each phase that reports CPU runs long enough to be charged some: 5
+    # set-ups (~25 ms of CPU over four processes) were once charged none at all.
     "smoke": Workload(
         bulk_seconds=0.2, bulk_streams=2, chunk_size=64 << 10,
-        rr_count=50, rr_warmup=5, rr_size=64,
-        setup_count=5, idle_conns=10, dial_parallel=4, startup_repeats=0,
+        rr_count=300, rr_warmup=5, rr_size=64,
+        setup_count=60, idle_conns=10, dial_parallel=4, startup_repeats=0,
         want_direct=False, direct_wait=0.0,
     ),
 }

@@ -298,12 +298,13 @@ class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstr
         Raises:
             trio.ClosedResourceError: the listener was closed (also while waiting).
         """
-        # A cancel point before taking a stream and a schedule point after, never a yield in
-        # between: other tasks run only while this one parks, so a queue seen non-empty is
-        # popped at once. (Yielding between the look and the pop let a helper's death,
-        # which drops that helper's queued connections, empty the queue under a listener
-        # that stayed open, and accept raised ClosedResourceError for it.)
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # The checkpoint comes first, and nothing yields between a look at the queue and the
+        # return: other tasks run only while this one parks, so a queue seen non-empty is
+        # popped and its stream returned at once. (Yielding between the look and the pop let
+        # a helper's death, which drops that helper's queued connections, empty the queue
+        # under a listener that stayed open, and accept raised ClosedResourceError for it;
+        # yielding after the pop leaves a taken stream in neither the queue nor the caller.)
+        await trio.lowlevel.checkpoint()
         while not self._queue:
             if self._closed:
                 raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
@@ -312,7 +313,6 @@ class TailnetListener(trio.abc.Listener[TailnetStream], metaclass=NoPublicConstr
             raise trio.ClosedResourceError(self._closed_reason or "listener is closed")
         stream = self._queue.popleft()
         self._on_accept(self, stream)
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
     async def aclose(self) -> None:

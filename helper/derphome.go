@@ -10,7 +10,7 @@ import (
 )
 
 // derpHomeWait bounds how long up waits for the node's home DERP region to register it after
-// tsnet says Running: on the local tailnet that takes 0.1-33 ms, and a node whose region
+// tsnet says Running: on the local tailnet that takes 0.3-33 ms, and a node whose region
 // cannot be reached is still reachable on direct paths, so up goes ahead after this.
 const derpHomeWait = 2 * time.Second
 

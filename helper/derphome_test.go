@@ -9,7 +9,7 @@ import (
 
 // TestUpWaitsForHomeDERP checks that up replies only once the node's home DERP region has
 // registered it, so that a peer dialling the node the moment it is up is not dropped there
-// (derphome.go). Without the wait, the region's first frame came 0.1-33 ms after tsnet's
+// (derphome.go). Without the wait, the region's first frame came 0.3-33 ms after tsnet's
 // Running on this tailnet, so several nodes in a row make a reply that came early show.
 func TestUpWaitsForHomeDERP(t *testing.T) {
 	if testing.Short() {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from contextlib import asynccontextmanager, suppress
 
 import pytest
@@ -116,3 +117,74 @@ async def test_peers_of_connections_never_handed_over_are_reset(tailnet, tailnet
         assert server.helper_pid != old_pid
         assert trio.current_time() - killed_at < bound
         await listener.aclose()
+
+
+async def test_a_connection_handed_over_as_the_heartbeat_gives_up_is_reset_too(
+        tailnet, tailnet_node):
+    """The helper wrote ``accepted`` (and so struck the connection from its own record), but the
+    host had not read it when the heartbeat gave up on the helper: the host must still read it
+    before it counts the orphaned connections, or the four-tuple reaches no one and the peer
+    hangs.
+
+    In life that is one pass of the loop in which the heartbeat's verdict runs before the
+    reader; the test widens it: from a moment on, whatever the host's reader reads waits until
+    the helper's process has exited, as if it were still in the socket. The heartbeat then gets
+    no answer and gives up on a helper that is alive."""
+    policy = tsproc.RestartPolicy(initial_backoff=0.05, heartbeat_interval=0.5,
+                                  heartbeat_timeout=5.0)
+    async with (tailnet_node("server", restart=policy) as server,
+                gopeer(tailnet.control_url) as peer):
+        listener = await server.listen(95)
+        addr = f"{server.tailscale_ips[0]}:95"
+        # A first connection, read normally, so that the paths are warm for the second.
+        await peer.command(f"wait {addr}")
+        with trio.fail_after(30):
+            await peer.event("waiting")
+            await (await listener.accept()).aclose()
+            assert (await peer.event("wait_end"))["error"] == "EOF"
+
+        gen = server._generation
+        assert gen is not None
+        read = gen.rpc._recv
+        held: list[bytes] = []
+
+        async def held_until_exit() -> tuple[bytes, list[int]]:
+            held.append(b"")  # the reader is in here: nothing more is dispatched
+            data, fds = await read()
+            held.append(data)
+            await gen.process.exited.wait()
+            return data, fds
+
+        gen.rpc._recv = held_until_exit  # type: ignore[method-assign]
+        # The reader is waiting in the real read: an answer wakes it, and its next read is ours.
+        with trio.fail_after(4):
+            while not held:
+                with trio.move_on_after(0.2):
+                    await gen.request("ping", {})
+        await peer.command(f"wait {addr}")
+        with trio.fail_after(4):  # well within the heartbeat's 5 s
+            await peer.event("waiting")
+            while not any(b"\xa8accepted" in data for data in held) and not _queued(
+                    gen.process.control, b"\xa8accepted"):
+                await trio.sleep(0.01)
+        assert listener.waiting == 0
+        assert gen.process.returncode is None, "the heartbeat gave up before the hand-over"
+        old_pid = gen.process.pid
+        with trio.fail_after(policy.heartbeat_interval + policy.heartbeat_timeout + 10):
+            await gen.died.wait()
+        assert "heartbeat" in gen.death_reason, gen.death_reason
+        with trio.fail_after(RESET_BOUND):
+            end = await peer.event("wait_end")
+        assert "reset" in end["error"], end
+        assert server.helper_pid != old_pid
+        await listener.aclose()
+
+
+def _queued(sock: socket.socket, marker: bytes) -> bool:
+    """Whether *marker* is in what waits unread in *sock* (peeked, up to the first frame
+    that carries an fd)."""
+    try:
+        return marker in sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+

@@ -74,6 +74,9 @@ class Generation:
                               self._on_notification, self._channel_broke, on_request)
         self.died = trio.Event()
         self._death_reason = ""
+        # Why the host killed the helper, if it did (_give_up): the death's reason, not the
+        # SIGKILL that the process watcher sees.
+        self._kill_reason = ""
         self.conns: dict[int, ConnState] = {}
         # The four-tuples of the connections open when this helper died: their peers may still
         # hold them, and the next helper makes them reset (NodeLifecycle, reset_peers).
@@ -164,7 +167,8 @@ class Generation:
             assert self._nursery is not None
             self._nursery.start_soon(self._ping, answered, alive)
             if not await _answered_within(answered, policy.heartbeat_timeout):
-                self.die(f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
+                await self._give_up(
+                    f"heartbeat missed: no answer within {policy.heartbeat_timeout:g} s")
                 return
             if not alive[0]:
                 return  # the channel is gone: die() is already under way
@@ -181,6 +185,23 @@ class Generation:
         except TsprocError:
             alive[0] = False
         answered.set()
+
+    async def _give_up(self, reason: str) -> None:
+        """Kill a helper the host gave up on, read what it had already written, then die().
+
+        What the helper wrote before it stopped answering may still be in the socket, an
+        ``accepted`` among it; the helper strikes a connection from its own record once that
+        notification is written (helper/internal/connrecord), so if the host dropped it unread
+        the connection's four-tuple would be in neither, and its peer would never be reset. The
+        kill ends the channel: the reader reads to end of stream, and die() then counts those
+        connections among the orphaned. The reason is recorded first, so that it, not the
+        exit status the kill causes, is what die() says, whoever calls it.
+        """
+        self._kill_reason = reason
+        self.process.kill()
+        with trio.move_on_after(2):
+            await self.rpc.closed.wait()
+        self.die(reason)
 
     def _channel_broke(self, error: BaseException) -> None:
         """The channel ends: called before its socket closes. If the host gave up on the
@@ -199,7 +220,7 @@ class Generation:
         """Declare this generation dead: kill the process, fail its connections. Idempotent."""
         if self.died.is_set():
             return
-        self._death_reason = reason
+        self._death_reason = self._kill_reason or reason
         self.process.kill()  # before the channel closes: see _channel_broke
         self.rpc.close()
         self.orphaned = [state.four_tuple for state in self.conns.values() if state.four_tuple]

@@ -296,6 +296,32 @@ async def test_funnel_from_a_plain_loopback_client(tailnet, tailnet_node):
             nursery.cancel_scope.cancel()
 
 
+async def test_a_funnel_client_may_connect_before_the_ingress_knows_the_node(tailnet,
+                                                                            tailnet_node):
+    """A client that connects the moment listen_funnel returns may reach the ingress before its
+    netmap has the node (or the node's peerAPI port, which comes in a later update): the
+    ingress waits for the node instead of closing the connection. The test makes that moment
+    certain: the ClientHello names a node that does not exist yet."""
+    host, public_port = tailnet.funnel_address("late", 443)
+    tcp = await trio.open_tcp_stream(host, public_port)
+    async with trio.open_nursery() as nursery:
+        tls_done: list[trio.SSLStream[trio.abc.Stream]] = []
+
+        async def handshake() -> None:
+            tls_done.append(await tls_client(tailnet, tcp, tailnet.dns_name("late")))
+
+        nursery.start_soon(handshake)
+        await trio.sleep(0.3)  # the ingress has read the ClientHello and looked for the node
+        async with tailnet_node("late") as late, await late.listen_funnel(443) as listener:
+            nursery.start_soon(trio.serve_listeners, echo_upper, [listener])
+            with trio.fail_after(30):
+                while not tls_done:
+                    await trio.sleep(0.01)
+            assert await exchange(tls_done[0], b"early") == b"EARLY"
+            await tls_done[0].aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def test_asgi_over_funnel_has_the_public_client_and_no_identity(tailnet, tailnet_node):
     seen: list[dict] = []
 

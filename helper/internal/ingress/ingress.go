@@ -209,16 +209,38 @@ func copyHalf(dst net.Conn, src io.Reader) {
 	}
 }
 
-// peerAPIFor finds the peerAPI address of the node whose MagicDNS name is sni.
+// peerAPIFor finds the peerAPI address of the node whose MagicDNS name is sni, waiting
+// (within ctx) for it to appear: a node that has just come up is running before this node's
+// netmap has it, and its peerAPI port reaches the netmap in a later update still (the node
+// reports it once its peerAPI listens). A client that connects in that moment — as one does
+// right after listen_funnel returns — would otherwise have its connection closed.
 func (r *Relay) peerAPIFor(ctx context.Context, sni string) (string, error) {
 	lc, err := r.srv.LocalClient()
 	if err != nil {
 		return "", err
 	}
-	st, err := lc.Status(ctx)
-	if err != nil {
-		return "", fmt.Errorf("ingress status: %w", err)
+	for {
+		st, err := lc.Status(ctx)
+		if err != nil {
+			return "", fmt.Errorf("ingress status: %w", err)
+		}
+		addr, lookErr := findPeerAPI(st, sni)
+		if lookErr == nil {
+			return addr, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", lookErr
+		case <-time.After(peerAPIPoll):
+		}
 	}
+}
+
+// peerAPIPoll is how often peerAPIFor looks at the netmap again.
+const peerAPIPoll = 20 * time.Millisecond
+
+// findPeerAPI is the peerAPI address of the peer named sni in st.
+func findPeerAPI(st *ipnstate.Status, sni string) (string, error) {
 	var peer *ipnstate.PeerStatus
 	for _, p := range st.Peer {
 		if strings.EqualFold(strings.TrimSuffix(p.DNSName, "."), sni) {

@@ -14,6 +14,11 @@
 // TIME_WAIT). Client side, Dial gives up a handshake that has no answer within a short bound
 // and dials again from a new random port, inside the caller's deadline: the peer may be any
 // tsnet node, whose TIME_WAIT this node cannot change.
+//
+// A zero TIME_WAIT has a cost of its own in the client's role: a port freed at once may be
+// picked again at once, before the server has let go of the old connection, and the new SYN
+// is then refused (docs/reliability.md, "A dial refused by a listening port"). DialTCP (ports.go)
+// takes source ports in sequence, so that this node does not reuse a 4-tuple soon.
 package timewait
 
 import (

@@ -90,3 +90,11 @@ func TestDialReturnsOtherErrorsAtOnce(t *testing.T) {
 		t.Fatalf("err %v after %d calls, want %v after 1", err, calls, refused)
 	}
 }
+
+// DialTCP picks ports itself only with the stack; if a Tailscale upgrade moves it, DialTCP
+// silently falls back to random ports and the refusal of docs/reliability.md returns.
+func TestNetstackStackIsFound(t *testing.T) {
+	if ipstackField == nil {
+		t.Fatal("netstack.Impl has no ipstack *stack.Stack field any more")
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tsnet"
+
+	"github.com/tsproc/tsproc/helper/internal/timewait"
 )
 
 // tailnetResolver turns a dial target into a tailnet address using only the node's own view
@@ -104,7 +106,9 @@ func dialTailnet(ctx context.Context, srv *tsnet.Server, network string, dst net
 	}
 	switch network {
 	case "tcp":
-		return d.NetstackDialTCP(ctx, dst)
+		// tsnet's NetstackDialTCP, but from the next port in sequence rather than a random
+		// one, so that no dial reuses a 4-tuple this node just closed (see package timewait).
+		return timewait.DialTCP(ctx, srv, dst)
 	case "udp":
 		return d.NetstackDialUDP(ctx, dst)
 	}

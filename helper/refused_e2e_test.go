@@ -27,9 +27,12 @@ import (
 // port repeats one the client has just closed meets the server's endpoint for that 4-tuple
 // before it has processed the client's last ACK, and netstack answers the SYN with a reset:
 // "connection was refused", with the listener open. The client's ephemeral range is narrowed
-// to 64 ports so that this happens often: with netstack's 49,536 ports and random picks it
-// was 1 dial in ~50,000 (tests/test_supervision.py failed once), with 64 ports and stock
-// tsnet's dial about 1 in 40. The helper's dial takes ports in sequence and is never refused.
+// to 1,024 ports so that this happens often enough to see: with netstack's 49,536 ports and
+// random picks it was 1 dial in ~50,000 (tests/test_supervision.py failed once), with 1,024
+// ports and stock tsnet's dial 2-8 in 4,000. The helper's dial takes ports in sequence and is
+// never refused. Not fewer ports: a port comes back after one pass through the range, and
+// with 64 a pass (~27 ms) is as long as a connection on a loaded machine, which the client
+// may then close just as the sequence reaches its port again (1 in 4,000, 3 runs in 20).
 // A refusal fails the test with the packet trace of its 4-tuple.
 //
 // TSPROC_REFUSED_CONNECTIONS sets the connections per subtest (default 4,000: ~1 s each).
@@ -41,7 +44,7 @@ func TestClientClosesFirstNeverRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	const concurrency, ports = 16, 64
+	const concurrency, ports = 16, 1024
 	controlURL := startE2ETailnet(t)
 	cli := tsnettest.NewNode(t, controlURL, "cli", e2eAuthKey)
 	srv := tsnettest.NewNode(t, controlURL, "srv", e2eAuthKey)

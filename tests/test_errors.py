@@ -3,6 +3,8 @@ left running."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import stat
 
@@ -270,6 +272,32 @@ async def test_dial_and_ping_take_their_deadline_from_the_callers_cancel_scope(t
             except (tsproc.NotFoundError, tsproc.DialError):
                 scope.cancel()  # a quick "no such peer" is fine too
         assert scope.cancel_called
+
+
+async def test_a_helper_timeout_just_before_the_callers_deadline_ends_in_the_callers_scope(
+        tailnet_node):
+    """The helper is given the time left to the caller's deadline in whole milliseconds,
+    rounded down, so its ``timeout`` may come a moment before the caller's scope fires (it did,
+    once, under load): the caller still sees its scope's outcome, trio.TooSlowError, as
+    NodeTimeoutError's doc promises. The helper is given 30 ms less here, so that its answer
+    comes first every time. A timeout well before the caller's deadline is still the helper's
+    NodeTimeoutError. The dials go to a peer whose helper is stopped: no SYN is answered."""
+    patient = tsproc.RestartPolicy(heartbeat_interval=60, heartbeat_timeout=60)
+    async with tailnet_node("mute", restart=patient) as mute, tailnet_node("caller") as node:
+        gen = node._generation
+        assert gen is not None and mute.helper_pid is not None
+        params = {"network": "tcp", "host": str(mute.tailscale_ips[0]), "port": 80}
+        os.kill(mute.helper_pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(trio.TooSlowError), trio.fail_after(0.4):
+                await gen.request("dial", {**params, "timeout_ms": 370},
+                                  on_result=gen.new_stream)
+            with pytest.raises(tsproc.NodeTimeoutError, match="after 200 ms"), \
+                    trio.fail_after(10):
+                await gen.request("dial", {**params, "timeout_ms": 200},
+                                  on_result=gen.new_stream)
+        finally:
+            os.kill(mute.helper_pid, signal.SIGCONT)
 
 
 @pytest.mark.parametrize("after", [0.0, 0.5, 2.0])

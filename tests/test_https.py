@@ -301,7 +301,10 @@ async def test_a_funnel_client_may_connect_before_the_ingress_knows_the_node(tai
     """A client that connects the moment listen_funnel returns may reach the ingress before its
     netmap has the node (or the node's peerAPI port, which comes in a later update): the
     ingress waits for the node instead of closing the connection. The test makes that moment
-    certain: the ClientHello names a node that does not exist yet."""
+    certain: the ClientHello names a node that does not exist yet. (Which then appears before
+    its Funnel listener does: the ingress takes its refusals as "not ready" too, since the node
+    was not there when the client came; a first version of this test without that failed
+    under load.)"""
     host, public_port = tailnet.funnel_address("late", 443)
     tcp = await trio.open_tcp_stream(host, public_port)
     async with trio.open_nursery() as nursery:

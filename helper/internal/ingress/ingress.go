@@ -140,8 +140,10 @@ func (r *Relay) serve(ln net.Listener, publicPort int) {
 	}
 }
 
-// handshakeTimeout bounds the ClientHello and the ingress request, as a real ingress would.
-const handshakeTimeout = 10 * time.Second
+// handshakeTimeout bounds the ClientHello and the ingress request, as a real ingress would,
+// and the wait for a node that is still coming up (peerAPIFor, relay): on a loaded machine a
+// node's start, its first path from this node and its Funnel listener take several seconds.
+const handshakeTimeout = 20 * time.Second
 
 // relay serves one public connection c: it finds the node from the SNI, gets an ingress
 // connection to it and copies both ways until both directions end or Close is called.
@@ -154,36 +156,33 @@ func (r *Relay) relay(c net.Conn, publicPort int) error {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, handshakeTimeout)
 	defer cancel()
-	peerAPI, err := r.peerAPIFor(ctx, sni)
+	peerAPI, waited, err := r.peerAPIFor(ctx, sni)
 	if err != nil {
 		return err
 	}
-	up, err := r.srv.Dial(ctx, "tcp", peerAPI)
-	if err != nil {
-		return fmt.Errorf("dial %s's peerAPI %s: %w", sni, peerAPI, err)
-	}
-	defer up.Close()
-	up.SetDeadline(time.Now().Add(handshakeTimeout))
 	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	target := net.JoinHostPort(sni, strconv.Itoa(publicPort))
-	req, _ := http.NewRequest("POST", "/v0/ingress", nil)
-	req.Host = peerAPI
-	req.Header.Set("Tailscale-Ingress-Src", netip.AddrPortFrom(src.Addr().Unmap(), src.Port()).String())
-	req.Header.Set("Tailscale-Ingress-Target", target)
-	if err := req.Write(up); err != nil {
-		return fmt.Errorf("ingress request: %w", err)
+	var up net.Conn
+	var br *bufio.Reader
+	for {
+		up, br, err = r.ingressConn(ctx, peerAPI, src, target)
+		var refused refusedError
+		if err == nil || !waited || !errors.As(err, &refused) {
+			break
+		}
+		// The node was not on the tailnet yet when the client came: it may refuse until it
+		// has set up its Funnel listener, a moment after it appeared. Ask again, within the
+		// client's handshake bound.
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(peerAPIPoll):
+		}
 	}
-	br := bufio.NewReader(up)
-	res, err := http.ReadResponse(br, req)
 	if err != nil {
-		return fmt.Errorf("ingress answer: %w", err)
+		return err
 	}
-	res.Body.Close()
-	if res.StatusCode != http.StatusSwitchingProtocols {
-		// The node refused: no Funnel listener for target, or Funnel not allowed. The client
-		// sees its connection closed, as with a real ingress.
-		return fmt.Errorf("%s refused the ingress connection for %s: %s", sni, target, res.Status)
-	}
+	defer up.Close()
 	c.SetDeadline(time.Time{})
 	up.SetDeadline(time.Time{})
 	if _, err := up.Write(hello); err != nil {
@@ -198,6 +197,46 @@ func (r *Relay) relay(c net.Conn, publicPort int) error {
 	return nil
 }
 
+// refusedError is a node's refusal of an ingress connection: no Funnel listener for the
+// target, or Funnel not allowed. The client sees its connection closed, as with a real ingress.
+type refusedError struct{ sni, target, status string }
+
+func (e refusedError) Error() string {
+	return fmt.Sprintf("%s refused the ingress connection for %s: %s", e.sni, e.target, e.status)
+}
+
+// ingressConn asks the node's peerAPI for an ingress connection from src to target, as a real
+// ingress node does (POST /v0/ingress, answered by 101 Switching Protocols). It returns the
+// connection and its reader, which may hold bytes read past the answer.
+func (r *Relay) ingressConn(ctx context.Context, peerAPI string, src netip.AddrPort, target string) (net.Conn, *bufio.Reader, error) {
+	sni, _, _ := net.SplitHostPort(target)
+	up, err := r.srv.Dial(ctx, "tcp", peerAPI)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s's peerAPI %s: %w", sni, peerAPI, err)
+	}
+	up.SetDeadline(time.Now().Add(handshakeTimeout))
+	req, _ := http.NewRequest("POST", "/v0/ingress", nil)
+	req.Host = peerAPI
+	req.Header.Set("Tailscale-Ingress-Src", netip.AddrPortFrom(src.Addr().Unmap(), src.Port()).String())
+	req.Header.Set("Tailscale-Ingress-Target", target)
+	if err := req.Write(up); err != nil {
+		up.Close()
+		return nil, nil, fmt.Errorf("ingress request: %w", err)
+	}
+	br := bufio.NewReader(up)
+	res, err := http.ReadResponse(br, req)
+	if err != nil {
+		up.Close()
+		return nil, nil, fmt.Errorf("ingress answer: %w", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		up.Close()
+		return nil, nil, refusedError{sni, target, res.Status}
+	}
+	return up, br, nil
+}
+
 // copyHalf copies one direction, then half-closes dst's write side so the other end sees EOF
 // while the opposite direction goes on.
 func copyHalf(dst net.Conn, src io.Reader) {
@@ -209,28 +248,30 @@ func copyHalf(dst net.Conn, src io.Reader) {
 	}
 }
 
-// peerAPIFor finds the peerAPI address of the node whose MagicDNS name is sni, waiting
+// peerAPIFor finds the peerAPI address of the node whose MagicDNS name is sni (and whether it
+// had to wait for it), waiting
 // (within ctx) for it to appear: a node that has just come up is running before this node's
 // netmap has it, and its peerAPI port reaches the netmap in a later update still (the node
 // reports it once its peerAPI listens). A client that connects in that moment — as one does
 // right after listen_funnel returns — would otherwise have its connection closed.
-func (r *Relay) peerAPIFor(ctx context.Context, sni string) (string, error) {
+func (r *Relay) peerAPIFor(ctx context.Context, sni string) (addr string, waited bool, err error) {
 	lc, err := r.srv.LocalClient()
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	for {
 		st, err := lc.Status(ctx)
 		if err != nil {
-			return "", fmt.Errorf("ingress status: %w", err)
+			return "", waited, fmt.Errorf("ingress status: %w", err)
 		}
 		addr, lookErr := findPeerAPI(st, sni)
 		if lookErr == nil {
-			return addr, nil
+			return addr, waited, nil
 		}
+		waited = true
 		select {
 		case <-ctx.Done():
-			return "", lookErr
+			return "", waited, lookErr
 		case <-time.After(peerAPIPoll):
 		}
 	}

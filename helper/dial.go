@@ -76,10 +76,15 @@ func (n *node) dial(ctx context.Context, p *wire.ParamReader) (*wire.Reply, erro
 }
 
 // dialableServer returns the started server and its local client when the node may dial:
-// Running, or Starting (tsnet's Dial waits for Running within the dial's timeout). It reads
-// the state the IPN-bus watcher keeps (start.go), which costs nothing; only before the bus
-// has delivered its first state does it ask the LocalAPI, whose StatusWithoutPeers costs
-// ~0.4 ms of helper CPU, per dial (benchmarks/README.md).
+// Running, or Starting (tsnet's Dial waits for Running within the dial's timeout).
+//
+// It reads the state the IPN-bus watcher keeps (start.go), which costs nothing, but trusts
+// only a yes from it. The watcher is one subscriber of the bus among others (tsnet's Up is
+// another) and lags behind the backend by as long as its goroutines wait to run: on two busy
+// cores it was seen still at NeedsLogin 100-400 ms after up had returned Running. So a state
+// that would refuse the dial, or none yet, is checked with the LocalAPI, which reads the
+// backend's own state; its StatusWithoutPeers costs ~0.4 ms of helper CPU
+// (benchmarks/README.md), paid only when the watcher says no.
 func (n *node) dialableServer(ctx context.Context) (*tsnet.Server, *local.Client, error) {
 	srv, lc, err := n.requireRunning()
 	if err != nil {
@@ -88,15 +93,18 @@ func (n *node) dialableServer(ctx context.Context) (*tsnet.Server, *local.Client
 	n.mu.Lock()
 	state := n.state
 	n.mu.Unlock()
-	if state == "" {
+	if !dialableState(state) {
 		_, _, st, err := n.startedStatus(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
-		state = st.BackendState
-	}
-	if state != ipn.Running.String() && state != ipn.Starting.String() {
-		return nil, nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", state)
+		if !dialableState(st.BackendState) {
+			return nil, nil, wire.NewError(wire.CodeNotRunning, "node is in state %s", st.BackendState)
+		}
 	}
 	return srv, lc, nil
+}
+
+func dialableState(state string) bool {
+	return state == ipn.Running.String() || state == ipn.Starting.String()
 }

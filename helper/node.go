@@ -47,7 +47,7 @@ type node struct {
 	forwards     forwardTable // forward.go
 	nextListener uint64
 	nextConn     uint64
-	state        string // last backend state from the IPN bus
+	state        string // last backend state from the IPN bus: may lag the backend's (dialableServer)
 	authURL      string // last auth URL from the IPN bus, until Running
 	lastErr      string // last ErrMessage from the IPN bus, until Running
 	// releaseCodePages: start's release_code_pages, done by afterUp (memory.go).
